@@ -1,0 +1,57 @@
+"""`dgq` entry point: builds the subcommand parsers and turns user-input errors into exit code 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module defines `register(subparsers)`, which adds its parser and sets `run=` (args -> exit code).
+COMMANDS = ("export",)
+
+DESCRIPTION = """\
+DGQ compiler: export a diffusion UNet to ONNX, calibrate and quantize it with Distribution-aware
+Group Quantization, compile the quantized graph, simulate its integer arithmetic and estimate its cost.
+
+pipeline:  export -> calibrate -> quantize -> compile -> verify / check -> cost"""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2 (argparse's own convention, kept terse)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dgq_compiler import __version__
+
+    parser = _ArgumentParser(prog="dgq", description=DESCRIPTION,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dgq-compiler {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    for name in COMMANDS:
+        importlib.import_module(f"dgq_compiler.cli.{name.replace('-', '_')}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed by argparse
+        return int(exc.code or 0)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    from dgq_compiler.errors import user_errors
+
+    try:
+        return int(args.run(args) or 0)
+    except user_errors() as exc:
+        print(f"dgq {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dgq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""A CLIP-style BPE tokenizer whose vocabulary and merges the project generates itself.
+
+It has CLIP's real semantics: byte-level BPE with `</w>` word ends, `<|startoftext|>` (BOS)
+first, `<|endoftext|>` (EOS) after the text, and EOS as padding up to 77 tokens, so the
+cross-attention <start> column behaves as in Stable Diffusion 1.x.
+"""
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+MAX_LENGTH = 77
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2/CLIP's reversible byte -> printable unicode map, in byte order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def project_words() -> list[str]:
+    """Every word of the shipped prompt sets, sorted: the tokenizer learns them as whole tokens."""
+    words: set[str] = set()
+    for name in ("calibration.txt", "heldout.txt"):
+        text = resources.files("models.prompts").joinpath(name).read_text(encoding="utf-8")
+        words.update(re.findall(r"[a-z]+|[0-9]", text.lower()))
+    return sorted(words)
+
+
+def build_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Bytes, bytes-with-`</w>`, then left-to-right merges that build each word (deterministic)."""
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    seen_merges: set[tuple[str, str]] = set()
+    known = set(tokens)
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        left = pieces[0]
+        for right in pieces[1:]:
+            pair = (left, right)
+            if pair not in seen_merges:
+                seen_merges.add(pair)
+                merges.append(pair)
+            left = left + right
+            if left not in known:
+                known.add(left)
+                tokens.append(left)
+    tokens += [BOS, EOS]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def build_tokenizer(words: list[str] | None = None):
+    """A `transformers.CLIPTokenizer` over the project's words (the shipped prompt vocabulary by default)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = build_vocab_and_merges(project_words() if words is None else sorted(set(words)))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)

@@ -1,0 +1,64 @@
+"""Architecture configs as data, and UNets built from them (on the meta device when no weights are needed)."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from models.errors import ModelError
+
+ZOO_NAMES = ("sd-v1.4", "sd-v2.1", "sdxl-base", "sdxl-turbo", "tiny")
+ALIASES = {"sd-v1.5": "sd-v1.4"}  # SD 1.5 has the same UNet as 1.4
+
+
+def zoo_config(name: str) -> dict:
+    """The diffusers UNet config of a zoo model, by name."""
+    name = ALIASES.get(name, name)
+    if name not in ZOO_NAMES:
+        raise ModelError(f"unknown model {name!r}: expected one of {', '.join(ZOO_NAMES)}")
+    text = resources.files("models.configs").joinpath(f"{name}.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def read_unet_config(path: str | Path) -> dict:
+    """A user's diffusers UNet `config.json` (or a folder holding one), checked to be a UNet2DConditionModel."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ModelError(f"UNet config {str(path)!r} not found: expected a diffusers UNet config.json")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"UNet config {str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("_class_name") != "UNet2DConditionModel":
+        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        raise ModelError(f"config {str(path)!r} is a {found!r}, expected a UNet2DConditionModel config")
+    return config
+
+
+def resolve_config(name_or_path: str) -> dict:
+    """A zoo name, or a path to a UNet config.json / UNet folder / pipeline folder (its `unet/`)."""
+    if ALIASES.get(name_or_path, name_or_path) in ZOO_NAMES:
+        return zoo_config(name_or_path)
+    path = Path(name_or_path)
+    if path.is_dir() and (path / "unet" / "config.json").is_file():
+        path = path / "unet"
+    if not path.exists() and "/" not in name_or_path and not name_or_path.endswith(".json"):
+        raise ModelError(f"unknown model {name_or_path!r}: expected one of {', '.join(ZOO_NAMES)} or a path")
+    return read_unet_config(path)
+
+
+def unet_from_config(config: dict, device: str = "meta", seed: int = 0):
+    """A UNet2DConditionModel with the given config; random weights from `seed`, or meta tensors."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    try:
+        if device == "meta":
+            with torch.device("meta"):
+                return UNet2DConditionModel.from_config(config).eval()
+        torch.manual_seed(seed)
+        return UNet2DConditionModel.from_config(config).to(device).eval()
+    except (TypeError, ValueError, KeyError, AssertionError) as exc:
+        raise ModelError(f"UNet config cannot build a UNet2DConditionModel: {exc}") from None

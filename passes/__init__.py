@@ -1,0 +1,1 @@
+"""ONNX graph passes: module map, pattern matching, QDQ insertion, split cross-attention."""

@@ -1,0 +1,5 @@
+"""The error type graph passes raise for graphs or recipes they cannot use."""
+
+
+class PassError(Exception):
+    """A graph, pattern or recipe a pass cannot use; the message names the node or tensor and why."""

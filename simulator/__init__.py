@@ -1,0 +1,1 @@
+"""Bit-accurate integer simulator, hardware targets and the cost model."""
