@@ -102,19 +102,53 @@ def _torch_export(wrapper, inputs: dict, path: Path) -> None:
 
 
 def _consolidate(path: Path, external: bool) -> None:
-    """Re-save the graph: one external weights file (over 2 GB) or everything inline; check on the path."""
-    import onnx
+    """Re-save the graph with all weights in one external file (over 2 GB) or inline; check on the path.
 
-    model = onnx.load(str(path), load_external_data=True)
-    for stray in path.parent.iterdir():
-        if stray.name != path.name:
-            stray.unlink()  # the exporter's one-file-per-tensor external data
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=WEIGHTS_NAME, size_threshold=1024)
-    else:
+    The external case streams tensor by tensor (the exporter writes one file per tensor), so memory
+    stays at one tensor rather than a second copy of the model.
+    """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    if not external:
+        model = onnx.load(str(path), load_external_data=True)
+        for stray in path.parent.iterdir():
+            if stray.name != path.name:
+                stray.unlink()  # the exporter's one-file-per-tensor external data, if any
         onnx.save_model(model, str(path))
-    del model
+        onnx.checker.check_model(str(path), full_check=False)
+        return
+    model = onnx.load(str(path), load_external_data=False)
+    weights_path = path.parent / WEIGHTS_NAME
+    offset = 0
+    with open(weights_path, "wb") as sink:
+        for tensor in model.graph.initializer:
+            if uses_external_data(tensor):
+                source = path.parent / ExternalDataInfo(tensor).location
+                data = source.read_bytes()
+                source.unlink()
+            else:
+                data = tensor.raw_data or onnx.numpy_helper.to_array(tensor).tobytes()
+                if len(data) < 1024:
+                    continue  # small tensors stay inline
+                tensor.ClearField("raw_data")
+                for field in ("float_data", "int32_data", "int64_data", "double_data"):
+                    tensor.ClearField(field)
+            pad = (-offset) % 4096  # page-aligned, so runtimes can memory-map the tensors
+            sink.write(b"\0" * pad)
+            offset += pad
+            sink.write(data)
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            for key, value in (("location", WEIGHTS_NAME), ("offset", offset), ("length", len(data))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, str(value)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            offset += len(data)
+    for stray in path.parent.iterdir():
+        if stray.name not in (path.name, WEIGHTS_NAME):
+            stray.unlink()
+    onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path), full_check=False)
 
 
@@ -126,6 +160,7 @@ def validate(graph_path: Path, unet, wrapper, batch: int, latent_size: int, seed
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
     session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
     errors = {}
     for k, t in enumerate(VALIDATION_TIMESTEPS):
