@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `run=` (args -> exit code).
-COMMANDS = ("export",)
+COMMANDS = ("export", "cost")
 
 DESCRIPTION = """\
 DGQ compiler: export a diffusion UNet to ONNX, calibrate and quantize it with Distribution-aware
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dgq {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dgq ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
