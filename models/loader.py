@@ -102,9 +102,14 @@ def load_pipeline(path: str | Path):
 
 
 def get_unet(name_or_path: str, seed: int = 0):
-    """A zoo name (random weights from `seed`) or a local diffusers pipeline/UNet folder (its weights)."""
+    """A zoo name (random weights from `seed`; `tiny` is the embedded pipeline's UNet) or a local
+    diffusers pipeline/UNet folder (its weights)."""
     from models.zoo import ALIASES, ZOO_NAMES, unet_from_config, zoo_config
 
+    if name_or_path == "tiny":  # the embedded pipeline's own UNet, so "tiny" is one model everywhere
+        from models.tiny_pipeline import build_tiny_pipeline
+
+        return build_tiny_pipeline(seed).unet
     if ALIASES.get(name_or_path, name_or_path) in ZOO_NAMES:
         return unet_from_config(zoo_config(name_or_path), device="cpu", seed=seed)
     path = Path(name_or_path)

@@ -78,3 +78,10 @@ def test_get_unet_by_name_and_unknown_name():
     with pytest.raises(ModelError, match="unknown model 'sd-v7'"):
         get_unet("sd-v7")
     assert json.loads(json.dumps(dict(get_unet("tiny", seed=3).config)))["sample_size"] == 16
+
+
+def test_tiny_by_name_is_the_embedded_pipelines_unet():
+    from models.tiny_pipeline import build_tiny_pipeline
+
+    by_name, in_pipeline = get_unet("tiny", seed=2).state_dict(), build_tiny_pipeline(2).unet.state_dict()
+    assert all((by_name[k] == in_pipeline[k]).all() for k in by_name)

@@ -1,0 +1,1 @@
+"""Calibration: the observed FP sampling loop and its streaming per-timestep statistics."""

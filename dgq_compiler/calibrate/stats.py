@@ -1,0 +1,169 @@
+"""Calibration statistics files: a JSON manifest `foo.json` + arrays `foo.safetensors` (same stem).
+
+Arrays are named `<module>/<role>/<stat>`, float32, first axis = calibrated step:
+  input, q, k, v:  channel_min/channel_max [T, C], pixel_min/pixel_max [T, N] (absent for [B, C] inputs);
+                   cross-attention k/v: channel stats over tokens 1.. and bos_channel_min/max [T, C] for token 0,
+                   pixel stats over all tokens;
+  attn_probs:      key_max [T, Nk] (per key column, the max over queries, heads and batch);
+                   cross-attention also bos_mass_min/bos_mass_max [T, 1] (mean probability on <start> per call).
+Stats whose name ends in _min merge by minimum, the others by maximum: exact and order-free, so
+shards of a prompt set merge into the statistics of one run, byte for byte.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dgq_compiler.calibrate.points import QuantPoint
+from dgq_compiler.errors import DgqError
+from dgq_compiler.io import atomic_path, check_writable
+
+FORMAT = "dgq-stats"
+VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationStats:
+    model_name: str
+    config_sha256: str
+    timesteps: tuple[int, ...]
+    resolution: tuple[int, int]
+    sampling: dict                      # scheduler, steps, guidance, seed, negative prompt, prompt set hash/size
+    prompt_indices: tuple[int, ...]     # which prompts of the set ran (shards hold disjoint parts)
+    points: tuple[QuantPoint, ...]
+    arrays: dict = field(default_factory=dict)
+
+    @property
+    def T(self) -> int:
+        return len(self.timesteps)
+
+    def get(self, point: QuantPoint, stat: str) -> np.ndarray | None:
+        return self.arrays.get(f"{point.module}/{point.role}/{stat}")
+
+    def point(self, module: str, role: str) -> QuantPoint:
+        for p in self.points:
+            if (p.module, p.role) == (module, role):
+                return p
+        raise DgqError(f"statistics have no point ({module}, {role})")
+
+    def manifest(self, arrays_name: str, arrays_sha256: str) -> dict:
+        return {"format": FORMAT, "version": VERSION,
+                "model": {"name": self.model_name, "config_sha256": self.config_sha256},
+                "timesteps": list(self.timesteps), "resolution": list(self.resolution),
+                "sampling": self.sampling, "prompt_indices": list(self.prompt_indices),
+                "points": [asdict(p) for p in self.points], "arrays": arrays_name, "arrays_sha256": arrays_sha256}
+
+    def save(self, path_json: str | Path, overwrite: bool = False) -> Path:
+        from safetensors.numpy import save_file
+
+        path = _manifest_path(path_json)
+        arrays_path = path.with_suffix(".safetensors")
+        check_writable(path, overwrite)
+        check_writable(arrays_path, overwrite)
+        with atomic_path(arrays_path) as tmp:
+            save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(self.arrays.items())}, str(tmp))
+            digest = _sha256_file(tmp)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.manifest(arrays_path.name, digest), indent=1, sort_keys=True) + "\n",
+                           encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path_json: str | Path) -> "CalibrationStats":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        path = _manifest_path(path_json)
+        what = f"statistics {str(path)!r}"
+        if not path.is_file():
+            raise DgqError(f"{what} not found")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DgqError(f"{what} is not valid JSON (truncated?): {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise DgqError(f"{what} is not a dgq statistics file")
+        if doc.get("version") != VERSION:
+            raise DgqError(f"{what} has version {doc.get('version')!r}; this dgq reads version {VERSION}")
+        try:
+            arrays_path = path.parent / doc["arrays"]
+            points = tuple(QuantPoint(**p) for p in doc["points"])
+            fields_ = (doc["model"]["name"], doc["model"]["config_sha256"], tuple(doc["timesteps"]),
+                       tuple(doc["resolution"]), doc["sampling"], tuple(doc["prompt_indices"]), points)
+        except (KeyError, TypeError) as exc:
+            raise DgqError(f"{what} is missing or has a malformed field ({exc})") from None
+        if not arrays_path.is_file():
+            raise DgqError(f"{what}: its arrays file {str(arrays_path)!r} is missing")
+        if _sha256_file(arrays_path) != doc.get("arrays_sha256"):
+            raise DgqError(f"{what}: {str(arrays_path)!r} does not match the manifest's sha256 (truncated or modified)")
+        try:
+            arrays = load_file(str(arrays_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DgqError(f"{what}: cannot read {str(arrays_path)!r}: {exc}") from None
+        stats = cls(*fields_, arrays=arrays)
+        stats.validate(what)
+        return stats
+
+    def validate(self, what: str = "statistics") -> None:
+        t = len(self.timesteps)
+        for p in self.points:
+            base = f"{p.module}/{p.role}/"
+            needed = ("key_max",) if p.role == "attn_probs" else ("channel_min", "channel_max")
+            for stat in needed:
+                if base + stat not in self.arrays:
+                    raise DgqError(f"{what}: array {base + stat!r} is missing")
+        for name, array in self.arrays.items():
+            if array.shape[:1] != (t,):
+                raise DgqError(f"{what}: array {name!r} has {array.shape[0] if array.ndim else 0} steps, expected T = {t}")
+
+
+def merge_stats(parts: list[CalibrationStats]) -> CalibrationStats:
+    """Statistics of the union of the shards' prompts (exact: elementwise min/max)."""
+    if not parts:
+        raise DgqError("nothing to merge: give at least one statistics file")
+    first = parts[0]
+    seen = set(first.prompt_indices)
+    for i, other in enumerate(parts[1:], start=2):
+        for label, a, b in (("model", first.config_sha256, other.config_sha256),
+                            ("timestep schedule", first.timesteps, other.timesteps),
+                            ("resolution", first.resolution, other.resolution),
+                            ("sampling settings", first.sampling, other.sampling),
+                            ("quantization points", first.points, other.points),
+                            ("arrays", sorted(first.arrays), sorted(other.arrays))):
+            if a != b:
+                raise DgqError(f"cannot merge statistics: part {i} has another {label} than part 1")
+        overlap = seen & set(other.prompt_indices)
+        if overlap:
+            raise DgqError(f"cannot merge statistics: part {i} repeats prompt(s) {sorted(overlap)[:5]} "
+                           "(shards must hold disjoint prompts)")
+        seen |= set(other.prompt_indices)
+    arrays = {}
+    for name in first.arrays:
+        reduce = np.minimum if name.endswith("_min") else np.maximum
+        merged = first.arrays[name]
+        for other in parts[1:]:
+            merged = reduce(merged, other.arrays[name])
+        arrays[name] = np.ascontiguousarray(merged, dtype=np.float32)
+    return CalibrationStats(first.model_name, first.config_sha256, first.timesteps, first.resolution, first.sampling,
+                            tuple(sorted(seen)), first.points, arrays)
+
+
+def _manifest_path(path) -> Path:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if path.suffix != ".json":
+        raise DgqError(f"statistics path {str(path)!r} must name the manifest, ending in .json")
+    return path
+
+
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,88 @@
+"""`dgq calibrate`: the FP sampling loop over a prompt set -> streaming per-timestep statistics."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "calibrate", help="run the FP sampling loop over prompts and record per-timestep activation statistics",
+        description="Sample with the diffusers pipeline (PNDM, classifier-free guidance: cond + uncond in one batch, "
+                    "prompt i seeded seed + i) and record, at every quantization point and distinct timestep, "
+                    "per-channel and per-pixel/token min/max and the attention statistics. Writes STATS.json "
+                    "(manifest) + STATS.safetensors. Shards (--shard i/n) merge exactly with `dgq merge-stats`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", help="a local diffusers pipeline folder, or 'tiny' (the embedded random pipeline)")
+    p.add_argument("-o", "--output", required=True, help="statistics manifest to write (.json; arrays beside it)")
+    p.add_argument("--prompts", default=None,
+                   help="text file with one prompt per line; None: the 64 built-in calibration prompts")
+    p.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts of the set; None: all")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps (PNDM)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (> 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i)")
+    p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
+    p.add_argument("--latent-size", type=int, default=None, help="latent height/width; None: the UNet's sample_size")
+    p.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N slices of the prompts (0-based)")
+    p.add_argument("--device", default=None, help="torch device; None: cuda if available, else cpu")
+    p.add_argument("--model-seed", type=int, default=0, help="weights seed of the 'tiny' model")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(run=run)
+
+
+def parse_shard(text: str | None):
+    from dgq_compiler.errors import DgqError
+
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise DgqError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    return i, n
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, shard_indices
+    from dgq_compiler.cli.table import format_table
+    from dgq_compiler.errors import DgqError
+    from dgq_compiler.io import check_writable
+
+    out = Path(args.output)
+    if out.suffix != ".json":
+        raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
+    check_writable(out, args.overwrite)
+    check_writable(out.with_suffix(".safetensors"), args.overwrite)
+    if args.steps < 1:
+        raise DgqError(f"--steps must be at least 1, got {args.steps}")
+    if args.latent_size is not None and (args.latent_size < 8 or args.latent_size % 8):
+        raise DgqError(f"--latent-size must be a positive multiple of 8, got {args.latent_size}")
+    prompts = read_prompts(args.prompts)
+    if args.num_prompts is not None:
+        if args.num_prompts < 1:
+            raise DgqError(f"--num-prompts must be at least 1, got {args.num_prompts}")
+        prompts = prompts[: args.num_prompts]
+    indices = shard_indices(len(prompts), parse_shard(args.shard))
+    pipe = open_pipeline(args.model, seed=args.model_seed, device=args.device)
+    start = time.perf_counter()
+    stats = calibrate(pipe, prompts, model_name=args.model, steps=args.steps, guidance=args.guidance,
+                      seed=args.seed, indices=indices, latent_size=args.latent_size,
+                      negative_prompt=args.negative_prompt,
+                      model_seed=args.model_seed if args.model == "tiny" else None, progress=True)
+    seconds = time.perf_counter() - start
+    stats.save(out, overwrite=args.overwrite)
+    roles: dict = {}
+    for p in stats.points:
+        roles[p.role] = roles.get(p.role, 0) + 1
+    size = out.with_suffix(".safetensors").stat().st_size
+    rows = [["statistics", f"{out} (+ {out.with_suffix('.safetensors').name}, {size / 1e6:.2f} MB)"],
+            ["prompts", f"{len(indices)} of {len(prompts)} (indices {indices[0]}..{indices[-1]})"],
+            ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]}"],
+            ["latent resolution", "x".join(map(str, stats.resolution))],
+            ["points", ", ".join(f"{r} {n}" for r, n in roles.items())],
+            ["device", str(pipe.device)],
+            ["time", f"{seconds:.1f} s ({seconds / len(indices):.2f} s per prompt)"]]
+    print(format_table(["calibrate", args.model], rows))
+    return 0

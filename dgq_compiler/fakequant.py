@@ -1,0 +1,167 @@
+"""The torch fake-quant reference: a recipe applied to a diffusers UNet with the contract's arithmetic.
+
+float32, round half to even (torch.round), the step index of the nearest calibrated timestep:
+  uniform  q = clamp(round(x / s) + z, 0, 2^b - 1),  x_hat = (q - z) * s
+  weights  q = clamp(round(w / s) + z, -2^(b-1), 2^(b-1) - 1),  w_hat = (q - z) * s   (per output channel)
+  log2     q = clamp(round(-log2(x / S)), 0, 2^b - 1),  x_hat = S * 2^-q,  S = max of the probs (dynamic)
+Cross-attention with exclude_bos: k/v token 0 and the probs' column 0 stay FP, and
+  A.V = A[..., :1] @ V[:, :1] + Qlog(A[..., 1:]) @ V[:, 1:].
+So quantized images come from the ordinary diffusers pipeline, on any device, and the ONNX graph can be
+checked against it.
+"""
+from __future__ import annotations
+
+from dgq_compiler.calibrate.attention import tapped_attention
+from dgq_compiler.calibrate.observer import StepTracker
+from dgq_compiler.calibrate.points import quantizable_layers
+from dgq_compiler.errors import DgqError
+
+
+def quantize_uniform(x, scale, zero, bits: int):
+    """Fake-quantize on the unsigned grid; `scale`/`zero` broadcast against x (float32)."""
+    import torch
+
+    q = torch.clamp(torch.round(x / scale) + zero, 0, 2 ** bits - 1)
+    return (q - zero) * scale
+
+
+def quantize_log2(x, peak, bits: int):
+    """Fake-quantize probabilities on the log2 grid below `peak` (0 -> the last code)."""
+    import torch
+
+    q = torch.clamp(torch.round(-torch.log2(x / peak)), 0, 2 ** bits - 1)
+    return peak * torch.exp2(-q)
+
+
+class FakeQuant:
+    """Handle of an applied recipe: weights replaced, activation quantizers hooked; `remove()` restores the UNet."""
+
+    def __init__(self, unet, recipe, weights: bool = True, activations: bool = True):
+        recipe.check_unet(unet)
+        self.unet, self.recipe = unet, recipe
+        self._saved, self._handles, self._attention, self._cache = {}, [], None, {}
+        self.steps = StepTracker(unet, recipe.step_index)
+        try:
+            if weights:
+                self._quantize_weights()
+            if activations:
+                layers = quantizable_layers(unet)
+                for (module, role) in recipe.tensors:
+                    if role == "input":
+                        self._handles.append(layers[module].register_forward_pre_hook(self._input_hook(module)))
+                self._attention = tapped_attention(unet, self).__enter__()
+        except BaseException:
+            self.remove()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self._attention is not None:
+            self._attention.remove()
+            self._attention = None
+        modules = dict(self.unet.named_modules())
+        for name, original in self._saved.items():
+            modules[name].weight.data = original
+        self._saved = {}
+        self.steps.remove()
+
+    # -- weights
+    def _quantize_weights(self):
+        import torch
+
+        from dgq_compiler.quantize.weights import fake_quant_weight
+
+        modules = dict(self.unet.named_modules())
+        for (module, role), tq in self.recipe.tensors.items():
+            if role != "weight":
+                continue
+            weight = modules[module].weight
+            w = weight.data.float().reshape(weight.shape[0], -1)
+            scale = torch.from_numpy(tq.scale).to(w.device)
+            zero = torch.from_numpy(tq.zero_point).to(w.device)
+            self._saved[module] = weight.data
+            weight.data = fake_quant_weight(w, scale, zero, tq.bits).reshape(weight.shape).to(weight.dtype)
+
+    # -- activations
+    def _params(self, tq, step: int, x, tokens_offset: int = 0):
+        """scale, zero point (float32) shaped to broadcast against x for this step."""
+        import torch
+
+        key = (tq.module, tq.role, step, x.ndim, tuple(x.shape[1:]), x.device)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        scale = torch.from_numpy(tq.scale[step]).to(x.device)
+        zero = torch.from_numpy(tq.zero_point[step].astype("float32")).to(x.device)
+        if tq.axis == "tensor":
+            out = scale.reshape(()), zero.reshape(())
+        else:
+            index = torch.from_numpy(tq.group_map[0 if tq.shared_map else step].astype("int64")).to(x.device)
+            scale, zero = scale[index], zero[index]
+            n = index.shape[0]
+            if tq.axis == "channel":
+                shape = [1, n, 1, 1] if x.ndim == 4 else [1] * (x.ndim - 1) + [n]
+            else:
+                pixels = x.shape[2] * x.shape[3] if x.ndim == 4 else (x.shape[1] if x.ndim == 3 else 0)
+                if pixels != n:
+                    raise DgqError(f"recipe ({tq.module}, {tq.role}) groups {n} pixels/tokens, the tensor has "
+                                   f"{pixels}: run at the calibrated resolution {list(self.recipe.resolution)}")
+                shape = [1, 1, x.shape[2], x.shape[3]] if x.ndim == 4 else [1, n, 1]
+            if tq.axis == "channel" and (x.shape[1] if x.ndim == 4 else x.shape[-1]) != n:
+                raise DgqError(f"recipe ({tq.module}, {tq.role}) groups {n} channels, the tensor has a different count")
+            out = scale.reshape(shape), zero.reshape(shape)
+        self._cache[key] = out
+        return out
+
+    def _uniform(self, tq, x):
+        scale, zero = self._params(tq, self.steps.index, x)
+        return quantize_uniform(x, scale, zero, tq.bits)
+
+    def _input_hook(self, module):
+        tq = self.recipe.tensors[(module, "input")]
+
+        def hook(_module, args):
+            return (self._uniform(tq, args[0]), *args[1:])
+        return hook
+
+    def qkv(self, name, role, tensor, cross):
+        import torch
+
+        tq = self.recipe.tensors.get((name, role))
+        if tq is None:
+            return tensor
+        if tq.exclude_bos and cross:  # token 0 (<start>) stays FP
+            return torch.cat([tensor[:, :1], self._uniform(tq, tensor[:, 1:])], dim=1)
+        return self._uniform(tq, tensor)
+
+    def _probs(self, tq, probs):
+        import torch
+
+        step = self.steps.index
+        if tq.quantizer == "log2":
+            peak = probs.amax() if tq.dynamic else torch.tensor(float(tq.scale[step, 0]), device=probs.device)
+            return quantize_log2(probs, peak, tq.bits)
+        return self._uniform(tq, probs)
+
+    def attend(self, name, probs, value, cross):
+        import torch
+
+        tq = self.recipe.tensors.get((name, "attn_probs"))
+        if tq is None:
+            return torch.bmm(probs, value)
+        if tq.exclude_bos and cross:
+            return torch.bmm(probs[..., :1], value[:, :1]) + torch.bmm(self._probs(tq, probs[..., 1:]), value[:, 1:])
+        return torch.bmm(self._probs(tq, probs), value)
+
+
+def apply_recipe(unet, recipe, weights: bool = True, activations: bool = True) -> FakeQuant:
+    """Quantize `unet` in place by `recipe`; use as a context manager or call `.remove()` to restore it."""
+    return FakeQuant(unet, recipe, weights=weights, activations=activations)

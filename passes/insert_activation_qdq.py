@@ -1,0 +1,100 @@
+"""Activation QDQ with per-group, per-timestep parameters at every Conv/Linear input and at q, k, v.
+
+- role "input": on the edge into the module's Conv/Gemm/MatMul (only that consumer is rewired: a tensor read by
+  several modules, e.g. encoder_hidden_states, gets one QDQ per module with that module's parameters);
+- roles "q", "k", "v": at the to_q/to_k/to_v output [B, N, C_inner], before the head split; with exclude_bos
+  (cross-attention) token row 0 stays FP: Slice rows 0 / 1.., QDQ the rest, Concat back on axis 1.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from passes.base import Pass, PassContext, add_node, nodes_by_name, step_index_tensor
+from passes.errors import PassError
+from passes.patterns import match_attention, match_weighted_op
+from passes.qdq import INT64_MAX, slice_axis, uniform_qdq
+
+LAYOUT_OF_OP = {"Conv": "nchw", "Gemm": "nc", "MatMul": "nlc"}
+
+
+def rewire_consumers(tensor: gs.Tensor, new: gs.Tensor, skip: set) -> int:
+    """Point every consumer of `tensor` (except Shape nodes and `skip`) at `new`; returns how many."""
+    count = 0
+    for node in list(tensor.outputs):
+        if node.op == "Shape" or id(node) in skip:
+            continue
+        for i, t in enumerate(node.inputs):
+            if t is tensor:
+                node.inputs[i] = new
+                count += 1
+    return count
+
+
+def attention_matches(graph: gs.Graph, ctx: PassContext) -> dict:
+    """module -> AttentionMatch for every attention module the module map lists (matched once, then cached)."""
+    if ctx.attention is not None:
+        return ctx.attention
+    by_name = nodes_by_name(graph)
+    pairs: dict[str, dict] = {}
+    for e in ctx.module_map:
+        if e.kind in ("attn_qk", "attn_av"):
+            pairs.setdefault(e.module, {})[e.kind] = by_name.get(e.node)
+    out = {}
+    for module, pair in pairs.items():
+        if pair.get("attn_qk") is None or pair.get("attn_av") is None:
+            raise PassError(f"attention {module}: the module map lists its matmuls but the graph lacks them")
+        out[module] = match_attention(graph, pair["attn_qk"], pair["attn_av"], module)
+    ctx.attention = out
+    return out
+
+
+class InsertActivationQdq(Pass):
+    name = "insert_activation_qdq"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        step = step_index_tensor(graph)
+        by_name = nodes_by_name(graph)
+        wanted = {m for (m, r) in ctx.recipe.tensors if r in ("q", "k", "v")}
+        matches = attention_matches(graph, ctx) if wanted else {}  # before any rewiring
+        for entry in ctx.module_map:
+            tq = ctx.entry(entry.module, "input")
+            if tq is None or entry.kind not in ("conv", "linear"):
+                continue
+            node = by_name[entry.node]
+            op = match_weighted_op(node) if isinstance(node.inputs[1], gs.Constant) else None
+            layout = LAYOUT_OF_OP[node.op]
+            if op is None and node.op == "MatMul":  # weights already dequantized: still a linear on [B, N, C]
+                layout = "nlc"
+            dq, record, meta = uniform_qdq(graph, node.inputs[0], tq, layout, step)
+            node.inputs[0] = dq
+            ctx.records.append(record)
+            ctx.node_metadata.update(meta)
+        for module in sorted(wanted):
+            if module not in matches:
+                raise PassError(f"recipe quantizes q/k/v of {module}, but the graph has no MatMul -> Softmax -> MatMul "
+                                "attention there (exported with fused attention?)")
+            match = matches[module]
+            for role in ("q", "k", "v"):
+                tq = ctx.entry(module, role)
+                if tq is None:
+                    continue
+                x = getattr(match, role)
+                if tq.exclude_bos and role in ("k", "v"):
+                    if not match.cross:
+                        raise PassError(f"recipe ({module}, {role}) has exclude_bos, but {module} is a self-attention")
+                    prefix = f"dgq/{module}/{role}"
+                    head = slice_axis(graph, x, 1, 0, 1, f"{prefix}/Slice_bos")
+                    rest = slice_axis(graph, x, 1, 1, INT64_MAX, f"{prefix}/Slice_rest")
+                    dq, record, meta = uniform_qdq(graph, rest, tq, "nlc", step)
+                    record.tensor, record.bos_split = x.name, True
+                    joined = add_node(graph, "Concat", f"{prefix}/Concat", [head, dq], attrs={"axis": 1})
+                    mine = {id(n) for n in head.inputs + rest.inputs}
+                    rewire_consumers(x, joined, mine)
+                else:
+                    dq, record, meta = uniform_qdq(graph, x, tq, "nlc", step)
+                    mine = {id(n) for n in graph.nodes if n.name.startswith(f"dgq/{module}/{role}/")}
+                    rewire_consumers(x, dq, mine)
+                ctx.records.append(record)
+                ctx.node_metadata.update(meta)
+        return graph

@@ -1,0 +1,35 @@
+"""Compute the step index in the graph: the calibrated timestep nearest to the `timestep` input.
+
+dgq.schedule [T] -> Sub(schedule, timestep) -> Abs -> ArgMin(axis 0, first minimum) -> dgq.step_index int64 [1].
+The compiled graph keeps the FP graph's inputs, so it drops into an existing ONNX pipeline.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes.base import SCHEDULE, STEP_INDEX, Pass, PassContext, add_node, constant
+from passes.errors import PassError
+
+TIMESTEP_INPUT = "timestep"
+
+
+class InsertStepIndex(Pass):
+    name = "insert_step_index"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        if STEP_INDEX in graph.tensors():
+            raise PassError(f"the graph already has a {STEP_INDEX!r} tensor (compiled twice?)")
+        timestep = next((t for t in graph.inputs if t.name == TIMESTEP_INPUT), None)
+        if timestep is None:
+            raise PassError(f"the graph has no {TIMESTEP_INPUT!r} input (inputs: "
+                            f"{', '.join(t.name for t in graph.inputs)}); expected an exported UNet")
+        if timestep.dtype is not None and np.dtype(timestep.dtype) != np.float32:
+            timestep = add_node(graph, "Cast", "dgq/step/Cast", [timestep], attrs={"to": onnx.TensorProto.FLOAT})
+        schedule = constant(SCHEDULE, np.asarray(ctx.recipe.timesteps, dtype=np.float32))
+        diff = add_node(graph, "Sub", "dgq/step/Sub", [schedule, timestep])
+        dist = add_node(graph, "Abs", "dgq/step/Abs", [diff])
+        add_node(graph, "ArgMin", "dgq/step/ArgMin", [dist], STEP_INDEX, dtype=np.int64,
+                 attrs={"axis": 0, "keepdims": 1, "select_last_index": 0})
+        return graph

@@ -1,0 +1,16 @@
+"""The standard pass list of `dgq compile`, in order."""
+from __future__ import annotations
+
+from passes.base import Pass
+from passes.check_recipe import CheckRecipe
+from passes.insert_activation_qdq import InsertActivationQdq
+from passes.insert_step_index import InsertStepIndex
+from passes.quantize_attention_probs import QuantizeAttentionProbs
+from passes.quantize_weights import QuantizeWeights
+from passes.split_cross_attention import SplitCrossAttention
+from passes.write_encodings import WriteEncodings
+
+
+def compile_passes() -> list[Pass]:
+    return [CheckRecipe(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(), QuantizeAttentionProbs(),
+            SplitCrossAttention(), WriteEncodings()]

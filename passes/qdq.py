@@ -1,0 +1,129 @@
+"""Builders for the quantize/dequantize subgraphs the passes insert (compiled-graph contract, items 3-5).
+
+Uniform: `[T, G]` scale and zero-point tables + group map are initializers; Gather(table, step index) ->
+Reshape [G] -> Gather(., group map of the step) gives a per-index vector for QuantizeLinear/DequantizeLinear(axis).
+Log2: dgq.QuantizeLog / dgq.DequantizeLog with a dynamic (ReduceMax) or step-gathered static scale.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes.base import QuantRecord, add_node, constant
+from passes.errors import PassError
+from passes.log_functions import DEQUANTIZE_LOG, DOMAIN, QUANTIZE_LOG, log_functions
+
+# Where the channel and pixel axes of an activation are, by layout:
+#   nchw: conv input [B, C, H, W]       channel 1, pixels flattened to one axis (h*W + w)
+#   nlc:  tokens x channels [B, N, C]   channel 2, pixel (token) 1
+#   nc:   [B, C] (time embedding)       channel 1, no pixel axis
+CHANNEL_AXIS = {"nchw": 1, "nlc": 2, "nc": 1}
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _i64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def step_gather(graph: gs.Graph, table: gs.Constant, step: gs.Tensor, prefix: str, what: str,
+                shape, dtype) -> gs.Variable:
+    """Row `step` of a [T, X] table, reshaped to `shape` ([-1] or [] for a scalar)."""
+    row = add_node(graph, "Gather", f"{prefix}/{what}/Gather", [table, step], dtype=dtype, attrs={"axis": 0})
+    return add_node(graph, "Reshape", f"{prefix}/{what}/Reshape", [row, constant(f"{prefix}/{what}/shape", _i64(shape))],
+                    dtype=dtype)
+
+
+def group_params(graph: gs.Graph, tq, prefix: str, init_prefix: str, step: gs.Tensor):
+    """(scale, zero point) tensors for one quantization point: scalars (G = 1, axis tensor) or per-index [N]."""
+    scale_table = constant(f"{init_prefix}/scale_table", tq.scale.astype(np.float32))
+    zero_table = constant(f"{init_prefix}/zero_point_table", tq.zero_point.astype(np.uint8))
+    if tq.axis == "tensor":
+        return (step_gather(graph, scale_table, step, prefix, "scale", [], np.float32),
+                step_gather(graph, zero_table, step, prefix, "zero_point", [], np.uint8))
+    scale_g = step_gather(graph, scale_table, step, prefix, "scale", [-1], np.float32)
+    zero_g = step_gather(graph, zero_table, step, prefix, "zero_point", [-1], np.uint8)
+    # group maps are stored as uint8 (G <= 256; 1/8 of int64 on disk) and cast to int64 indices in the graph
+    map_dtype = np.uint8 if tq.scale.shape[1] <= 256 else np.int32
+    group_map = constant(f"{init_prefix}/group_map", tq.group_map.astype(map_dtype))
+    if tq.group_map.shape[0] == 1:  # one map shared by all steps
+        row = add_node(graph, "Reshape", f"{prefix}/group_map/Reshape",
+                       [group_map, constant(f"{prefix}/group_map/shape", _i64([-1]))], dtype=map_dtype)
+    else:
+        row = step_gather(graph, group_map, step, prefix, "group_map", [-1], map_dtype)
+    index = add_node(graph, "Cast", f"{prefix}/group_map/Cast", [row], dtype=np.int64,
+                     attrs={"to": onnx.TensorProto.INT64})
+    scale = add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale_g, index], attrs={"axis": 0})
+    zero = add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero_g, index], dtype=np.uint8,
+                    attrs={"axis": 0})
+    return scale, zero
+
+
+def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor, prefix: str | None = None
+                ) -> tuple[gs.Variable, QuantRecord, dict]:
+    """Q (-> Clip) -> DQ of `x`; returns (dequantized tensor, record, Q node metadata)."""
+    prefix = prefix or f"dgq/{tq.module}/{tq.role}"
+    init_prefix = prefix[len("dgq/"):] if prefix.startswith("dgq/") else prefix
+    if tq.axis == "pixel" and layout == "nc":
+        raise PassError(f"({tq.module}, {tq.role}): pixel groups on a [B, C] tensor {x.name!r}, which has no pixel axis")
+    scale, zero = group_params(graph, tq, prefix, init_prefix, step)
+    src, axis = x, None
+    if tq.axis == "channel":
+        axis = CHANNEL_AXIS[layout]
+    elif tq.axis == "pixel":
+        if layout == "nchw":  # [B, C, H, W] -> [B, C, H*W]: the grouped pixels on one axis
+            src = add_node(graph, "Reshape", f"{prefix}/Reshape_in", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
+            axis = 2
+        else:
+            axis = 1
+    attrs = {} if axis is None else {"axis": axis}
+    q_name = f"{prefix}/QuantizeLinear"
+    codes = add_node(graph, "QuantizeLinear", q_name, [src, scale, zero], dtype=np.uint8, attrs=attrs)
+    if tq.bits < 8:  # a b-bit grid in uint8 storage
+        codes = add_node(graph, "Clip", f"{prefix}/Clip",
+                         [codes, constant(f"{prefix}/clip_min", np.array(0, np.uint8)),
+                          constant(f"{prefix}/clip_max", np.array(2 ** tq.bits - 1, np.uint8))], dtype=np.uint8)
+    out = add_node(graph, "DequantizeLinear", f"{prefix}/DequantizeLinear", [codes, scale, zero], attrs=attrs)
+    if src is not x:
+        shape = add_node(graph, "Shape", f"{prefix}/Shape", [x], dtype=np.int64)
+        out = add_node(graph, "Reshape", f"{prefix}/Reshape_out", [out, shape])
+    meta = {"dgq.module": tq.module, "dgq.role": tq.role, "dgq.bits": str(tq.bits), "dgq.axis": tq.axis,
+            "dgq.quantizer": "uniform"}
+    record = QuantRecord(tq.module, tq.role, "uniform", tq.bits, tq.axis, int(tq.scale.shape[1]), x.name, q_name,
+                         axis, tq)
+    return out, record, {q_name: meta}
+
+
+def ensure_log_functions(graph: gs.Graph) -> None:
+    from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
+
+    have = {(f.domain, f.name) for f in graph.functions}
+    for proto in log_functions():
+        if (proto.domain, proto.name) not in have:
+            graph.functions.append(OnnxImporter.import_function(proto, model_opset=graph.opset))
+
+
+def log_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | None = None
+            ) -> tuple[gs.Variable, QuantRecord, dict]:
+    """dgq.DequantizeLog(dgq.QuantizeLog(A, S), S); S = max(A) (dynamic) or the step's calibrated scale."""
+    prefix = prefix or f"dgq/{tq.module}/{tq.role}"
+    init_prefix = prefix[len("dgq/"):]
+    ensure_log_functions(graph)
+    if tq.dynamic:
+        s = add_node(graph, "ReduceMax", f"{prefix}/ReduceMax", [a], attrs={"keepdims": 0})
+    else:
+        table = constant(f"{init_prefix}/scale_table", tq.scale.astype(np.float32))
+        s = step_gather(graph, table, step, prefix, "scale", [], np.float32)
+    q_name = f"{prefix}/QuantizeLog"
+    codes = add_node(graph, QUANTIZE_LOG, q_name, [a, s], dtype=np.uint8, attrs={"bits": tq.bits}, domain=DOMAIN)
+    out = add_node(graph, DEQUANTIZE_LOG, f"{prefix}/DequantizeLog", [codes, s], domain=DOMAIN)
+    meta = {"dgq.module": tq.module, "dgq.role": tq.role, "dgq.bits": str(tq.bits), "dgq.axis": "tensor",
+            "dgq.quantizer": "log2", "dgq.dynamic": str(int(tq.dynamic))}
+    record = QuantRecord(tq.module, tq.role, "log2", tq.bits, "tensor", 1, a.name, q_name, None, tq)
+    return out, record, {q_name: meta}
+
+
+def slice_axis(graph: gs.Graph, x: gs.Tensor, axis: int, start: int, end: int, name: str) -> gs.Variable:
+    return add_node(graph, "Slice", name, [x, constant(f"{name}/starts", _i64([start])),
+                                           constant(f"{name}/ends", _i64([end])),
+                                           constant(f"{name}/axes", _i64([axis]))], dtype=x.dtype or np.float32)
