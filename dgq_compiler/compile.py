@@ -6,7 +6,6 @@ and with `static=True` one graph per calibrated step, unet.step<NN>.onnx, all sh
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field

@@ -45,3 +45,23 @@ def atomic_path(path: str | Path, directory: bool = False):
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def manifest_file(path: str | Path, what: str) -> Path:
+    """The `.json` manifest of a manifest + `.safetensors` pair, given either file's path."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if path.suffix != ".json":
+        raise DgqError(f"{what} path {str(path)!r} must name the manifest, ending in .json")
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -15,7 +15,7 @@ import numpy as np
 
 from dgq_compiler.config import QuantConfig
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import atomic_path, check_writable, manifest_file, sha256_file
 
 FORMAT = "dgq-recipe"
 VERSION = 1
@@ -172,7 +172,7 @@ class Recipe:
         """Write `<stem>.safetensors` then the manifest `<stem>.json`, each atomically."""
         from safetensors.numpy import save_file
 
-        manifest_path = _manifest_path(path_json)
+        manifest_path = manifest_file(path_json, "recipe")
         arrays_path = manifest_path.with_suffix(".safetensors")
         check_writable(manifest_path, overwrite)
         check_writable(arrays_path, overwrite)
@@ -189,7 +189,7 @@ class Recipe:
                             "shapes": {k: list(a.shape) for k, a in tq.arrays().items()}})
         with atomic_path(arrays_path) as tmp:
             save_file(arrays, str(tmp))  # no metadata: safetensors orders it at random
-            digest = _sha256_file(tmp)
+            digest = sha256_file(tmp)
         manifest = {"format": FORMAT, "version": VERSION,
                     "model": {"name": self.model_name, "config_sha256": self.config_sha256},
                     "config": self.config.to_dict(), "timesteps": list(self.timesteps),
@@ -205,7 +205,7 @@ class Recipe:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        manifest_path = _manifest_path(path_json)
+        manifest_path = manifest_file(path_json, "recipe")
         what = f"recipe {str(manifest_path)!r}"
         if not manifest_path.is_file():
             raise DgqError(f"{what} not found")
@@ -230,7 +230,7 @@ class Recipe:
             raise DgqError(f"{what}: {exc}") from None
         if not arrays_path.is_file():
             raise DgqError(f"{what}: its arrays file {str(arrays_path)!r} is missing")
-        if _sha256_file(arrays_path) != expected_sha:
+        if sha256_file(arrays_path) != expected_sha:
             raise DgqError(f"{what}: {str(arrays_path)!r} does not match the manifest's sha256 "
                            "(truncated, modified or from another recipe)")
         if unet_config is not None:
@@ -279,23 +279,6 @@ class Recipe:
                 if tq.scale.shape[0] != out:
                     raise DgqError(f"recipe ({module}, weight) has {tq.scale.shape[0]} channel scales, "
                                    f"the UNet's weight has {out} output channels")
-
-
-def _manifest_path(path) -> Path:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        path = path.with_suffix(".json")
-    if path.suffix != ".json":
-        raise DgqError(f"recipe path {str(path)!r} must name the manifest, ending in .json")
-    return path
-
-
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def config_fingerprint(unet_config) -> str:

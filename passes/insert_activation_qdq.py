@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, nodes_by_name, step_index_tensor

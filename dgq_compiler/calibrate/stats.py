@@ -11,7 +11,6 @@ shards of a prompt set merge into the statistics of one run, byte for byte.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from dgq_compiler.calibrate.points import QuantPoint
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import atomic_path, check_writable, manifest_file, sha256_file
 
 FORMAT = "dgq-stats"
 VERSION = 1
@@ -60,13 +59,13 @@ class CalibrationStats:
     def save(self, path_json: str | Path, overwrite: bool = False) -> Path:
         from safetensors.numpy import save_file
 
-        path = _manifest_path(path_json)
+        path = manifest_file(path_json, "statistics")
         arrays_path = path.with_suffix(".safetensors")
         check_writable(path, overwrite)
         check_writable(arrays_path, overwrite)
         with atomic_path(arrays_path) as tmp:
             save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(self.arrays.items())}, str(tmp))
-            digest = _sha256_file(tmp)
+            digest = sha256_file(tmp)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.manifest(arrays_path.name, digest), indent=1, sort_keys=True) + "\n",
                            encoding="utf-8")
@@ -77,7 +76,7 @@ class CalibrationStats:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        path = _manifest_path(path_json)
+        path = manifest_file(path_json, "statistics")
         what = f"statistics {str(path)!r}"
         if not path.is_file():
             raise DgqError(f"{what} not found")
@@ -98,7 +97,7 @@ class CalibrationStats:
             raise DgqError(f"{what} is missing or has a malformed field ({exc})") from None
         if not arrays_path.is_file():
             raise DgqError(f"{what}: its arrays file {str(arrays_path)!r} is missing")
-        if _sha256_file(arrays_path) != doc.get("arrays_sha256"):
+        if sha256_file(arrays_path) != doc.get("arrays_sha256"):
             raise DgqError(f"{what}: {str(arrays_path)!r} does not match the manifest's sha256 (truncated or modified)")
         try:
             arrays = load_file(str(arrays_path))
@@ -150,20 +149,3 @@ def merge_stats(parts: list[CalibrationStats]) -> CalibrationStats:
         arrays[name] = np.ascontiguousarray(merged, dtype=np.float32)
     return CalibrationStats(first.model_name, first.config_sha256, first.timesteps, first.resolution, first.sampling,
                             tuple(sorted(seen)), first.points, arrays)
-
-
-def _manifest_path(path) -> Path:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        path = path.with_suffix(".json")
-    if path.suffix != ".json":
-        raise DgqError(f"statistics path {str(path)!r} must name the manifest, ending in .json")
-    return path
-
-
-def _sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

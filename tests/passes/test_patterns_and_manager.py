@@ -1,4 +1,3 @@
-import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 

@@ -1,7 +1,6 @@
 import json
 import os
 
-import pytest
 
 from dgq_compiler.cli.main import build_parser, main
 

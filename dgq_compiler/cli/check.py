@@ -1,0 +1,61 @@
+"""`dgq check`: does a compiled graph fit a hardware target? Violations + worst-case accumulators."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "check", help="check a compiled graph against a hardware target",
+        description="List every place the compiled graph asks for something the target does not offer (bit widths, "
+                    "signed/unsigned grids, symmetric zero points, group scales, per-step scales and group maps, the "
+                    "log quantizer, the floating-point <start> branch), with the node, what the graph asks and what "
+                    "the target allows; and a worst-case accumulator-overflow analysis from bit widths and reduction "
+                    "lengths. Exits 1 when there are violations.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("graph", help="compiled folder (unet.onnx) or a compiled .onnx file")
+    p.add_argument("--target", default="generic-npu",
+                   help="preset (generic-npu, tensorrt-int8, onnxruntime-cpu) or a target .json/.toml file")
+    p.add_argument("--latent-size", type=int, default=None,
+                   help="latent height/width for attention reduction lengths; none: from compile.json/export.json or the model")
+    p.add_argument("--batch", type=int, default=2, help="batch used for shape inference")
+    p.add_argument("--all", action="store_true", help="list every violation, not only the first 40")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import onnx
+
+    from dgq_compiler.cli.table import format_table
+    from dgq_compiler.verify import _latent_size, resolve_graph
+    from simulator.check import check_graph, load_for_analysis
+
+    graph = resolve_graph(args.graph)
+    model = load_for_analysis(graph)
+    try:
+        latent = _latent_size(model, graph, args.latent_size)
+    except Exception:  # noqa: BLE001 - attention K then stays unknown
+        latent = None
+    report = check_graph(model, args.target, latent_size=latent, batch=args.batch)
+    shown = report.violations if args.all else report.violations[:40]
+    if report.violations:
+        print(format_table(["node", "rule", "graph asks", "target allows"],
+                           [[v.node, v.rule, v.asks, v.allows] for v in shown],
+                           title=f"violations ({len(shown)} of {len(report.violations)})"))
+        print()
+    accs = sorted(report.accumulators, key=lambda a: -(a.worst_bits or 0))
+    print(format_table(["node", "op", "K", "|a| bits", "|b| bits", "worst-case bits", "accumulator", "status"],
+                       [[a.node, a.op_type + (" shift-add" if a.shift_add else ""), a.reduction or "unknown",
+                         a.operand_bits[0], a.operand_bits[1], a.worst_bits or "unknown", a.available_bits,
+                         "MAY OVERFLOW" if a.may_overflow else "ok"] for a in accs[:15]],
+                       title=f"worst-case accumulators ({min(15, len(accs))} widest of {len(accs)})"))
+    print()
+    rows = [["graph", str(graph)], ["target", report.target],
+            ["quantizers", len(report.info.quantizers)], ["integer weights", len(report.info.weights)],
+            ["quantized matmuls/convs", len(report.info.matmuls)],
+            ["may overflow", sum(a.may_overflow for a in report.accumulators)],
+            *[[f"violations: {rule}", n] for rule, n in sorted(report.by_rule().items())],
+            ["verdict", "conforms" if report.ok else f"{len(report.violations)} violations"]]
+    print(format_table(["check", ""], rows))
+    del onnx
+    return 0 if report.ok else 1

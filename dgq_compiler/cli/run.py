@@ -1,0 +1,46 @@
+"""`dgq run`: the whole job on the embedded model (or a local diffusers pipeline), with a report."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    from dgq_compiler.run import DEFAULT_PRESETS
+
+    p = sub.add_parser(
+        "run", help="calibrate, quantize, compile, verify, cost and report, end to end",
+        description="Run the whole pipeline on one model: export -> calibrate -> quantize (DGQ and baselines) "
+                    "-> compile -> verify (generic integer NPU) and check (TensorRT-like INT8) -> cost -> "
+                    "report.md with figures, all in one output folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-o", "--output", default="dgq-report", help="output folder to create")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded' (the shipped model), 'tiny' (random weights) or a local diffusers pipeline folder")
+    p.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
+                   help="comma-separated quantization presets (see `dgq quantize --list-presets`)")
+    p.add_argument("--prompts", help="calibration prompt file, one per line (default: the shipped 64 captions)")
+    p.add_argument("--num-prompts", type=int, help="use only the first N calibration prompts")
+    p.add_argument("--image-prompts", help="prompt file for the image grid (default: the held-out prompts)")
+    p.add_argument("--num-images", type=int, default=4, help="columns of the image grid")
+    p.add_argument("--steps", type=int, default=25, help="PNDM sampling steps (calibration and images)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling (and of the random tiny weights)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from dgq_compiler.cli.table import format_table
+    from dgq_compiler.report.markdown import SUMMARY_HEADERS, summary_rows
+    from dgq_compiler.run import RunOptions, run as run_all
+
+    options = RunOptions(model=args.model, presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
+                         prompts=args.prompts, num_prompts=args.num_prompts, image_prompts=args.image_prompts,
+                         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    summary = run_all(options, args.output, overwrite=args.overwrite)
+    print()
+    print(format_table(SUMMARY_HEADERS, summary_rows(summary),
+                       title=f"dgq run: {summary['model']} -> {args.output}/report.md "
+                             f"({summary['seconds']['total']:.0f} s)"))
+    failed = [r["preset"] for r in summary["configs"] if not r["verify_passed"]]
+    return 1 if failed else 0

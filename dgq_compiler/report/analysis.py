@@ -1,0 +1,120 @@
+"""Numbers the report shows that no other stage computes: per-layer SQNR, per-step noise SNR, outlier
+layers and the cross-attention probabilities. Everything is measured on this run's model and inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """10 log10(|ref|^2 / |ref - test|^2); +inf when they are identical."""
+    reference = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum((reference - np.asarray(test, dtype=np.float64)) ** 2))
+    signal = float(np.sum(reference ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+@dataclass
+class UNetCall:
+    """One recorded UNet call of the FP sampling loop: its inputs and the FP noise prediction."""
+    step: int
+    timestep: float
+    sample: np.ndarray
+    states: np.ndarray
+    eps: np.ndarray
+
+
+def layer_outputs(unet, calls: list[UNetCall], layers: list[str]) -> list[dict[str, np.ndarray]]:
+    """The output of every named layer, for every call (torch forward hooks; the UNet as it is now)."""
+    import torch
+
+    modules = dict(unet.named_modules())
+    captured: list[dict[str, np.ndarray]] = []
+    current: dict[str, np.ndarray] = {}
+
+    def hook(name):
+        def fn(_module, _args, output):
+            current[name] = output.detach().float().numpy().copy()
+        return fn
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
+    try:
+        for call in calls:
+            current = {}
+            with torch.no_grad():
+                unet(torch.from_numpy(call.sample), torch.tensor([call.timestep], dtype=torch.float32),
+                     torch.from_numpy(call.states), return_dict=False)
+            captured.append(current)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def per_layer_sqnr(fp: list[dict[str, np.ndarray]], quantized: list[dict[str, np.ndarray]],
+                   layers: list[str]) -> dict[str, float]:
+    """SQNR (dB) of each layer's output over all recorded calls."""
+    out = {}
+    for name in layers:
+        ref = np.concatenate([c[name].ravel() for c in fp])
+        got = np.concatenate([c[name].ravel() for c in quantized])
+        out[name] = snr_db(ref, got)
+    return out
+
+
+def outlier_points(stats, role: str = "input", top: int = 2) -> list[tuple[str, str, str, float]]:
+    """(module, role, dimension, ratio) of the points whose per-channel or per-pixel ranges spread most:
+    ratio = the largest |range end| over the median one, at the step where it is largest."""
+    rows = []
+    for point in stats.points:
+        if point.role != role:
+            continue
+        for dim in ("channel", "pixel"):
+            lo, hi = stats.get(point, f"{dim}_min"), stats.get(point, f"{dim}_max")
+            if lo is None or hi is None or lo.shape[1] < 4:
+                continue
+            extent = np.maximum(np.abs(lo), np.abs(hi))               # [T, N]
+            ratio = extent.max(axis=1) / np.maximum(np.median(extent, axis=1), 1e-12)
+            rows.append((point.module, point.role, dim, float(ratio.max()), int(ratio.argmax())))
+    rows.sort(key=lambda r: (-r[3], r[0], r[2]))
+    chosen, seen = [], set()
+    for dim in ("channel", "pixel"):  # the strongest of each kind first, then the rest by strength
+        for row in rows:
+            if row[2] == dim and (row[0], dim) not in seen:
+                chosen.append(row)
+                seen.add((row[0], dim))
+                break
+    for row in rows:
+        if len(chosen) >= top * 2:
+            break
+        if (row[0], row[2]) not in seen:
+            chosen.append(row)
+            seen.add((row[0], row[2]))
+    return chosen
+
+
+def cross_attention_probs(unet, call: UNetCall) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of every cross-attention in one FP call: (<start> column, all other columns)."""
+    import torch
+
+    from dgq_compiler.calibrate.attention import PassThroughTap, tapped_attention
+
+    bos, rest = [], []
+
+    class Tap(PassThroughTap):
+        def attend(self, name, probs, value, cross):
+            if cross:
+                p = probs.detach().float().numpy()
+                bos.append(p[..., 0].ravel())
+                rest.append(p[..., 1:].ravel())
+            return super().attend(name, probs, value, cross)
+
+    with tapped_attention(unet, Tap()), torch.no_grad():
+        unet(torch.from_numpy(call.sample), torch.tensor([call.timestep], dtype=torch.float32),
+             torch.from_numpy(call.states), return_dict=False)
+    if not bos:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(bos), np.concatenate(rest)

@@ -1,0 +1,318 @@
+"""`dgq run`: the whole job on one model, into one output folder a user can keep.
+
+export -> calibrate -> quantize (DGQ and baselines) -> compile -> verify (generic NPU) / check
+(TensorRT-like) -> cost -> analysis -> report.md + figures. The folder appears only when every stage
+finished (built under a temporary name, then renamed).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dgq_compiler.errors import DgqError
+from dgq_compiler.io import atomic_path, check_writable
+
+DGQ_PRESETS = ("dgq-w8a8-g8", "dgq-w4a8-g8", "dgq-w8a6-g16", "dgq-w4a6-g16")
+BASELINE_PRESETS = ("qdiffusion-w8a8", "tfmq-w8a8", "qdiffusion-w4a6", "tfmq-w4a6")
+DEFAULT_PRESETS = DGQ_PRESETS + BASELINE_PRESETS
+VERIFY_TARGET = "generic-npu"
+CHECK_TARGET = "tensorrt-int8"
+COST_MODELS = ("sd-v1.4", "sdxl-base")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model: str = "embedded"            # embedded | tiny | a local diffusers pipeline folder
+    presets: tuple[str, ...] = DEFAULT_PRESETS
+    prompts: str | None = None         # calibration prompt file (default: the shipped 64 captions)
+    num_prompts: int | None = None     # use the first N calibration prompts
+    image_prompts: str | None = None   # prompts of the image grid (default: the first held-out ones)
+    num_images: int = 4
+    steps: int = 25
+    guidance: float = 7.5
+    seed: int = 0
+    verify_timesteps: int = 3
+
+    def __post_init__(self):
+        from dgq_compiler.config import preset
+
+        if not self.presets:
+            raise DgqError("no configurations to run: give at least one preset")
+        for name in self.presets:
+            preset(name)  # a clear error for an unknown name, before any work
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise DgqError(f"--num-prompts must be at least 1, got {self.num_prompts}")
+        if not 1 <= self.num_images <= 16:
+            raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
+        if self.steps < 2:
+            raise DgqError(f"--steps must be at least 2, got {self.steps}")
+        if self.guidance <= 1.0:
+            raise DgqError(f"--guidance must be > 1 (classifier-free guidance), got {self.guidance}")
+
+
+@dataclass
+class ConfigResult:
+    preset: str
+    recipe: str
+    graph: str
+    compiled_bytes: int
+    point_check: dict
+    verify_passed: bool
+    verify: dict
+    check_violations: dict
+    cost: dict
+    step_snr: list = field(default_factory=list)
+    layer_sqnr: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def resolve_model(model: str) -> tuple[str, str]:
+    """(pipeline source for `open_pipeline`, a label): 'embedded' is the trained model when shipped, else tiny."""
+    if model == "embedded":
+        try:
+            from models.trained import trained_pipeline_dir
+        except ImportError:
+            return "tiny", "tiny (embedded, random weights)"
+        return str(trained_pipeline_dir()), "shapes-sd (embedded, trained)"
+    if model == "tiny":
+        return "tiny", "tiny (embedded, random weights)"
+    return model, model
+
+
+def _image_prompts(options: RunOptions) -> list[str]:
+    from importlib import resources
+
+    from dgq_compiler.calibrate.run import read_prompts
+
+    if options.image_prompts:
+        prompts = read_prompts(options.image_prompts)
+    else:
+        text = resources.files("models.prompts").joinpath("heldout.txt").read_text(encoding="utf-8")
+        prompts = [p.strip() for p in text.splitlines() if p.strip()]
+    return prompts[: options.num_images]
+
+
+def run(options: RunOptions, output: str | Path, overwrite: bool = False, log=print) -> dict:
+    """Run every stage into `output`; returns the summary that is also written as summary.json."""
+    output = check_writable(output, overwrite=overwrite)
+    source, label = resolve_model(options.model)
+    started = time.perf_counter()
+    with atomic_path(output, directory=True) as out:
+        summary = _run_into(options, source, label, out, log)
+        summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        from dgq_compiler.report.markdown import write_report
+
+        write_report(summary, out)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=_json) + "\n")
+        _retarget_paths(out, output.resolve())
+    return summary
+
+
+def _retarget_paths(tmp: Path, final: Path) -> None:
+    """The stages wrote paths under the temporary folder into their JSON reports; point them at the final one."""
+    for path in sorted(tmp.rglob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        if str(tmp) in text:
+            path.write_text(text.replace(str(tmp), str(final)), encoding="utf-8")
+
+
+def _json(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _stage(log, seconds: dict, name: str):
+    class Stage:
+        def __enter__(self):
+            log(f"[{len(seconds) + 1}] {name} ...")
+            self.start = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            seconds[name] = round(time.perf_counter() - self.start, 1)
+
+    return Stage()
+
+
+def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> dict:
+    import numpy as np
+
+    from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, use_pndm
+    from dgq_compiler.config import preset
+    from dgq_compiler.export import export_unet
+    from dgq_compiler.report import analysis, figures
+    from dgq_compiler.sampling import decode, sample, torch_predictor
+
+    seconds: dict = {}
+    figures_dir = out / "figures"
+    figures_dir.mkdir()
+    pipe = open_pipeline(source, seed=options.seed, device="cpu")
+    use_pndm(pipe)
+    unet = pipe.unet
+
+    with _stage(log, seconds, "export the fp32 UNet to ONNX"):
+        export = export_unet(unet, out / "export", model_name=label, seed=options.seed, progress=lambda _m: None)
+
+    with _stage(log, seconds, "calibrate (FP sampling, streaming statistics)"):
+        prompts = read_prompts(options.prompts)
+        if options.num_prompts:
+            prompts = prompts[: options.num_prompts]
+        stats = calibrate(pipe, prompts, model_name=label, steps=options.steps, guidance=options.guidance,
+                          seed=options.seed, model_seed=options.seed if source == "tiny" else None, progress=True)
+        (out / "calibration").mkdir()
+        stats.save(out / "calibration" / "stats.json")
+
+    with _stage(log, seconds, "FP reference images and UNet calls"):
+        image_prompts = _image_prompts(options)
+        seeds = [options.seed + i for i in range(len(image_prompts))]
+        calls: list[analysis.UNetCall] = []
+        fp_latents = sample(pipe, torch_predictor(unet), image_prompts, seeds, options.steps, options.guidance,
+                            on_step=lambda i, t, x, s, e: calls.append(analysis.UNetCall(i, t, x, s, e)))
+        images = {"FP32": decode(pipe, fp_latents)}
+        probe_calls = [calls[i] for i in sorted({0, len(calls) // 2, len(calls) - 1})]
+        layers = [name for name, m in unet.named_modules()
+                  if type(m).__name__ in ("Conv2d", "Linear", "LoRACompatibleConv", "LoRACompatibleLinear")]
+        fp_layers = analysis.layer_outputs(unet, probe_calls, layers)
+
+    results: list[ConfigResult] = []
+    for name in options.presets:
+        with _stage(log, seconds, f"{name}: quantize, compile, verify, check"):
+            results.append(_one_config(name, preset(name), stats, pipe, export, out, options, calls,
+                                       probe_calls, layers, fp_layers, image_prompts, seeds, images))
+
+    with _stage(log, seconds, "cost model"):
+        cost = _cost_tables(out / "export" / "unet.onnx", options)
+
+    with _stage(log, seconds, "figures"):
+        figs = {}
+        figs["image_grid"] = figures.image_grid(images, image_prompts, figures_dir / "image_grid.png").name
+        figs["layer_sqnr"] = figures.layer_sqnr({r.preset: r.layer_sqnr for r in results},
+                                                figures_dir / "layer_sqnr.png",
+                                                "Per-layer output SQNR against FP (torch fake-quant of each recipe)").name
+        figs["step_snr"] = figures.step_snr({r.preset: r.step_snr for r in results}, figures_dir / "step_snr.png").name
+        figs["ranges"] = _range_figures(stats, out, results, figures_dir)
+        bos, rest = analysis.cross_attention_probs(unet, calls[len(calls) // 2])
+        attention = {}
+        if bos.size:
+            figs["attention"] = figures.attention_histogram(
+                bos, rest, figures_dir / "attention_log_probs.png",
+                f"Cross-attention probabilities at t={calls[len(calls) // 2].timestep:.0f} (all cross-attention layers)").name
+            attention = {"bos_mean": float(bos.mean()), "other_mean": float(rest.mean()),
+                         "bos_share_of_mass": float(bos.sum() / (bos.sum() + rest.sum()))}
+
+    return {"model": label, "source": source, "options": asdict(options), "export": asdict(export),
+            "calibration": {"prompts": len(prompts), "timesteps": list(stats.timesteps),
+                            "points": len(stats.points)},
+            "image_prompts": image_prompts, "seeds": seeds,
+            "configs": [asdict(r) for r in results], "cost": cost, "figures": figs,
+            "attention": attention, "seconds": seconds,
+            "fp_image_mean": float(np.mean(images["FP32"]))}
+
+
+def _one_config(name, config, stats, pipe, export, out, options, calls, probe_calls, layers, fp_layers,
+                image_prompts, seeds, images) -> ConfigResult:
+
+    from dgq_compiler.compile import compile_graph
+    from dgq_compiler.fakequant import apply_recipe
+    from dgq_compiler.quantize import quantize_stats
+    from dgq_compiler.report import analysis
+    from dgq_compiler.sampling import decode, onnx_predictor, sample
+    from dgq_compiler.verify import verify_graph
+    from simulator.check import check_graph
+    from simulator.cost.macs_from_graph import inventory_from_graph
+    from simulator.cost.report import cost_row
+
+    seconds = {}
+    start = time.perf_counter()
+    unet = pipe.unet
+    recipe, _summary = quantize_stats(stats, config, unet)
+    (out / "recipes").mkdir(exist_ok=True)
+    recipe_path = recipe.save(out / "recipes" / f"{name}.json")
+    seconds["quantize"] = round(time.perf_counter() - start, 2)
+
+    start = time.perf_counter()
+    (out / "graphs").mkdir(exist_ok=True)
+    graph_dir = out / "graphs" / name
+    report = compile_graph(out / "export", recipe_path, graph_dir, progress=lambda *_: None)
+    graph = graph_dir / "unet.onnx"
+    seconds["compile"] = round(time.perf_counter() - start, 2)
+
+    start = time.perf_counter()
+    verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed, latent_size=stats.resolution[0],
+                          timesteps=_spread(stats.timesteps, options.verify_timesteps))
+    (graph_dir / "verify.json").write_text(verify.to_json() + "\n")
+    check = check_graph(graph, CHECK_TARGET)
+    (graph_dir / "check.json").write_text(json.dumps(
+        {"target": CHECK_TARGET, "violations": [asdict(v) for v in check.violations]}, indent=1, sort_keys=True) + "\n")
+    seconds["verify_check"] = round(time.perf_counter() - start, 2)
+
+    start = time.perf_counter()
+    predictor = onnx_predictor(graph)
+    step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states))) for c in calls]
+    latents = sample(pipe, predictor, image_prompts, seeds, options.steps, options.guidance)
+    images[name] = decode(pipe, latents)
+    with apply_recipe(unet, recipe):
+        quantized_layers = analysis.layer_outputs(unet, probe_calls, layers)
+    layer_sqnr = analysis.per_layer_sqnr(fp_layers, quantized_layers, layers)
+    seconds["images_and_fidelity"] = round(time.perf_counter() - start, 2)
+
+    inventory = inventory_from_graph(out / "export" / "unet.onnx", model="export/unet.onnx")
+    row = cost_row(inventory, f"W{config.weight_bits}A{config.act_bits}", groups=config.groups,
+                   steps=len(stats.timesteps), convention="exact", shared_group_map=config.shared_group_map)
+    worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
+    return ConfigResult(
+        preset=name, recipe=str(recipe_path.relative_to(out)), graph=str(graph.relative_to(out)),
+        compiled_bytes=report.compiled_bytes, point_check=report.point_check,
+        verify_passed=verify.passed,
+        verify={"tensors": len(verify.tensors), "worst_mismatch_rate": worst_mismatch,
+                "max_lsb": max((t.max_lsb for t in verify.tensors), default=0),
+                "overflows": sum(o.overflows for o in verify.overflows),
+                "output_error": max(verify.output_error.values(), default=0.0), "failures": verify.failures},
+        check_violations=check.by_rule(),
+        cost={"tbops_exact": row.tbops, "model_size_bytes": row.model_size_bytes, "qparam_bytes": row.qparam_bytes},
+        step_snr=[(float(t), float(s)) for t, s in step_snr],
+        layer_sqnr={k: float(v) for k, v in layer_sqnr.items()}, seconds=seconds)
+
+
+def _spread(timesteps, count: int) -> list[float]:
+    """`count` calibrated timesteps spread over the schedule (first, middle, last, ...)."""
+    import numpy as np
+
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(timesteps) - 1, max(1, count))})
+    return [float(timesteps[i]) for i in idx]
+
+
+def _cost_tables(graph: Path, options: RunOptions) -> dict:
+    from simulator.cost.macs_from_graph import inventory_from_graph
+    from simulator.cost.report import load_inventory, standard_rows
+
+    inventories = {"this model (from its ONNX graph)": inventory_from_graph(graph, model="export/unet.onnx")}
+    inventories.update({f"{model} (from its config)": load_inventory(model) for model in COST_MODELS})
+    return {title: [asdict(r) for r in standard_rows(inv, steps=options.steps)] for title, inv in inventories.items()}
+
+
+def _range_figures(stats, out: Path, results, figures_dir: Path) -> list[dict]:
+    from dgq_compiler.recipe import Recipe
+    from dgq_compiler.report import analysis, figures
+
+    dgq = next((r for r in results if r.preset.startswith("dgq")), None)
+    recipe = Recipe.load(out / dgq.recipe) if dgq else None
+    rows = []
+    for k, (module, role, dim, ratio, step) in enumerate(analysis.outlier_points(stats)):
+        point = stats.point(module, role)
+        lo, hi = stats.get(point, f"{dim}_min")[step], stats.get(point, f"{dim}_max")[step]
+        groups, chosen = None, None
+        tq = recipe.tensors.get((module, role)) if recipe else None
+        if tq is not None:
+            chosen = tq.axis
+            if tq.axis == dim and tq.group_map is not None:
+                groups = tq.group_map[min(step, tq.group_map.shape[0] - 1)]
+        t = stats.timesteps[step]
+        title = f"{module} input, per {dim} (t={t}); {dgq.preset if dgq else 'DGQ'} chose: {chosen or 'n/a'}"
+        path = figures.ranges(lo, hi, groups, dim, title, figures_dir / f"ranges_{k}_{dim}.png")
+        rows.append({"module": module, "dimension": dim, "outlier_ratio": ratio, "timestep": int(t),
+                     "dgq_axis": chosen, "figure": path.name})
+    return rows

@@ -1,0 +1,337 @@
+"""The simulator: runs an ONNX graph node by node in numpy, quantized ops on integer hardware arithmetic.
+
+    sim = Simulator(model_or_path, target="generic-npu")
+    result = sim.run({"sample": x, "timestep": t, "encoder_hidden_states": c}, capture=["..."])
+    result.outputs["out_sample"], result.captured[...], result.stats
+
+Values live in an environment keyed by tensor name and are freed after their last use. A
+DequantizeLinear / dgq.DequantizeLog output also gets a QTensor record (codes + scale + zero point);
+layout-only ops carry it along, and Conv/MatMul/Gemm whose operands both have one run as integer
+accumulations (simulator.qmatmul / simulator.qconv). Their float value is computed only if some
+float op asks for it (Lazy), which is what keeps whole-UNet simulation affordable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from simulator.epilogue import Epilogue
+from simulator.errors import SimulatorError
+from simulator.qtensor import QTensor
+from simulator.targets import Target, load_target
+
+
+class Lazy:
+    """A value computed on first use (the float view of integer codes)."""
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+
+class Unsupported(Exception):
+    """An integer path cannot take this operand layout; the op runs on dequantized floats instead."""
+
+
+@dataclass
+class NodeStat:
+    node: str
+    op_type: str
+    path: str                      # integer | shift-add | float | float (reason)
+    groups: int = 1                # accumulators per output (split-K / pixel groups)
+    overflows: int = 0             # accumulator values outside the target's width
+    peak: float = 0.0              # largest |accumulator| seen
+    acc_bits: int = 0
+
+
+@dataclass
+class RunStats:
+    nodes: dict[str, NodeStat] = field(default_factory=dict)
+
+    def quantized(self) -> list[NodeStat]:
+        return [s for s in self.nodes.values() if s.path != "float"]
+
+
+@dataclass
+class SimulationResult:
+    outputs: dict[str, np.ndarray]
+    captured: dict[str, np.ndarray]
+    stats: RunStats
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    op_type: str
+    domain: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict
+
+    @property
+    def key(self) -> str:
+        return self.op_type if self.domain in ("", "ai.onnx") else f"{self.domain}.{self.op_type}"
+
+
+def _attr_value(a: onnx.AttributeProto):
+    v = onnx.helper.get_attribute_value(a)
+    if isinstance(v, onnx.TensorProto):
+        return numpy_helper.to_array(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [x.decode("utf-8") for x in v]
+    return v
+
+
+_NARROW_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
+                onnx.TensorProto.INT2: 2, onnx.TensorProto.UINT2: 2}
+
+
+def to_numpy(t: onnx.TensorProto) -> np.ndarray:
+    """Initializer -> numpy; 4-bit and other ml_dtypes integers are widened to int8/uint8 codes."""
+    arr = numpy_helper.to_array(t)
+    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.INT2):
+        return arr.astype(np.int8)
+    if t.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.UINT2):
+        return arr.astype(np.uint8)
+    return arr
+
+
+def make_node(n: onnx.NodeProto, index: int, ref_attrs: dict | None = None) -> Node:
+    attrs = {}
+    for a in n.attribute:
+        if a.ref_attr_name:  # inside a function body: the caller's attribute
+            if ref_attrs is not None and a.ref_attr_name in ref_attrs:
+                attrs[a.name] = ref_attrs[a.ref_attr_name]
+            continue
+        attrs[a.name] = _attr_value(a)
+    return Node(name=n.name or f"{n.op_type}_{index}", op_type=n.op_type, domain=n.domain,
+                inputs=tuple(n.input), outputs=tuple(n.output), attrs=attrs)
+
+
+class NodeContext:
+    """What an op sees: its node, its inputs (float values or QTensors) and the target."""
+
+    def __init__(self, sim: "Simulator", env: "_Env", node: Node, opset: int):
+        self.sim, self.env, self.node, self.opset = sim, env, node, opset
+        self.target: Target = sim.target
+        self.epilogue: Epilogue = sim.epilogue
+        self.integer: bool = sim.integer
+        self._quant_out: dict[int, QTensor] = {}
+
+    # inputs ---------------------------------------------------------------------------------
+    @property
+    def n_inputs(self) -> int:
+        return len(self.node.inputs)
+
+    def has(self, i: int) -> bool:
+        return i < len(self.node.inputs) and self.node.inputs[i] != ""
+
+    def value(self, i: int, default=None):
+        if not self.has(i):
+            return default
+        return self.env.get(self.node.inputs[i])
+
+    def values(self) -> list:
+        return [self.value(i) for i in range(self.n_inputs)]
+
+    def quant(self, i: int) -> QTensor | None:
+        return self.env.quant.get(self.node.inputs[i]) if self.has(i) else None
+
+    def attr(self, name: str, default=None):
+        return self.node.attrs.get(name, default)
+
+    # outputs --------------------------------------------------------------------------------
+    def set_quant(self, j: int, q: QTensor | None) -> None:
+        if q is not None:
+            self._quant_out[j] = q
+
+    def lazy(self, fn) -> Lazy:
+        return Lazy(fn)
+
+    # integer bookkeeping ----------------------------------------------------------------------
+    def accumulate(self, acc: np.ndarray, log: bool = False, bound: int | None = None) -> np.ndarray:
+        """Apply the target's accumulator width to one accumulator tensor and record overflows
+        (`bound`: a proven |acc| bound from bit widths and reduction length; if it fits, no scan)."""
+        from simulator.integer import apply_accumulator_width
+
+        bits = self.target.log_quantizer.accumulator_bits if log else self.target.accumulator_bits
+        acc, count, peak = apply_accumulator_width(acc, bits, self.target.accumulator_overflow, bound)
+        stat = self.stat()
+        stat.overflows += count
+        stat.peak = max(stat.peak, peak)
+        stat.acc_bits = bits
+        return acc
+
+    def stat(self) -> NodeStat:
+        stats = self.env.stats.nodes
+        if self.node.name not in stats:
+            stats[self.node.name] = NodeStat(self.node.name, self.node.op_type, "float")
+        return stats[self.node.name]
+
+    def mark(self, path: str, groups: int = 1) -> None:
+        stat = self.stat()
+        stat.path, stat.groups = path, groups
+
+
+class _Env:
+    def __init__(self, stats: RunStats):
+        self.vals: dict[str, object] = {}
+        self.quant: dict[str, QTensor] = {}
+        self.stats = stats
+
+    def get(self, name: str):
+        v = self.vals.get(name)
+        if v is None and name not in self.vals:
+            raise SimulatorError(f"tensor {name!r} is used before it is produced")
+        if isinstance(v, Lazy):
+            v = v.fn()
+            self.vals[name] = v
+        return v
+
+    def drop(self, name: str) -> None:
+        self.vals.pop(name, None)
+        self.quant.pop(name, None)
+
+
+class Simulator:
+    def __init__(self, model: "onnx.ModelProto | str | Path", target: "Target | str" = "generic-npu",
+                 integer: bool = True):
+        """`integer=False` runs quantized ops on the dequantized floats (the QDQ graph's own float semantics)."""
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_file():
+                raise SimulatorError(f"graph {str(path)!r} does not exist")
+            try:
+                model = onnx.load(str(path))
+            except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+                raise SimulatorError(f"graph {str(path)!r} is not a readable ONNX model: {exc}") from None
+        self.model = model
+        self.target = load_target(target)
+        self.epilogue = Epilogue.from_target(self.target)
+        self.integer = integer
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 21)
+        self.functions = {(f.domain, f.name): f for f in model.functions}
+        graph = model.graph
+        self.initializers = {t.name: to_numpy(t) for t in graph.initializer}
+        # 4-/2-bit tensors are held widened to int8/uint8; their true grid bounds the integer proofs
+        self.narrow_bits = {t.name: _NARROW_BITS[t.data_type] for t in graph.initializer
+                            if t.data_type in _NARROW_BITS}
+        self.nodes = [make_node(n, i) for i, n in enumerate(graph.node)]
+        self.input_names = [i.name for i in graph.input if i.name not in self.initializers]
+        self.output_names = [o.name for o in graph.output]
+        self._check_supported(self.nodes, set())
+        self._last_use = self._liveness(self.nodes)
+
+    # ---- static checks ------------------------------------------------------------------------
+    def _check_supported(self, nodes: list[Node], seen: set) -> None:
+        from simulator.ops import REGISTRY
+
+        for node in nodes:
+            if node.key in REGISTRY:
+                continue
+            fn = self.functions.get((node.domain, node.op_type))
+            if fn is None:
+                raise SimulatorError(f"node {node.name!r}: op {node.key!r} is not supported by the simulator")
+            if (node.domain, node.op_type) not in seen:
+                seen.add((node.domain, node.op_type))
+                self._check_supported([make_node(n, i) for i, n in enumerate(fn.node)], seen)
+
+    @staticmethod
+    def _liveness(nodes: list[Node]) -> dict[str, int]:
+        last = {}
+        for i, node in enumerate(nodes):
+            for name in node.inputs:
+                if name:
+                    last[name] = i
+        return last
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray], capture=(), observer=None) -> SimulationResult:
+        """Run the graph. `capture`: tensor names to return (or, with `observer(name, value)`, to hand
+        to the observer as soon as they are produced instead of keeping them). If the observer returns
+        an array, it replaces the value (lock-step comparison: continue from a reference's codes)."""
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise SimulatorError(f"missing graph input(s): {', '.join(missing)}")
+        stats = RunStats()
+        env = _Env(stats)
+        env.vals.update(self.initializers)
+        for name in self.input_names:
+            env.vals[name] = np.asarray(feeds[name])
+        capture = set(capture)
+        keep = set(self.output_names) | (capture if observer is None else set())
+        captured = {}
+        for i, node in enumerate(self.nodes):
+            self._run_node(node, env, self.opset)
+            for out in node.outputs:
+                if out in capture and out in env.vals:
+                    if observer is not None:
+                        replacement = observer(out, np.asarray(env.get(out)))
+                        if replacement is not None:
+                            env.vals[out] = replacement
+                    else:
+                        captured[out] = np.asarray(env.get(out))
+            for name in node.inputs:
+                if name and self._last_use.get(name) == i and name not in keep and name not in self.initializers:
+                    env.drop(name)
+        outputs = {name: np.asarray(env.get(name)) for name in self.output_names}
+        for name in capture:
+            if observer is None and name not in captured and name in env.vals:
+                captured[name] = np.asarray(env.get(name))
+        return SimulationResult(outputs, captured, stats)
+
+    def _run_node(self, node: Node, env: _Env, opset: int) -> None:
+        from simulator.ops import REGISTRY
+
+        op = REGISTRY.get(node.key)
+        if op is None:
+            fn = self.functions.get((node.domain, node.op_type))
+            if fn is None:
+                raise SimulatorError(f"node {node.name!r}: op {node.key!r} is not supported by the simulator")
+            self._run_function(fn, node, env)
+            return
+        ctx = NodeContext(self, env, node, opset)
+        try:
+            outs = op(ctx)
+        except SimulatorError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            raise SimulatorError(f"node {node.name!r} ({node.key}): {exc}") from exc
+        for j, name in enumerate(node.outputs):
+            if name and j < len(outs):
+                env.vals[name] = outs[j]
+                if j in ctx._quant_out:
+                    env.quant[name] = ctx._quant_out[j]
+
+    def _run_function(self, fn: onnx.FunctionProto, call: Node, env: _Env) -> None:
+        """Expand a model-local function: run its body with the caller's inputs and attributes."""
+        attrs = {a.name: _attr_value(a) for a in fn.attribute_proto}
+        attrs.update(call.attrs)
+        inner = _Env(env.stats)
+        for formal, actual in zip(fn.input, call.inputs):
+            if actual:
+                inner.vals[formal] = env.vals[actual] if not isinstance(env.vals.get(actual), Lazy) else env.get(actual)
+                if actual in env.quant:
+                    inner.quant[formal] = env.quant[actual]
+        fn_opset = next((o.version for o in fn.opset_import if o.domain in ("", "ai.onnx")), self.opset)
+        prefix = f"{call.name}/"
+        for i, n in enumerate(fn.node):
+            node = make_node(n, i, attrs)
+            node = Node(prefix + node.name, node.op_type, node.domain, node.inputs, node.outputs, node.attrs)
+            self._run_node(node, inner, fn_opset)
+        for formal, actual in zip(fn.output, call.outputs):
+            if actual:
+                env.vals[actual] = inner.get(formal)
+                if formal in inner.quant:
+                    env.quant[actual] = inner.quant[formal]
+
+
+def run_graph(model, feeds: dict, target="generic-npu") -> dict[str, np.ndarray]:
+    """One-shot convenience: outputs of `model` on `feeds`."""
+    return Simulator(model, target).run(feeds).outputs

@@ -1,0 +1,6 @@
+"""Equal."""
+import numpy as np
+
+from simulator.ops._common import compare
+
+run = compare(np.equal)

@@ -1,0 +1,6 @@
+"""Greater."""
+import numpy as np
+
+from simulator.ops._common import compare
+
+run = compare(np.greater)

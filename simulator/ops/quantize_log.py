@@ -1,0 +1,32 @@
+"""dgq.QuantizeLog(X, S) -> uint8 codes, computed as integer hardware does.
+
+q = clamp(round(-log2(x / S)), 0, 2^bits - 1). With r = x / S = m * 2^E (m in [1, 2)):
+round(-log2 r) = -E - [m > sqrt(2)] exactly (no tie is possible: sqrt(2) is irrational), so the
+exponent and one mantissa comparison give the code; x == 0 gives the largest code.
+"""
+import numpy as np
+
+# float32(1/sqrt 2) rounded down: for a float32 mantissa f in [0.5, 1), f > HALF_SQRT2 <=> 2f > sqrt(2) exactly
+HALF_SQRT2 = np.float32(np.frombuffer(np.array([0x3F3504F3], np.uint32).tobytes(), np.float32)[0])
+assert float(HALF_SQRT2) < np.sqrt(0.5) < float(np.nextafter(HALF_SQRT2, np.float32(1)))
+CHUNK = 1 << 22
+
+
+def log_codes(x: np.ndarray, s, bits: int) -> np.ndarray:
+    """Codes of a whole tensor, a chunk at a time (attention probabilities can be ~10^8 elements)."""
+    flat = x.reshape(-1)
+    out = np.empty(flat.shape, np.uint8)
+    top = (1 << bits) - 1
+    s = np.float32(s)
+    for start in range(0, flat.size, CHUNK):
+        r = flat[start:start + CHUNK].astype(np.float32) / s
+        mant, exp = np.frexp(r)                   # r = mant * 2^exp, mant in [0.5, 1)
+        q = (1 - exp.astype(np.int32)) - (mant > HALF_SQRT2)   # -E - [m > sqrt 2] with E = exp - 1
+        q = np.where(r > 0, q, top)               # zero (and negative) probabilities: the clamp
+        out[start:start + CHUNK] = np.clip(q, 0, top)
+    return out.reshape(x.shape)
+
+
+def run(ctx):
+    x, s = ctx.value(0), ctx.value(1)
+    return [log_codes(x, np.asarray(s).reshape(-1)[0], int(ctx.attr("bits", 8)))]

@@ -1,0 +1,6 @@
+"""Sub."""
+import numpy as np
+
+from simulator.ops._common import binary
+
+run = binary(np.subtract)

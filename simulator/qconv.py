@@ -1,0 +1,61 @@
+"""Integer convolution of two QTensors, as an accelerator computes it.
+
+- per-tensor activation scale: one integer convolution, rescaled per output channel;
+- channel groups (scale varies along the input-channel axis = the reduction): split-K, one integer
+  convolution (accumulator) per channel group, each rescaled, then added;
+- pixel groups (scale varies along H, W): an input pixel's scale does not factor out of a kxk patch,
+  so there is one accumulator per pixel group (partial convolutions over masked inputs); for a 1x1
+  conv every output pixel reads one input pixel, i.e. per-row output scales.
+Weights: per-output-channel scales (they factor out of every sum).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.executor import Unsupported
+from simulator.integer import accumulation_bound, int_conv2d, int_conv2d_pixel_groups
+from simulator.qtensor import QTensor, varies
+
+
+def quantized_conv(x: QTensor, w: QTensor, strides, pads, dilations, group: int, accumulate, epilogue):
+    """-> (float32 result without bias, number of accumulator groups)."""
+    if x.ndim != 4 or w.ndim != 4:
+        raise Unsupported("only 2-D convolutions run on the integer path")
+    if x.mask is not None or w.mask is not None:
+        raise Unsupported("partly floating-point operand")
+    sx, sw = x.scale.astype(np.float32), w.scale.astype(np.float32)
+    if varies(sx, 0) or any(varies(sw, ax) for ax in (1, 2, 3)):
+        raise Unsupported("scale varies along the batch axis or along a weight reduction axis")
+    by_channel, by_pixel = varies(sx, 1), varies(sx, 2) or varies(sx, 3)
+    if by_channel and by_pixel:
+        raise Unsupported("activation scale varies along channels and pixels")
+    sw_out = sw.reshape(1, -1, 1, 1) if sw.size > 1 else sw.reshape(1, 1, 1, 1)
+    xi, wi = x.integers(), w.integers()
+    x_max, w_max = x.operand_bound(), w.operand_bound()
+    bound = accumulation_bound(int(np.prod(w.shape[1:])), x_max, w_max)
+
+    def acc_of(a):
+        return accumulate(a, False, bound)
+    terms = []
+    if by_pixel:
+        if group != 1:
+            raise Unsupported("pixel groups with a grouped convolution")
+        h, wd = x.shape[2], x.shape[3]
+        per_pixel = np.broadcast_to(sx[0, 0], (h, wd))
+        values, gid = np.unique(per_pixel, return_inverse=True)
+        acc = int_conv2d_pixel_groups(xi, wi, gid.reshape(h, wd), len(values), x_max, w_max,
+                                      strides, pads, dilations)
+        terms = [(acc_of(acc[g]), values[g] * sw_out) for g in range(len(values))]
+    elif by_channel:
+        if group != 1:
+            raise Unsupported("channel groups with a grouped convolution")
+        per_channel = sx[0, :, 0, 0]
+        values, gid = np.unique(per_channel, return_inverse=True)
+        for g, value in enumerate(values):
+            idx = np.nonzero(gid.reshape(-1) == g)[0]
+            acc = int_conv2d(xi[:, idx], wi[:, idx], x_max, w_max, strides, pads, dilations)
+            terms.append((acc_of(acc), value * sw_out))
+    else:
+        acc = int_conv2d(xi, wi, x_max, w_max, strides, pads, dilations, group)
+        terms = [(acc_of(acc), sx.reshape(-1)[0] * sw_out)]
+    return epilogue.rescale_sum(terms), len(terms)

@@ -1,0 +1,1 @@
+"""Shipped target presets (JSON data files)."""

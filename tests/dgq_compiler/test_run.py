@@ -1,0 +1,84 @@
+"""`dgq run` end to end on the test suite's saved tiny pipeline (a local diffusers folder), twice."""
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dgq_compiler.cli.main import main
+from dgq_compiler.errors import DgqError
+from dgq_compiler.run import RunOptions
+
+ARGS = ["--presets", "dgq-w4a6-g16,tfmq-w8a8", "--num-prompts", "2", "--steps", "3", "--num-images", "2"]
+
+
+def _numbers(summary: dict) -> dict:
+    """The summary without wall-clock times."""
+    drop = {"seconds"}
+    if isinstance(summary, dict):
+        return {k: _numbers(v) for k, v in summary.items() if k not in drop}
+    if isinstance(summary, list):
+        return [_numbers(v) for v in summary]
+    return summary
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_pipeline_dir):
+    root = tmp_path_factory.mktemp("run")
+    for name in ("a", "b"):
+        assert main(["run", "--model", str(tiny_pipeline_dir), "-o", str(root / name), *ARGS]) == 0
+    return root / "a", root / "b"
+
+
+def test_report_links_only_figures_this_run_wrote(two_runs):
+    out, _ = two_runs
+    report = (out / "report.md").read_text()
+    linked = re.findall(r"\]\(figures/([^)]+)\)", report)
+    assert {"image_grid.png", "layer_sqnr.png", "step_snr.png"} <= set(linked)
+    assert sorted(set(linked)) == sorted(p.name for p in (out / "figures").iterdir())
+    for name in linked:
+        image = np.asarray(Image.open(out / "figures" / name).convert("L"))
+        assert image.shape[0] > 150 and image.shape[1] > 300
+        assert image.std() > 5  # not a blank canvas
+    for section in ("## Summary", "## Cost", "## Fidelity", "## Distributions", "## Images", "## Verify and check"):
+        assert section in report
+
+
+def test_every_configuration_was_compiled_verified_and_checked(two_runs):
+    out, _ = two_runs
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["preset"] for c in summary["configs"]] == ["dgq-w4a6-g16", "tfmq-w8a8"]
+    for config in summary["configs"]:
+        graph_dir = out / "graphs" / config["preset"]
+        assert {"unet.onnx", "encodings.json", "verify.json", "check.json"} <= {p.name for p in graph_dir.iterdir()}
+        assert config["verify_passed"] and config["verify"]["tensors"] > 50
+        assert len(config["step_snr"]) == len(summary["calibration"]["timesteps"]) + 1  # PNDM repeats one step
+        assert all(np.isfinite(s) for _, s in config["step_snr"])
+    dgq, tfmq = summary["configs"]
+    assert {"log quantizer", "group map"} <= set(dgq["check_violations"])   # what TensorRT cannot run
+    assert "log quantizer" not in tfmq["check_violations"]
+    assert set(summary["cost"]) == {"this model (from its ONNX graph)", "sd-v1.4 (from its config)",
+                                    "sdxl-base (from its config)"}
+
+
+def test_two_runs_give_the_same_numbers_and_byte_identical_graphs(two_runs):
+    a, b = two_runs
+    for rel in ("export/unet.onnx", "graphs/dgq-w4a6-g16/unet.onnx", "graphs/tfmq-w8a8/unet.onnx",
+                "recipes/dgq-w4a6-g16.safetensors", "calibration/stats.safetensors"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert _numbers(json.loads((a / "summary.json").read_text())) == \
+        _numbers(json.loads((b / "summary.json").read_text()))
+
+
+def test_existing_output_is_refused_before_any_work(capsys, two_runs):
+    out, _ = two_runs
+    assert main(["run", "--model", "tiny", "-o", str(out), *ARGS]) == 2
+    assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
+
+
+def test_bad_options_are_named():
+    with pytest.raises(DgqError, match="unknown preset 'dgq-w9a9'"):
+        RunOptions(presets=("dgq-w9a9",))
+    with pytest.raises(DgqError, match="--steps must be at least 2"):
+        RunOptions(steps=1)

@@ -1,0 +1,82 @@
+"""`check` (target conformance, worst-case accumulators) and `verify` (simulator vs onnxruntime), via the API and the CLI."""
+import json
+
+import onnx
+import pytest
+
+from dgq_compiler.cli.main import main
+from simulator.check import check_graph
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, qdq):
+    root = tmp_path_factory.mktemp("graphs")
+    out = {}
+    for name, (model, _) in {"conv6": qdq.conv(axis="pixel", bits=6, w_bits=4),
+                             "attn": qdq.attention(axis="channel", split_bos=True),
+                             "linear8": qdq.linear(axis="tensor", bits=8, w_bits=8)}.items():
+        folder = root / name
+        folder.mkdir()
+        onnx.save(model, str(folder / "unet.onnx"))
+        out[name] = folder
+    return out
+
+
+def test_tensorrt_target_reports_groups_6_bit_grid_and_log_quantizer(graphs):
+    conv = check_graph(str(graphs["conv6"] / "unet.onnx"), "tensorrt-int8")
+    rules = conv.by_rule()
+    assert rules["activation bits"] == 1 and "6-bit grid" in next(v.asks for v in conv.violations if v.rule == "activation bits")
+    assert rules["activation granularity"] == 1 and "pixel (G=4)" in next(
+        v.asks for v in conv.violations if v.rule == "activation granularity")
+    assert rules["activation scale source"] == 1 and rules["pixel groups on kxk conv"] == 1
+    assert rules["weight bits"] == 1 and rules["group map"] == 1
+    attn = check_graph(str(graphs["attn"] / "unet.onnx"), "tensorrt-int8", latent_size=None)
+    log = [v for v in attn.violations if v.rule == "log quantizer"]
+    assert len(log) == 1 and "log2" in log[0].asks and log[0].allows == "no log quantizer"
+    assert attn.by_rule()["fp side branch"] == 1
+    generic = check_graph(str(graphs["conv6"] / "unet.onnx"), "generic-npu")
+    assert generic.ok, generic.violations
+
+
+def test_worst_case_accumulator_analysis_flags_narrow_accumulators(graphs, tmp_path):
+    target = tmp_path / "narrow.json"
+    target.write_text(json.dumps({"name": "narrow", "accumulator_bits": 16,
+                                  "activations": {"bits": [6, 8], "granularity": ["tensor", "pixel"], "max_groups": 8,
+                                                  "pixel_groups_kxk_conv": True, "scale_sources": ["computed"],
+                                                  "per_step_group_maps": True},
+                                  "weights": {"bits": [4]}}))
+    report = check_graph(str(graphs["conv6"] / "unet.onnx"), str(target))
+    (acc,) = report.accumulators
+    # K = 8 channels * 3 * 3; |a| <= 63 (6-bit), |b| <= 15 (int4): 72 * 63 * 15 = 68040 -> 17 bits + sign
+    assert acc.reduction == 72 and acc.operand_bits == (6, 4) and acc.worst_bits == 18 and acc.may_overflow
+    assert [v.rule for v in report.violations] == ["accumulator width"]
+
+
+def test_cli_check_and_verify(graphs, tmp_path, capsys):
+    assert main(["check", str(graphs["conv6"]), "--target", "tensorrt-int8"]) == 1
+    out = capsys.readouterr().out
+    assert "activation granularity" in out and "6-bit grid" in out and "violations" in out
+    assert main(["check", str(graphs["linear8"]), "--target", "generic-npu"]) == 0
+    report = tmp_path / "verify.json"
+    assert main(["verify", str(graphs["attn"]), "--target", "generic-npu", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "mismatch rate" in out
+    data = json.loads(report.read_text())
+    assert data["passed"] and len(data["tensors"]) == 4 and all(t["codes"] > 0 for t in data["tensors"])
+    assert max(t["max_lsb"] for t in data["tensors"]) <= 1
+    assert sorted(t["role"] for t in data["tensors"]) == ["attn_probs", "k", "q", "v"]
+
+
+def test_verify_fails_beyond_tolerance_and_bad_target_is_a_one_line_error(graphs, tmp_path, capsys):
+    narrow = tmp_path / "acc12.json"
+    narrow.write_text(json.dumps({"name": "acc12", "accumulator_bits": 12,
+                                  "activations": {"bits": [8], "granularity": ["tensor"], "scale_sources": ["computed"]}}))
+    assert main(["verify", str(graphs["linear8"]), "--target", str(narrow)]) == 1
+    out = capsys.readouterr().out
+    assert "accumulator overflows" in out and "FAIL" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "bad", "epilogue": {"rounding": "SOMETIMES"}}))
+    assert main(["verify", str(graphs["linear8"]), "--target", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "'epilogue.rounding'" in err and len(err.strip().splitlines()) == 1
+    assert main(["check", str(tmp_path / "missing"), "--target", "generic-npu"]) == 2

@@ -1,0 +1,203 @@
+"""Integer accumulations equal int64 reference arithmetic exactly: matmul, conv, split-K channel groups,
+pixel groups, shift-and-add, accumulator width, fixed-point epilogue; random and worst-case operands,
+zero points, int4."""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from simulator.epilogue import Epilogue, fixed_point_multiplier
+from simulator.integer import (apply_accumulator_width, int_conv2d, int_conv2d_pixel_groups, int_matmul)
+from simulator.qmatmul import quantized_matmul
+from simulator.qconv import quantized_conv
+from simulator.qtensor import LOG, QTensor
+from simulator.rounding import RoundingMode, shift_right
+
+
+def _ref_conv(x, w, stride, pad, dil, group):
+    """Naive int64 convolution, one output at a time."""
+    x = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, c, h, wd = x.shape
+    co, cg, kh, kw = w.shape
+    ho = (h - dil * (kh - 1) - 1) // stride + 1
+    wo = (wd - dil * (kw - 1) - 1) // stride + 1
+    out = np.zeros((n, co, ho, wo), np.int64)
+    per = co // group
+    for o in range(co):
+        g = o // per
+        for i in range(ho):
+            for j in range(wo):
+                patch = x[:, g * cg:(g + 1) * cg, i * stride:i * stride + dil * (kh - 1) + 1:dil,
+                          j * stride:j * stride + dil * (kw - 1) + 1:dil]
+                out[:, o, i, j] = (patch * w[o].astype(np.int64)).sum(axis=(1, 2, 3))
+    return out
+
+
+def _codes(rng, shape, lo, hi, worst=False):
+    if worst:  # every operand at a grid extreme
+        return np.where(rng.random(shape) < 0.5, lo, hi)
+    return rng.integers(lo, hi + 1, shape)
+
+
+@pytest.mark.parametrize("worst", [False, True])
+@pytest.mark.parametrize("bits_a, bits_b", [(8, 8), (6, 4), (4, 4)])
+def test_int_matmul_equals_int64(worst, bits_a, bits_b):
+    rng = np.random.default_rng(bits_a * 10 + bits_b + worst)
+    qa = _codes(rng, (3, 17, 300), 0, 2 ** bits_a - 1, worst)            # unsigned activations
+    qb = _codes(rng, (300, 9), -2 ** (bits_b - 1), 2 ** (bits_b - 1) - 1, worst)  # signed weights
+    za = rng.integers(0, 2 ** bits_a, (1, 1, 1)) if not worst else np.full((1, 1, 1), 2 ** bits_a - 1)
+    zb = rng.integers(-2 ** (bits_b - 1), 2 ** (bits_b - 1), (1, 9))
+    a, b = (qa - za), (qb - zb)
+    got = int_matmul(a, b, 2 ** bits_a - 1, 2 ** bits_b - 1)
+    ref = np.matmul(a.astype(np.int64), b.astype(np.int64))
+    bound = 300 * (2 ** bits_a - 1) * (2 ** bits_b - 1)
+    assert got.dtype == (np.float32 if bound < 2 ** 24 else np.float64)  # the cheapest provably exact type
+    assert np.array_equal(got.astype(np.int64), ref)
+
+
+def test_int_matmul_falls_back_to_int64_beyond_2_pow_53():
+    rng = np.random.default_rng(0)
+    k = (1 << 21) + (1 << 17)
+    a = rng.integers(65000, 65536, (1, k))
+    b = rng.integers(65000, 65536, (k, 1))
+    got = int_matmul(a, b, 65535, 65535)               # bound 65535^2 * K > 2^53: doubles are not proven exact
+    assert got.dtype == np.int64
+    exact = int(np.dot(a[0].astype(object), b[:, 0].astype(object)))
+    assert exact > 2 ** 53 and int(got[0, 0]) == exact
+
+
+@pytest.mark.parametrize("stride, pad, dil, group", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 0, 2, 1), (1, 1, 1, 2)])
+@pytest.mark.parametrize("worst", [False, True])
+def test_int_conv_equals_int64(stride, pad, dil, group, worst):
+    rng = np.random.default_rng(stride + 3 * pad + 7 * dil + 11 * group + worst)
+    x = _codes(rng, (2, 4, 7, 6), 0, 255, worst) - 128
+    w = _codes(rng, (6, 4 // group, 3, 3), -8, 7, worst) - (-8 if worst else 2)   # int4 codes minus zero point
+    got = int_conv2d(x, w, 255, 15, (stride, stride), (pad, pad, pad, pad), (dil, dil), group)
+    assert np.array_equal(got.astype(np.int64), _ref_conv(x, w, stride, pad, dil, group))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_pixel_group_conv_equals_masked_convolutions(k):
+    rng = np.random.default_rng(k)
+    x = rng.integers(-255, 256, (2, 3, 6, 5))
+    w = rng.integers(-255, 256, (4, 3, k, k))
+    gid = rng.integers(0, 3, (6, 5))
+    pad = k // 2
+    acc = int_conv2d_pixel_groups(x, w, gid, 3, 255, 255, (1, 1), (pad,) * 4, (1, 1))
+    for g in range(3):
+        masked = np.where(gid[None, None] == g, x, 0)
+        assert np.array_equal(acc[g].astype(np.int64), _ref_conv(masked, w, 1, pad, 1, 1))
+
+
+def _qt(codes, scale, zp, lo, hi, kind="linear"):
+    return QTensor(codes=codes, scale=np.asarray(scale, np.float32), zero_point=np.asarray(zp, np.int32),
+                   kind=kind, code_range=(lo, hi))
+
+
+def test_split_k_channel_groups_one_exact_accumulator_per_group():
+    """Linear with channel-grouped activations: one accumulator per group, each equal to the int64 partial sum."""
+    rng = np.random.default_rng(5)
+    c, groups = 32, 4
+    gmap = rng.permutation(np.arange(c) % groups)
+    gscale = np.array([0.01, 0.02, 0.05, 0.1], np.float32)
+    gzp = np.array([3, 100, 128, 250])
+    qa = rng.integers(0, 256, (2, 5, c)).astype(np.uint8)
+    qb = rng.integers(-8, 8, (c, 6)).astype(np.int8)                         # int4 weights
+    zb = rng.integers(-8, 8, 6)
+    sb = rng.uniform(0.01, 0.1, 6).astype(np.float32)
+    a = _qt(qa, gscale[gmap].reshape(1, 1, c), gzp[gmap].reshape(1, 1, c), 0, 255)
+    b = _qt(qb, sb.reshape(1, 6), zb.reshape(1, 6), -8, 7)
+    seen = []
+    y, n_groups = quantized_matmul(a, b, lambda acc, log=False, bound=None: seen.append(acc) or acc, Epilogue("float32"))
+    assert n_groups == groups and len(seen) == groups
+    centred_a = qa.astype(np.int64) - gzp[gmap]
+    centred_b = qb.astype(np.int64) - zb
+    expected = np.zeros((2, 5, 6), np.float32)
+    refs = []
+    for g in range(groups):
+        idx = np.nonzero(gmap == g)[0]
+        refs.append(centred_a[..., idx] @ centred_b[idx])
+        expected += refs[-1].astype(np.float32) * (gscale[g] * sb)
+    for acc in seen:  # each accumulator is one group's exact partial sum (order: by scale value)
+        assert any(np.array_equal(acc.astype(np.int64), r) for r in refs)
+    np.testing.assert_array_equal(y, expected)
+    dequant = (centred_a * gscale[gmap]).astype(np.float64) @ (centred_b * sb).astype(np.float64)
+    np.testing.assert_allclose(y, dequant, rtol=1e-5, atol=1e-5)
+
+
+def test_token_groups_are_per_row_scales_and_pixel_groups_on_conv():
+    rng = np.random.default_rng(6)
+    qa = rng.integers(0, 256, (2, 8, 16)).astype(np.uint8)
+    row_scale = rng.uniform(0.01, 0.05, (1, 8, 1)).astype(np.float32)
+    a = _qt(qa, row_scale, np.full((1, 8, 1), 7), 0, 255)
+    qb = rng.integers(-128, 128, (16, 4)).astype(np.int8)
+    b = _qt(qb, np.full((1, 4), 0.02), np.zeros((1, 4)), -128, 127)
+    seen = []
+    y, groups = quantized_matmul(a, b, lambda acc, log=False, bound=None: seen.append(acc) or acc, Epilogue("float32"))
+    ref = (qa.astype(np.int64) - 7) @ qb.astype(np.int64)
+    assert groups == 1 and np.array_equal(seen[0].astype(np.int64), ref)
+    np.testing.assert_array_equal(y, ref.astype(np.float32) * (row_scale * np.float32(0.02)))
+    # pixel-grouped conv input: one accumulator per group, rescaled and summed
+    x = rng.integers(0, 256, (1, 3, 5, 5)).astype(np.uint8)
+    gid = rng.integers(0, 2, (5, 5))
+    sx = np.array([0.03, 0.07], np.float32)[gid].reshape(1, 1, 5, 5)
+    w = rng.integers(-128, 128, (2, 3, 3, 3)).astype(np.int8)
+    xq, wq = _qt(x, sx, np.full((1, 1, 1, 1), 9), 0, 255), _qt(w, np.full((2, 1, 1, 1), 0.5), np.zeros((2, 1, 1, 1)), -128, 127)
+    y, groups = quantized_conv(xq, wq, (1, 1), (1, 1, 1, 1), (1, 1), 1, lambda acc, log=False, bound=None: acc, Epilogue("float32"))
+    expected = np.zeros_like(y)
+    for g, s in enumerate([0.03, 0.07]):
+        masked = np.where(gid[None, None] == g, x.astype(np.int64) - 9, 0)
+        expected += _ref_conv(masked, w, 1, 1, 1, 1).astype(np.float32) * (np.float32(s) * np.float32(0.5))
+    assert groups == 2
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_shift_and_add_attention_is_exact_with_max_shift():
+    rng = np.random.default_rng(7)
+    q = rng.integers(0, 256, (3, 4, 20)).astype(np.uint8)            # log codes
+    v = rng.integers(0, 256, (3, 20, 5)).astype(np.uint8)
+    s_attn, s_v, z_v, max_shift = np.float32(0.3), np.float32(0.02), 131, 12
+    a = _qt(q, np.full((1, 1, 1), s_attn), np.zeros((1, 1, 1)), 0, 255, kind=LOG)
+    b = _qt(v, np.full((1, 1, 1), s_v), np.full((1, 1, 1), z_v), 0, 255)
+    seen = []
+    y, _ = quantized_matmul(a, b, lambda acc, log=False, bound=None: seen.append((acc, log)) or acc, Epilogue("float32"), max_shift)
+    terms = np.where(q.astype(np.int64) <= max_shift, 2 ** (max_shift - q.astype(np.int64).clip(0, max_shift)), 0)
+    ref = terms @ (v.astype(np.int64) - z_v)
+    assert seen[0][1] is True and np.array_equal(seen[0][0].astype(np.int64), ref)
+    np.testing.assert_array_equal(y, ref.astype(np.float32) * (np.float32(s_attn * np.float32(2.0 ** -max_shift)) * s_v))
+
+
+def test_accumulator_width_wraps_and_counts_like_hardware():
+    rng = np.random.default_rng(8)
+    a = np.full((4, 512), 255)
+    b = np.where(rng.random((512, 3)) < 0.9, 127, -128)
+    acc = int_matmul(a, b, 255, 255)
+    ref = a.astype(np.int64) @ b.astype(np.int64)
+    wrapped, count, peak = apply_accumulator_width(acc, 16, "wrap")
+    assert count == int(np.count_nonzero((ref > 32767) | (ref < -32768))) > 0
+    assert np.array_equal(wrapped.astype(np.int64), ref.astype(np.int16).astype(np.int64))
+    assert peak == float(np.abs(ref).max())
+    saturated, _, _ = apply_accumulator_width(acc, 16, "saturate")
+    assert np.array_equal(saturated.astype(np.int64), np.clip(ref, -32768, 32767))
+
+
+@pytest.mark.parametrize("mode", ["HALF_EVEN", "HALF_UP", "TRUNCATE", "FLOOR"])
+def test_fixed_point_epilogue_matches_exact_rational(mode):
+    rng = np.random.default_rng(9)
+    acc = rng.integers(-2 ** 30, 2 ** 30, (50,)).astype(np.float64)
+    scale = rng.uniform(1e-5, 1e-2, (50,)).astype(np.float32)
+    ep = Epilogue("fixed_point", mode, multiplier_bits=31, output_frac_bits=16)
+    got = ep.rescale_sum([(acc, scale)])
+    m, n = fixed_point_multiplier(scale, 31)
+    assert np.all(np.abs(m * 2.0 ** -n.astype(np.float64) - scale) <= scale * 2.0 ** -30)
+    for i in range(50):
+        exact = Fraction(int(acc[i]) * int(m[i]), 2 ** (int(n[i]) - 16))
+        fixed = int(shift_right(np.array([int(acc[i]) * int(m[i])]), int(n[i]) - 16, RoundingMode(mode))[0])
+        assert abs(Fraction(fixed) - exact) <= 1
+        assert got[i] == np.float32(fixed * 2.0 ** -16)
+
+
+def test_float16_epilogue_rounds_in_half_precision():
+    acc = np.array([3001.0, -12345.0])
+    y = Epilogue("float16").rescale_sum([(acc, np.float32(0.001))])
+    np.testing.assert_array_equal(y, (acc.astype(np.float16) * np.float16(0.001)).astype(np.float32))
