@@ -165,3 +165,163 @@ def test_statistics_of_another_model_are_refused(one_run):
     other = unet_from_config({**zoo_config("tiny"), "block_out_channels": [32, 64, 128]}, device="meta")
     with pytest.raises(DgqError, match="another model"):
         quantize_stats(one_run, preset("dgq-w8a8-g8"), other)
+
+
+def _reference_arrays(calls_partials, timesteps):
+    """Per-step elementwise min/max of per-call partials {(module, role): [(stat, min or None, max)]}."""
+    order = list(dict.fromkeys(timesteps))
+    out = {}
+    for partials, t in zip(calls_partials, timesteps):
+        step = order.index(t)
+        for (module, role), parts in partials.items():
+            for stat, lo, hi in parts:
+                for suffix, value, reduce in (("_min", lo, np.minimum), ("_max", hi, np.maximum)):
+                    if value is None:
+                        continue
+                    name = f"{module}/{role}/{stat}" + ("" if lo is None else suffix)
+                    value = value.detach().float().numpy()
+                    if name not in out:
+                        out[name] = np.full((len(order), *value.shape), np.nan, dtype=np.float32)
+                    current = out[name][step]
+                    out[name][step] = value if np.isnan(current).all() else reduce(current, value)
+    return out
+
+
+def test_observer_matches_the_reference_definition_exactly(pipe):
+    """The observer's fast path (fills into preallocated slots, aliases, reused and sliced attention buffers) gives
+    bit for bit the per-call partials of the reference definition, folded per step, and leaves the UNet's output
+    bitwise unchanged."""
+    import torch
+
+    from dgq_compiler.calibrate.attention import PassThroughTap, tapped_attention
+    from dgq_compiler.calibrate.observer import StatsObserver
+    from dgq_compiler.calibrate.points import quantizable_layers
+
+    unet = pipe.unet
+    gen = torch.Generator().manual_seed(3)
+    timesteps = [981, 961, 981, 941]  # step 0 twice: its statistics fold over two calls
+    calls = [(torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 32, generator=gen)) for _ in timesteps]
+
+    current = {}
+
+    class ReferenceTap(PassThroughTap):
+        def qkv(self, name, role, tensor, cross):
+            current[(name, role)] = StatsObserver._partials(role, tensor, cross)
+            return tensor
+
+        def attend(self, name, probs, value, cross):
+            parts = [("key_max", None, probs.amax(dim=1).amax(dim=0))]
+            if cross:
+                mass = probs[..., 0].mean().reshape(1)
+                parts.append(("bos_mass", mass, mass))
+            current[(name, "attn_probs")] = parts
+            return super().attend(name, probs, value, cross)
+
+    def input_hook(name):
+        def hook(_module, args):
+            current[(name, "input")] = StatsObserver._partials("input", args[0], False)
+        return hook
+
+    reference_calls, reference_out = [], []
+    handles = [m.register_forward_pre_hook(input_hook(n)) for n, m in quantizable_layers(unet).items()]
+    try:
+        with torch.no_grad(), tapped_attention(unet, ReferenceTap()):
+            for (sample, context), t in zip(calls, timesteps):
+                current = {}
+                reference_out.append(unet(sample, torch.tensor(float(t)), context, return_dict=False)[0])
+                reference_calls.append(current)
+    finally:
+        for h in handles:
+            h.remove()
+    expected = _reference_arrays(reference_calls, timesteps)
+
+    with torch.no_grad(), StatsObserver(unet) as observer:
+        outs = [unet(sample, torch.tensor(float(t)), context, return_dict=False)[0]
+                for (sample, context), t in zip(calls, timesteps)]
+        assert observer._attention.scratch.flat, "the observer runs attention on reused buffers"
+    got = observer.arrays()
+    assert observer.timesteps == [981, 961, 941]
+    assert sorted(got) == sorted(expected)
+    for name, array in expected.items():
+        assert got[name].dtype == np.float32 and got[name].tobytes() == array.tobytes(), name
+    for a, b in zip(outs, reference_out):
+        assert torch.equal(a, b)
+
+
+class _SharedInputToy:
+    """A module whose two layers read one tensor object, or (share=False) different tensors."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Toy(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+                self.share, self.width = True, 4
+
+            def forward(self, x, timestep):
+                return self.a(x) + self.b(x if self.share else x * 2 - 1)
+
+        return Toy()
+
+
+def test_observer_follows_a_layer_that_stops_sharing_its_input_and_refuses_a_new_layout():
+    import torch
+
+    from dgq_compiler.calibrate.observer import StatsObserver
+
+    toy = _SharedInputToy.build()
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 4, generator=gen) * (i + 1) for i in range(5)]
+    timesteps, shares = [5, 4, 5, 4, 5], [True, True, False, False, True]
+    with torch.no_grad(), StatsObserver(toy) as observer:
+        for x, t, share in zip(xs, timesteps, shares):
+            toy.share = share
+            toy(x, torch.tensor(float(t)))
+        got = observer.arrays()
+        with pytest.raises(DgqError, match="changed between calls"):
+            toy(torch.randn(2, 3, 4), torch.tensor(5.0))
+    calls = []
+    for x, share in zip(xs, shares):
+        second = x if share else x * 2 - 1
+        calls.append({("a", "input"): StatsObserver._partials("input", x, False),
+                      ("b", "input"): StatsObserver._partials("input", second, False)})
+    expected = _reference_arrays(calls, timesteps)
+    assert sorted(got) == sorted(expected) == ["a/input/channel_max", "a/input/channel_min",
+                                               "b/input/channel_max", "b/input/channel_min"]
+    for name, array in expected.items():
+        assert got[name].tobytes() == array.tobytes(), name
+    assert not np.array_equal(got["a/input/channel_min"], got["b/input/channel_min"])
+
+
+def test_reused_and_sliced_attention_buffers_give_bitwise_the_same_unet_output(pipe):
+    import torch
+
+    from dgq_compiler.calibrate.attention import PassThroughTap, tapped_attention
+
+    class SlicedTap(PassThroughTap):
+        slices = 0
+
+        def attend_rows(self, name, cross, shape):
+            return 3  # uneven: the last slice is shorter
+
+        def attend_slice(self, name, probs, value, cross, start, total, out):
+            SlicedTap.slices += 1
+            torch.bmm(probs, value, out=out)
+
+    unet = pipe.unet
+    gen = torch.Generator().manual_seed(5)
+    sample, context = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 32, generator=gen)
+    outs = []
+    with torch.no_grad():
+        for tap, reuse in ((PassThroughTap(), False), (PassThroughTap(), True), (SlicedTap(), True)):
+            with tapped_attention(unet, tap, reuse_buffers=reuse) as tapped:
+                outs.append(unet(sample, torch.tensor(500.0), context, return_dict=False)[0])
+                assert bool(tapped.scratch and tapped.scratch.flat) == reuse
+            assert not tapped.saved and (tapped.scratch is None or not tapped.scratch.flat)
+    assert SlicedTap.slices == 14 * 6  # every attention: 16 batch*head rows in slices of 3
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    # the default processors are back
+    assert all(type(m.processor).__name__ != "TapAttnProcessor" for m in unet.modules() if hasattr(m, "processor"))
