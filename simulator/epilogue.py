@@ -55,13 +55,21 @@ class Epilogue:
             for acc, scale in terms:
                 part = self._fixed(acc, scale)
                 total = part if total is None else total + part
-            return np.ldexp(total.astype(np.float64), -self.output_frac_bits).astype(np.float32)
+            return np.ascontiguousarray(np.ldexp(total.astype(np.float64), -self.output_frac_bits).astype(np.float32))
         dtype = np.float16 if self.arithmetic == "float16" else np.float32
-        total = None
+        total = part = None
         for acc, scale in terms:
-            part = acc.astype(dtype)  # a fresh array: the accumulator rounded to the epilogue type
-            part = _in_place(np.multiply, part, np.asarray(scale).astype(dtype, copy=False))
-            total = part if total is None else _in_place(np.add, total, part)
+            scale = np.asarray(scale).astype(dtype, copy=False)
+            if acc.dtype != dtype:
+                acc = acc.astype(dtype)  # the accumulator rounded to the epilogue type
+            shape = np.broadcast_shapes(acc.shape, scale.shape)
+            if total is None:  # C order whatever the accumulator's layout: float ops downstream reduce in memory order
+                total = np.multiply(acc, scale, order="C")
+            else:
+                if part is None or part.shape != shape:
+                    part = np.empty(shape, dtype)
+                np.multiply(acc, scale, out=part)  # rescaled in a scratch buffer, then added
+                total = _in_place(np.add, total, part)
         return total.astype(np.float32, copy=False)
 
     def _fixed(self, acc: np.ndarray, scale: np.ndarray) -> np.ndarray:

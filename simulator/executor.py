@@ -9,9 +9,15 @@ DequantizeLinear / dgq.DequantizeLog output also gets a QTensor record (codes + 
 layout-only ops carry it along, and Conv/MatMul/Gemm whose operands both have one run as integer
 accumulations (simulator.qmatmul / simulator.qconv). Their float value is computed only if some
 float op asks for it (Lazy), which is what keeps whole-UNet simulation affordable.
+
+Large activations (attention maps, ~1 GB at SD resolution) are recycled like an arena allocator:
+an elementwise op may write into an input that dies at that node and that nothing else references
+(ctx.reusable), and a dying buffer is kept for the next op that asks for one of the same shape
+(ctx.empty). Fresh memory costs page faults; on a VM a fresh GB can cost seconds.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +37,29 @@ class Lazy:
 
     def __init__(self, fn):
         self.fn = fn
+
+
+POOL_MIN_BYTES = 1 << 25   # buffers below this are cheap to allocate: not recycled
+POOL_LIMIT_BYTES = 1 << 31  # most memory kept in freed buffers at a time
+
+
+class BufferPool:
+    """Freed large activation buffers, handed to the next op that needs the same shape and type."""
+
+    def __init__(self):
+        self.free: list[np.ndarray] = []
+
+    def take(self, shape, dtype) -> np.ndarray:
+        shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        for i, buf in enumerate(self.free):
+            if buf.shape == shape and buf.dtype == dtype:
+                return self.free.pop(i)
+        return np.empty(shape, dtype)
+
+    def give(self, buf: np.ndarray) -> None:
+        self.free.append(buf)
+        while sum(b.nbytes for b in self.free) > POOL_LIMIT_BYTES:
+            self.free.pop(0)
 
 
 class Unsupported(Exception):
@@ -154,6 +183,21 @@ class NodeContext:
     def lazy(self, fn) -> Lazy:
         return Lazy(fn)
 
+    def empty(self, shape, dtype) -> np.ndarray:
+        """An uninitialised output buffer (a recycled one when a freed buffer of this shape exists)."""
+        return self.env.pool.take(shape, dtype)
+
+    def reusable(self, i: int, shape, dtype) -> np.ndarray | None:
+        """Input i's array, if the op may overwrite it with its output: a large buffer of that shape and
+        type that dies at this node and that no other live value shares."""
+        name = self.node.inputs[i] if self.has(i) else ""
+        if name not in self.env.dying or self.node.inputs.count(name) != 1:
+            return None
+        v = self.env.vals.get(name)
+        if not (isinstance(v, np.ndarray) and v.shape == tuple(shape) and v.dtype == dtype):
+            return None
+        return v if self.env.exclusive(name, v) else None
+
     # integer bookkeeping ----------------------------------------------------------------------
     def accumulate(self, acc: np.ndarray, log: bool = False, bound: int | None = None) -> np.ndarray:
         """Apply the target's accumulator width to one accumulator tensor and record overflows
@@ -180,10 +224,13 @@ class NodeContext:
 
 
 class _Env:
-    def __init__(self, stats: RunStats):
+    def __init__(self, stats: RunStats, pool: BufferPool | None = None, protected: frozenset = frozenset()):
         self.vals: dict[str, object] = {}
         self.quant: dict[str, QTensor] = {}
         self.stats = stats
+        self.pool = pool or BufferPool()
+        self.protected = protected   # never overwritten or recycled: initializers, graph inputs, captures
+        self.dying: set[str] = set()  # inputs of the running node that die at it
 
     def get(self, name: str):
         v = self.vals.get(name)
@@ -195,8 +242,20 @@ class _Env:
         return v
 
     def drop(self, name: str) -> None:
+        v = self.vals.get(name)
+        if self.exclusive(name, v) and sys.getrefcount(v) <= 3:  # env, v, the call: no one outside holds it
+            self.pool.give(v)
         self.vals.pop(name, None)
         self.quant.pop(name, None)
+
+    def exclusive(self, name: str, v) -> bool:
+        """Whether v is a large buffer of its own that no other live value can see (recyclable)."""
+        if name in self.protected or not isinstance(v, np.ndarray) or v.nbytes < POOL_MIN_BYTES:
+            return False
+        if v.base is not None or not v.flags.writeable or not v.flags.c_contiguous:
+            return False
+        return not any(isinstance(other, np.ndarray) and np.may_share_memory(v, other)
+                       for key, other in self.vals.items() if key != name and key not in self.protected)
 
 
 class Simulator:
@@ -260,14 +319,15 @@ class Simulator:
         if missing:
             raise SimulatorError(f"missing graph input(s): {', '.join(missing)}")
         stats = RunStats()
-        env = _Env(stats)
+        capture = set(capture)
+        keep = set(self.output_names) | (capture if observer is None else set())
+        env = _Env(stats, protected=frozenset(set(self.initializers) | set(self.input_names) | keep | capture))
         env.vals.update(self.initializers)
         for name in self.input_names:
             env.vals[name] = np.asarray(feeds[name])
-        capture = set(capture)
-        keep = set(self.output_names) | (capture if observer is None else set())
         captured = {}
         for i, node in enumerate(self.nodes):
+            env.dying = {name for name in node.inputs if name and self._last_use.get(name) == i}
             self._run_node(node, env, self.opset)
             for out in node.outputs:
                 if out in capture and out in env.vals:
@@ -313,7 +373,7 @@ class Simulator:
         """Expand a model-local function: run its body with the caller's inputs and attributes."""
         attrs = {a.name: _attr_value(a) for a in fn.attribute_proto}
         attrs.update(call.attrs)
-        inner = _Env(env.stats)
+        inner = _Env(env.stats, env.pool, env.protected | set(env.vals))  # nothing of the caller is recycled
         for formal, actual in zip(fn.input, call.inputs):
             if actual:
                 inner.vals[formal] = env.vals[actual] if not isinstance(env.vals.get(actual), Lazy) else env.get(actual)

@@ -51,10 +51,14 @@ def quantized_conv(x: QTensor, w: QTensor, strides, pads, dilations, group: int,
             raise Unsupported("channel groups with a grouped convolution")
         per_channel = sx[0, :, 0, 0]
         values, gid = np.unique(per_channel, return_inverse=True)
-        for g, value in enumerate(values):
-            idx = np.nonzero(gid.reshape(-1) == g)[0]
-            acc = int_conv2d(xi[:, idx], wi[:, idx], x_max, w_max, strides, pads, dilations)
-            terms.append((acc_of(acc), value * sw_out))
+        gid = gid.reshape(-1)
+
+        def group_terms():  # one accumulator at a time: rescaled and added before the next is computed
+            for g, value in enumerate(values):
+                idx = np.nonzero(gid == g)[0]
+                acc = int_conv2d(xi[:, idx], wi[:, idx], x_max, w_max, strides, pads, dilations)
+                yield acc_of(acc), value * sw_out
+        return epilogue.rescale_sum(group_terms()), len(values)
     else:
         acc = int_conv2d(xi, wi, x_max, w_max, strides, pads, dilations, group)
         terms = [(acc_of(acc), sx.reshape(-1)[0] * sw_out)]

@@ -23,11 +23,44 @@ def unary(fn):
 
 
 def binary(fn):
-    """A broadcasting elementwise op; the result keeps the first input's dtype (ONNX: both inputs share it)."""
+    """A broadcasting elementwise op; the result keeps the first input's dtype (ONNX: both inputs share it).
+    Inputs that are broadcast views (ConstantOfShape, Expand of a constant) are computed on their
+    compact form: the same elementwise values, without materialising the full shape. A large float
+    result of a numpy ufunc is written into a dying input or a recycled buffer (attention maps)."""
     def run(ctx):
         a, b = ctx.value(0), ctx.value(1)
+        ca, cb = compact(a), compact(b)
+        shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+        if np.broadcast_shapes(np.shape(ca), np.shape(cb)) != shape:  # both broadcast along some axis
+            y = np.asarray(fn(ca, cb)).astype(np.asarray(a).dtype, copy=False)
+            return [np.broadcast_to(y, shape)]
+        out = _output_buffer(ctx, a, b) if isinstance(fn, np.ufunc) else None
+        if out is not None:
+            return [fn(a, b, out=out)]
         return [np.asarray(fn(a, b)).astype(a.dtype, copy=False)]
     return run
+
+
+LARGE_BYTES = 1 << 25  # results from this size on go to dying inputs / recycled buffers
+
+
+def _output_buffer(ctx, a, b) -> np.ndarray | None:
+    if not (isinstance(a, np.ndarray) and a.dtype.kind == "f" and np.result_type(a, b) == a.dtype):
+        return None
+    shape = np.broadcast_shapes(a.shape, np.shape(b))
+    if int(np.prod(shape)) * a.itemsize < LARGE_BYTES:
+        return None
+    out = ctx.reusable(0, shape, a.dtype)
+    if out is None:
+        out = ctx.reusable(1, shape, a.dtype)
+    return out if out is not None else ctx.empty(shape, a.dtype)
+
+
+def compact(x):
+    """The smallest array a broadcast view x repeats (its stride-0 axes cut to size 1); x itself otherwise."""
+    if not isinstance(x, np.ndarray) or not any(st == 0 and d > 1 for st, d in zip(x.strides, x.shape)):
+        return x
+    return x[tuple(slice(0, 1) if st == 0 and d > 1 else slice(None) for st, d in zip(x.strides, x.shape))]
 
 
 def compare(fn):

@@ -15,4 +15,4 @@ def run(ctx):
         x = np.trunc(x)
     if dtype == np.bool_:
         return [x != 0]
-    return [x.astype(dtype)]
+    return [x.astype(dtype, copy=False)]  # same type: the value itself (no 1 GB copies of attention maps)

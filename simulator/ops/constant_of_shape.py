@@ -1,4 +1,5 @@
-"""ConstantOfShape (default value: float32 0)."""
+"""ConstantOfShape (default value: float32 0): a read-only broadcast view of one element (elementwise
+ops compute on the compact form, see _common.binary), not a filled array."""
 import numpy as np
 
 
@@ -6,4 +7,4 @@ def run(ctx):
     value = ctx.attr("value")
     value = np.zeros(1, np.float32) if value is None else np.asarray(value)
     shape = tuple(int(d) for d in ctx.value(0))
-    return [np.full(shape, value.reshape(-1)[0], dtype=value.dtype)]
+    return [np.broadcast_to(value.reshape(-1)[:1].reshape((1,) * len(shape)), shape)]

@@ -12,7 +12,7 @@ def run(ctx):
     if ctx.integer and aq is not None and bq is not None:
         try:
             max_shift = ctx.target.log_quantizer.max_shift
-            y, groups = quantized_matmul(aq, bq, ctx.accumulate, ctx.epilogue, max_shift)
+            y, groups = quantized_matmul(aq, bq, ctx.accumulate, ctx.epilogue, max_shift, ctx.empty)
             ctx.mark("shift-add" if aq.kind == LOG else "integer", groups)
             return [y]
         except Unsupported as why:

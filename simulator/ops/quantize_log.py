@@ -9,13 +9,13 @@ import numpy as np
 # float32(1/sqrt 2) rounded down: for a float32 mantissa f in [0.5, 1), f > HALF_SQRT2 <=> 2f > sqrt(2) exactly
 HALF_SQRT2 = np.float32(np.frombuffer(np.array([0x3F3504F3], np.uint32).tobytes(), np.float32)[0])
 assert float(HALF_SQRT2) < np.sqrt(0.5) < float(np.nextafter(HALF_SQRT2, np.float32(1)))
-CHUNK = 1 << 22
+CHUNK = 1 << 16  # elements per chunk: the temporaries stay in cache
 
 
-def log_codes(x: np.ndarray, s, bits: int) -> np.ndarray:
+def log_codes(x: np.ndarray, s, bits: int, out: np.ndarray | None = None) -> np.ndarray:
     """Codes of a whole tensor, a chunk at a time (attention probabilities can be ~10^8 elements)."""
     flat = x.reshape(-1)
-    out = np.empty(flat.shape, np.uint8)
+    out = np.empty(flat.shape, np.uint8) if out is None else out.reshape(-1)
     top = (1 << bits) - 1
     s = np.float32(s)
     for start in range(0, flat.size, CHUNK):
@@ -29,4 +29,4 @@ def log_codes(x: np.ndarray, s, bits: int) -> np.ndarray:
 
 def run(ctx):
     x, s = ctx.value(0), ctx.value(1)
-    return [log_codes(x, np.asarray(s).reshape(-1)[0], int(ctx.attr("bits", 8)))]
+    return [log_codes(x, np.asarray(s).reshape(-1)[0], int(ctx.attr("bits", 8)), ctx.empty(x.shape, np.uint8))]

@@ -201,3 +201,203 @@ def test_float16_epilogue_rounds_in_half_precision():
     acc = np.array([3001.0, -12345.0])
     y = Epilogue("float16").rescale_sum([(acc, np.float32(0.001))])
     np.testing.assert_array_equal(y, (acc.astype(np.float16) * np.float16(0.001)).astype(np.float32))
+
+
+# ---- blocked schedules (performance paths) stay exact ------------------------------------------------
+def _sequential_split_k(qa, za, sa, qb, zb, sb):
+    """Reference for a [B, M, K] @ [B, K, N] product with scales/zero points varying along K on both sides
+    (per batch element): int64 partial sum per distinct (scale_a, scale_b) pair, rescaled in float32 and
+    added in ascending pair order."""
+    out = np.zeros(qa.shape[:2] + qb.shape[2:], np.float32)
+    partials = []
+    for i in range(qa.shape[0]):
+        ka, kb = sa[i].reshape(-1), sb[i].reshape(-1)
+        a = qa[i].astype(np.int64) - za[i].reshape(1, -1)
+        b = qb[i].astype(np.int64) - zb[i].reshape(-1, 1)
+        for pa, pb in sorted(set(zip(ka.tolist(), kb.tolist()))):
+            idx = np.nonzero((ka == pa) & (kb == pb))[0]
+            part = a[:, idx] @ b[idx]
+            partials.append(part)
+            out[i] += part.astype(np.float32) * np.float32(np.float32(pa) * np.float32(pb))
+    return out, partials
+
+
+@pytest.mark.parametrize("schedule", ["one block", "many blocks on worker threads"])
+def test_blocked_split_k_with_groups_on_both_operands_equals_int64(monkeypatch, schedule):
+    """Q.K^T with channel groups on q and k, scales differing per head: one exact accumulator per
+    (scale_q, scale_k) pair; the blocked schedule (row blocks, worker threads) gives the same bits."""
+    import simulator.qmatmul as qm
+
+    if schedule != "one block":
+        monkeypatch.setattr(qm, "SMALL_PRODUCT", 0)
+        monkeypatch.setattr(qm, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(11)
+    heads, m, d, n = 4, 37, 12, 29
+    gscale = rng.uniform(0.01, 0.1, 5).astype(np.float32)
+    gq, gk = rng.integers(0, 3, (heads, d)), rng.integers(1, 5, (heads, d))
+    sq, sk = gscale[gq].reshape(heads, 1, d), gscale[gk].reshape(heads, d, 1)
+    zq, zk = rng.integers(0, 256, (heads, 1, d)), rng.integers(0, 256, (heads, d, 1))
+    qa = _codes(rng, (heads, m, d), 0, 255, worst=True).astype(np.uint8)
+    qb = rng.integers(0, 256, (heads, d, n)).astype(np.uint8)
+    seen = []
+    y, groups = quantized_matmul(_qt(qa, sq, zq, 0, 255), _qt(qb, sk, zk, 0, 255),
+                                 lambda acc, log=False, bound=None: seen.append(acc.astype(np.int64)) or acc,
+                                 Epilogue("float32"))
+    expected, partials = _sequential_split_k(qa, zq, sq, qb, zk, sk)
+    assert groups == max(len(set(zip(sq[i].ravel().tolist(), sk[i].ravel().tolist()))) for i in range(heads))
+    np.testing.assert_array_equal(y, expected)
+    # every accumulator handed to the width check is (a block of) an exact int64 partial sum
+    pool = [p for p in partials]
+    for acc in seen:
+        block = acc.reshape(-1, acc.shape[-2], acc.shape[-1])
+        for blk in block:
+            assert any(any(np.array_equal(blk, p[r:r + blk.shape[0]]) for r in range(p.shape[0] - blk.shape[0] + 1))
+                       for p in pool if p.shape[1] == blk.shape[1])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 21, 2048])
+def test_blocked_shift_and_add_with_token_groups_on_v_equals_int64(monkeypatch, chunk_bytes):
+    """A.V with log-coded A and token-grouped v (split-K along tokens), S = 24 (float64 sums, 2^44 bound)."""
+    import simulator.qmatmul as qm
+
+    monkeypatch.setattr(qm, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(12)
+    heads, m, k, d, max_shift = 3, 21, 50, 7, 24
+    codes = np.where(rng.random((heads, m, k)) < 0.3, 0, rng.integers(0, 40, (heads, m, k))).astype(np.uint8)
+    gid = rng.integers(0, 4, k)
+    sv, zv = rng.uniform(0.01, 0.1, 4).astype(np.float32)[gid].reshape(1, k, 1), rng.integers(0, 256, 4)[gid].reshape(1, k, 1)
+    v = rng.integers(0, 256, (heads, k, d)).astype(np.uint8)
+    s_attn = np.float32(0.37)
+    y, groups = quantized_matmul(_qt(codes, np.full((1, 1, 1), s_attn), np.zeros((1, 1, 1)), 0, 255, kind=LOG),
+                                 _qt(v, sv, zv, 0, 255), lambda acc, log=False, bound=None: acc, Epilogue("float32"),
+                                 max_shift)
+    terms = np.where(codes <= max_shift, 2 ** (max_shift - np.minimum(codes.astype(np.int64), max_shift)), 0)
+    scale_a = np.float32(s_attn * np.float32(2.0 ** -max_shift))
+    expected = np.zeros((heads, m, d), np.float32)
+    for g in sorted(set(gid.tolist()), key=lambda g: float(sv.ravel()[np.nonzero(gid == g)[0][0]])):
+        idx = np.nonzero(gid == g)[0]
+        part = terms[..., idx] @ (v[:, idx].astype(np.int64) - zv[:, idx])
+        assert np.abs(part).max() < 2 ** 53
+        expected += part.astype(np.float32) * np.float32(scale_a * sv.ravel()[idx[0]])
+    assert groups == 4
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("bits_x, bits_w", [(6, 4), (8, 8)])
+def test_torch_conv_float32_and_float64_paths_equal_int64_on_worst_case(bits_x, bits_w):
+    """exact_conv2d runs on torch in the type accumulate_dtype picks (float32 when the bound < 2^24, else
+    float64); worst-case operands (every product at the grid's extreme, same sign) give the int64 result."""
+    from simulator.integer import accumulate_dtype, exact_conv2d
+
+    x_max, w_max = 2 ** bits_x - 1, 2 ** bits_w - 1
+    c = 24
+    x = np.full((1, c, 6, 6), x_max, np.int64)
+    w = np.full((3, c, 3, 3), w_max, np.int64)
+    w[1] = -w_max
+    dtype = accumulate_dtype(c * 9, x_max, w_max)
+    bound = c * 9 * x_max * w_max
+    assert dtype == (np.float32 if bound < 2 ** 24 else np.float64)
+    got = exact_conv2d(x.astype(dtype), w.astype(dtype), (1, 1), (1, 1, 1, 1), (1, 1))
+    assert got.dtype == dtype and float(np.abs(got).max()) == bound
+    assert np.array_equal(got.astype(np.int64), _ref_conv(x, w, 1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("worst", [False, True])
+def test_int8_dot_product_path_equals_int64(monkeypatch, worst):
+    """int_conv2d / int8_matmul on the int8 engine: 8-bit codes minus zero points ([-255, 255]) split as
+    2 * (v >> 1) + (v & 1) into int8 parts; int32 dot products, combined in int64, equal int64 arithmetic."""
+    from simulator import integer
+    from simulator.integer import INT8_MAX_K, int8_engine, int8_matmul, int8_parts
+
+    monkeypatch.setattr(integer, "INT8_MIN_WORK", 0)  # small test convolutions take the int8 path too
+    if not int8_engine():
+        pytest.skip("no VNNI/AMX int8 dot products on this CPU: the float paths are used (tested above)")
+    rng = np.random.default_rng(15 + worst)
+    a = _codes(rng, (37, 700), -255, 255, worst)
+    b = _codes(rng, (700, 19), -128, 127, worst)
+    a[0], b[:, 0] = -255, -128
+    pa, pb = int8_parts(a), int8_parts(b)
+    assert len(pa) == 2 and len(pb) == 1 and a.shape[1] <= INT8_MAX_K
+    assert np.array_equal(sum(f * p.astype(np.int64) for f, p in pa), a)
+    assert np.array_equal(int8_matmul(pa, pb), a.astype(np.int64) @ b.astype(np.int64))
+    x = _codes(rng, (2, 5, 7, 6), -255, 255, worst)
+    w = _codes(rng, (4, 5, 3, 3), -255, 255, worst)
+    for stride, pad, dil in [(1, 1, 1), (2, 0, 1), (1, 2, 2)]:
+        got = int_conv2d(x, w, 255, 255, (stride, stride), (pad,) * 4, (dil, dil))
+        assert got.dtype.kind == "i"
+        assert np.array_equal(got, _ref_conv(x, w, stride, pad, dil, 1))
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_pixel_group_conv_with_stride_and_dilation_equals_masked_convolutions(monkeypatch, int8):
+    """Both engines of the pixel-group convolution (float scatter-add, int8 products) against masked convolutions."""
+    from simulator import integer
+
+    monkeypatch.setattr(integer, "INT8_MIN_WORK", 0 if int8 else 1 << 62)
+    rng = np.random.default_rng(13)
+    x = rng.integers(-255, 256, (2, 3, 9, 8))
+    w = rng.integers(-255, 256, (4, 3, 3, 3))
+    gid = rng.integers(0, 4, (9, 8))
+    for stride, dil in [(2, 1), (1, 2)]:
+        acc = int_conv2d_pixel_groups(x, w, gid, 4, 255, 255, (stride, stride), (1, 1, 1, 1), (dil, dil))
+        for g in range(4):
+            masked = np.where(gid[None, None] == g, x, 0)
+            assert np.array_equal(acc[g].astype(np.int64), _ref_conv(masked, w, stride, 1, dil, 1))
+
+
+def test_reduced_precision_torch_matmul_is_refused():
+    """A bf16/tf32 float32 matmul would not be exact: the integer kernels refuse to run under it."""
+    import torch
+
+    from simulator.errors import SimulatorError
+    from simulator.integer import exact_matmul
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with pytest.raises(SimulatorError, match="precision"):
+            exact_matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32))
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_blocked_softmax_equals_whole_tensor_softmax():
+    """Softmax over attention maps runs a block of rows at a time; rows are independent, so the bits match."""
+    from simulator.ops import softmax as softmax_op
+
+    rng = np.random.default_rng(14)
+    x = (rng.standard_normal((6, 300, 700)) * 20).astype(np.float32)
+    assert x.nbytes > 4 * softmax_op.ROWS_BYTES
+    np.testing.assert_array_equal(softmax_op.softmax(x, -1), softmax_op._softmax(x, -1))
+
+
+@pytest.mark.parametrize("axis", ["channel", "token"])
+def test_linear_on_int8_engine_equals_float_schedule_and_int64(monkeypatch, axis):
+    """A Linear with a long reduction runs on int8 dot products when available; the result is bit-identical
+    to the float32/float64 schedule (the same exact accumulators) and each accumulator equals int64."""
+    import simulator.qmatmul as qm
+
+    rng = np.random.default_rng(16)
+    k, groups = 200, 4
+    if axis == "channel":
+        gid = rng.integers(0, groups, k)
+        sa = rng.uniform(0.01, 0.1, groups).astype(np.float32)[gid].reshape(1, 1, k)
+        za = rng.integers(0, 256, groups)[gid].reshape(1, 1, k)
+    else:
+        sa = rng.uniform(0.01, 0.1, (1, 30, 1)).astype(np.float32)
+        za = rng.integers(0, 256, (1, 30, 1))
+    qa = _codes(rng, (2, 30, k), 0, 255, worst=True).astype(np.uint8)
+    qb = rng.integers(-128, 128, (k, 9)).astype(np.int8)
+    sb, zb = rng.uniform(0.001, 0.01, (1, 9)).astype(np.float32), rng.integers(-3, 4, (1, 9))
+    a, b = _qt(qa, sa, za, 0, 255), _qt(qb, sb, zb, -128, 127)
+    seen = []
+    y, _ = quantized_matmul(a, b, lambda acc, log=False, bound=None: seen.append(acc.astype(np.int64)) or acc, Epilogue("float32"))
+    monkeypatch.setattr(qm, "INT8_MIN_K", 1 << 30)                  # force the float schedule
+    y_float, _ = quantized_matmul(a, b, lambda acc, log=False, bound=None: acc, Epilogue("float32"))
+    np.testing.assert_array_equal(y, y_float)
+    centred_a, centred_b = qa.astype(np.int64) - za, qb.astype(np.int64) - zb
+    if axis == "token":
+        assert len(seen) == 1 and np.array_equal(seen[0], centred_a @ centred_b)
+    else:
+        refs = [centred_a[..., gid == g] @ centred_b[gid == g] for g in range(groups)]
+        assert len(seen) == groups and all(any(np.array_equal(s, r) for r in refs) for s in seen)
