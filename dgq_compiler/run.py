@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
@@ -20,6 +20,7 @@ DEFAULT_PRESETS = DGQ_PRESETS + BASELINE_PRESETS
 VERIFY_TARGET = "generic-npu"
 CHECK_TARGET = "tensorrt-int8"
 COST_MODELS = ("sd-v1.4", "sdxl-base")
+EMBEDDED_LABEL = "shapes-sd (embedded, trained)"
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,23 @@ class ConfigResult:
 
 
 def resolve_model(model: str) -> tuple[str, str]:
-    """(pipeline source for `open_pipeline`, a label): 'embedded' is the trained model when shipped, else tiny."""
+    """(pipeline source for `open_pipeline`, a label): 'embedded' is the shipped trained model."""
     if model == "embedded":
-        try:
-            from models.trained import trained_pipeline_dir
-        except ImportError:
-            return "tiny", "tiny (embedded, random weights)"
-        return str(trained_pipeline_dir()), "shapes-sd (embedded, trained)"
+        from models.trained import trained_pipeline_dir
+
+        return str(trained_pipeline_dir()), EMBEDDED_LABEL
     if model == "tiny":
         return "tiny", "tiny (embedded, random weights)"
     return model, model
+
+
+def default_prompt_files(label: str) -> tuple[str | None, str | None]:
+    """(calibration, image) prompt files: the trained model speaks only its shapes vocabulary."""
+    if label != EMBEDDED_LABEL:
+        return None, None
+    from models.trained import shapes_prompts_file
+
+    return str(shapes_prompts_file("shapes_calibration.txt")), str(shapes_prompts_file("shapes_heldout.txt"))
 
 
 def _image_prompts(options: RunOptions) -> list[str]:
@@ -147,6 +155,9 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     from dgq_compiler.sampling import decode, sample, torch_predictor
 
     seconds: dict = {}
+    calibration_file, image_file = default_prompt_files(label)
+    options = replace(options, prompts=options.prompts or calibration_file,
+                      image_prompts=options.image_prompts or image_file)
     figures_dir = out / "figures"
     figures_dir.mkdir()
     pipe = open_pipeline(source, seed=options.seed, device="cpu")
