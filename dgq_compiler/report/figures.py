@@ -43,8 +43,10 @@ def image_grid(images: dict[str, np.ndarray], prompts: list[str], path: str | Pa
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
             if r == 0:
                 ax.set_title(_wrap(prompts[c], 22), fontsize=7)
+    height = 1.6 * rows + 0.6
+    fig.subplots_adjust(top=1 - 0.75 / height)  # room for three lines of prompt above the first row
     fig.suptitle("Same prompts and seeds, FP vs quantized (compiled ONNX graphs in onnxruntime)",
-                 fontsize=9, y=1.0 + 0.35 / (1.6 * rows + 0.6))
+                 fontsize=9, y=1 - 0.05 / height)
     return _save(fig, path)
 
 
