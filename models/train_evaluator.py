@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -45,10 +46,14 @@ def accuracy(evaluator, seed: int, n: int = 1024) -> dict[str, float]:
     return result
 
 
-def train(out, seed: int = 0, steps: int = 1500, batch: int = 64, threads: int = 2, quiet: bool = False) -> dict:
+def train(out, seed: int = 0, steps: int = 1500, batch: int = 64, threads: int = 2, quiet: bool = False,
+          overwrite: bool = False) -> dict:
     import torch
     from tqdm import tqdm
 
+    from dgq_compiler.io import atomic_path, check_writable
+
+    check_writable(out, overwrite=overwrite)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
@@ -70,7 +75,8 @@ def train(out, seed: int = 0, steps: int = 1500, batch: int = 64, threads: int =
         opt.step()
     network.eval()
     seconds = time.perf_counter() - start
-    save_evaluator(network, config, out, extra={"training": {"seed": seed, "steps": steps, "batch": batch}})
+    with atomic_path(out, directory=True) as tmp:
+        save_evaluator(network, config, tmp, extra={"training": {"seed": seed, "steps": steps, "batch": batch}})
     summary = {"accuracy_fresh_seed_12345": accuracy(load_evaluator(out), seed=12345),
                "seconds": round(seconds, 1)}
     if not quiet:
@@ -85,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = parser.parse_args(argv)
-    train(args.out, args.seed, args.steps, args.batch, args.threads)
+    from dgq_compiler.errors import DgqError
+
+    try:
+        train(args.out, args.seed, args.steps, args.batch, args.threads, overwrite=args.overwrite)
+    except DgqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
