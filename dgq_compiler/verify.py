@@ -96,13 +96,20 @@ def resolve_graph(path: str | Path) -> Path:
     return path
 
 
-def _latent_size(model, graph: Path, given: int | None) -> int:
+def latent_size_of(model, graph: Path, given: int | None) -> int:
+    """The latent height/width to run or analyse `graph` at: given, else compile.json/export.json beside
+    it, the graph's fixed input shape, or the zoo model's default resolution."""
     if given:
         return given
     for name in ("compile.json", "export.json"):
         f = graph.parent / name
         if f.is_file():
-            data = json.loads(f.read_text())
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, ValueError) as exc:
+                raise DgqError(f"{str(f)!r} is not readable JSON ({exc}): fix it or pass --latent-size") from None
+            if not isinstance(data, dict):
+                continue
             if data.get("latent_size"):
                 return int(data["latent_size"])
             if data.get("resolution"):
@@ -202,7 +209,7 @@ def verify_graph(graph: str | Path, target="generic-npu", timesteps=None, batch:
     except Exception as exc:  # noqa: BLE001
         raise DgqError(f"graph {str(graph)!r} is not a readable ONNX model: {exc}") from None
     has_sample = any(vi.name == "sample" for vi in model.graph.input)
-    latent = _latent_size(model, graph, latent_size) if has_sample else 0
+    latent = latent_size_of(model, graph, latent_size) if has_sample else 0
     steps = _timesteps(model, timesteps)
     report = VerifyReport(str(graph), target.name, steps, batch, latent, tolerance=asdict(target.verify))
     info = analyse(model)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli.graph_args import add_graph_and_target
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,9 +15,7 @@ def register(sub) -> None:
                     "the target allows; and a worst-case accumulator-overflow analysis from bit widths and reduction "
                     "lengths. Exits 1 when there are violations.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("graph", help="compiled folder (unet.onnx) or a compiled .onnx file")
-    p.add_argument("--target", default="generic-npu",
-                   help="preset (generic-npu, tensorrt-int8, onnxruntime-cpu) or a target .json/.toml file")
+    add_graph_and_target(p)
     p.add_argument("--latent-size", type=int, default=None,
                    help="latent height/width for attention reduction lengths; none: from compile.json/export.json or the model")
     p.add_argument("--batch", type=int, default=2, help="batch used for shape inference")
@@ -24,17 +24,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import onnx
-
     from dgq_compiler.cli.table import format_table
-    from dgq_compiler.verify import _latent_size, resolve_graph
+    from dgq_compiler.errors import DgqError
+    from dgq_compiler.verify import latent_size_of, resolve_graph
     from simulator.check import check_graph, load_for_analysis
 
     graph = resolve_graph(args.graph)
     model = load_for_analysis(graph)
     try:
-        latent = _latent_size(model, graph, args.latent_size)
-    except Exception:  # noqa: BLE001 - attention K then stays unknown
+        latent = latent_size_of(model, graph, args.latent_size)
+    except DgqError:  # attention reduction lengths then stay unknown
         latent = None
     report = check_graph(model, args.target, latent_size=latent, batch=args.batch)
     shown = report.violations if args.all else report.violations[:40]
@@ -57,5 +56,4 @@ def run(args) -> int:
             *[[f"violations: {rule}", n] for rule, n in sorted(report.by_rule().items())],
             ["verdict", "conforms" if report.ok else f"{len(report.violations)} violations"]]
     print(format_table(["check", ""], rows))
-    del onnx
     return 0 if report.ok else 1

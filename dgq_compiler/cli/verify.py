@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli.graph_args import add_graph_and_target
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,9 +15,7 @@ def register(sub) -> None:
                     "LSB difference; accumulator overflows seen; the final output error. Exits 1 when a figure "
                     "is beyond the target's verify tolerance.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("graph", help="compiled folder (unet.onnx) or a compiled .onnx file")
-    p.add_argument("--target", default="generic-npu",
-                   help="preset (generic-npu, tensorrt-int8, onnxruntime-cpu) or a target .json/.toml file")
+    add_graph_and_target(p)
     p.add_argument("--timesteps", default=None,
                    help="comma-separated timesteps; none: the first, middle and last calibrated step")
     p.add_argument("--batch", type=int, default=2, help="batch (2 = cond + uncond)")

@@ -73,3 +73,12 @@ def axis_of(axis: int, ndim: int) -> int:
     if not -ndim <= axis < max(ndim, 1):
         raise SimulatorError(f"axis {axis} is out of range for a rank-{ndim} tensor")
     return axis % max(ndim, 1)
+
+
+def reduction_axes(ctx, x) -> tuple[tuple[int, ...] | None, bool]:
+    """(axes, noop) of a Reduce* node: axes from the input (opset 18+) or the attribute (before),
+    normalised to non-negative; None = all axes. noop: empty axes with noop_with_empty_axes=1 (identity)."""
+    axes = ctx.value(1) if ctx.has(1) else ctx.attr("axes")
+    if axes is None or len(np.ravel(axes)) == 0:
+        return None, bool(ctx.attr("noop_with_empty_axes", 0))
+    return tuple(int(a) % x.ndim for a in np.ravel(axes)), False

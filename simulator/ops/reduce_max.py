@@ -1,20 +1,18 @@
 """ReduceMax (axes as input from opset 18, attribute before; empty axes = all unless noop_with_empty_axes)."""
 import numpy as np
 
+from simulator.ops._common import reduction_axes
+
 
 def run(ctx):
     x = ctx.value(0)
-    axes = ctx.value(1) if ctx.has(1) else ctx.attr("axes")
+    axes, noop = reduction_axes(ctx, x)
+    if noop:
+        return [x]
     keep = bool(ctx.attr("keepdims", 1))
-    if axes is None or len(np.ravel(axes)) == 0:
-        if ctx.attr("noop_with_empty_axes", 0):
-            return [x]
-        axes = None
-    else:
-        axes = tuple(int(a) % x.ndim for a in np.ravel(axes))
-    if x.size == 0:
+    if x.size == 0:  # numpy refuses max of nothing; ONNX gives the identity of max, the lowest value
         fill = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
-        shape = [1 if (axes is None or i in axes) else d for i, d in enumerate(x.shape)]
-        out = np.full(shape, fill, dtype=x.dtype)
-        return [out if keep else out.reshape([d for i, d in enumerate(x.shape) if not (axes is None or i in axes)])]
+        reduced = [axes is None or i in axes for i in range(x.ndim)]
+        out = np.full([1 if r else d for r, d in zip(reduced, x.shape)], fill, dtype=x.dtype)
+        return [out if keep else out.reshape([d for r, d in zip(reduced, x.shape) if not r])]
     return [np.max(x, axis=axes, keepdims=keep).astype(x.dtype, copy=False)]
