@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.rounding import RoundingMode, shift_right
+from simulator.shapes import broadcast_shape
 
 
 def fixed_point_multiplier(scale: np.ndarray, multiplier_bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +31,7 @@ def fixed_point_multiplier(scale: np.ndarray, multiplier_bits: int) -> tuple[np.
 
 def _in_place(op, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """op(a, b), written into a when the broadcast result has a's shape (saves a pass over big outputs)."""
-    if np.broadcast_shapes(a.shape, b.shape) == a.shape:
+    if broadcast_shape(a.shape, b.shape) == a.shape:
         return op(a, b, out=a)
     return op(a, b)
 
@@ -62,7 +63,7 @@ class Epilogue:
             scale = np.asarray(scale).astype(dtype, copy=False)
             if acc.dtype != dtype:
                 acc = acc.astype(dtype)  # the accumulator rounded to the epilogue type
-            shape = np.broadcast_shapes(acc.shape, scale.shape)
+            shape = broadcast_shape(acc.shape, scale.shape)
             if total is None:  # C order whatever the accumulator's layout: float ops downstream reduce in memory order
                 total = np.multiply(acc, scale, order="C")
             else:

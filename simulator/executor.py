@@ -146,6 +146,8 @@ def make_node(n: onnx.NodeProto, index: int, ref_attrs: dict | None = None) -> N
 class NodeContext:
     """What an op sees: its node, its inputs (float values or QTensors) and the target."""
 
+    __slots__ = ("_quant_out", "env", "epilogue", "integer", "node", "opset", "sim", "target")
+
     def __init__(self, sim: "Simulator", env: "_Env", node: Node, opset: int):
         self.sim, self.env, self.node, self.opset = sim, env, node, opset
         self.target: Target = sim.target
@@ -162,9 +164,10 @@ class NodeContext:
         return i < len(self.node.inputs) and self.node.inputs[i] != ""
 
     def value(self, i: int, default=None):
-        if not self.has(i):
+        inputs = self.node.inputs
+        if i >= len(inputs) or not inputs[i]:
             return default
-        return self.env.get(self.node.inputs[i])
+        return self.env.get(inputs[i])
 
     def values(self) -> list:
         return [self.value(i) for i in range(self.n_inputs)]
@@ -286,6 +289,14 @@ class Simulator:
         self.output_names = [o.name for o in graph.output]
         self._check_supported(self.nodes, set())
         self._last_use = self._liveness(self.nodes)
+        # per node, fixed by the graph: its op, the inputs that die at it, the values to drop after it
+        from simulator.ops import REGISTRY
+
+        self._ops = [REGISTRY.get(node.key) for node in self.nodes]
+        self._dying = [frozenset(name for name in node.inputs if name and self._last_use.get(name) == i)
+                       for i, node in enumerate(self.nodes)]
+        self._drops = [tuple(name for name in dict.fromkeys(dying) if name not in self.initializers)
+                       for dying in self._dying]
 
     # ---- static checks ------------------------------------------------------------------------
     def _check_supported(self, nodes: list[Node], seen: set) -> None:
@@ -326,19 +337,20 @@ class Simulator:
         for name in self.input_names:
             env.vals[name] = np.asarray(feeds[name])
         captured = {}
-        for i, node in enumerate(self.nodes):
-            env.dying = {name for name in node.inputs if name and self._last_use.get(name) == i}
-            self._run_node(node, env, self.opset)
-            for out in node.outputs:
-                if out in capture and out in env.vals:
-                    if observer is not None:
-                        replacement = observer(out, np.asarray(env.get(out)))
-                        if replacement is not None:
-                            env.vals[out] = replacement
-                    else:
-                        captured[out] = np.asarray(env.get(out))
-            for name in node.inputs:
-                if name and self._last_use.get(name) == i and name not in keep and name not in self.initializers:
+        for node, op, dying, drops in zip(self.nodes, self._ops, self._dying, self._drops):
+            env.dying = dying
+            self._run_node(node, env, self.opset, op)
+            if capture:
+                for out in node.outputs:
+                    if out in capture and out in env.vals:
+                        if observer is not None:
+                            replacement = observer(out, np.asarray(env.get(out)))
+                            if replacement is not None:
+                                env.vals[out] = replacement
+                        else:
+                            captured[out] = np.asarray(env.get(out))
+            for name in drops:
+                if name not in keep:
                     env.drop(name)
         outputs = {name: np.asarray(env.get(name)) for name in self.output_names}
         for name in capture:
@@ -346,10 +358,12 @@ class Simulator:
                 captured[name] = np.asarray(env.get(name))
         return SimulationResult(outputs, captured, stats)
 
-    def _run_node(self, node: Node, env: _Env, opset: int) -> None:
-        from simulator.ops import REGISTRY
+    def _run_node(self, node: Node, env: _Env, opset: int, op=None) -> None:
+        """Run one node (`op`: its REGISTRY entry when the caller has it at hand)."""
+        if op is None:
+            from simulator.ops import REGISTRY
 
-        op = REGISTRY.get(node.key)
+            op = REGISTRY.get(node.key)
         if op is None:
             fn = self.functions.get((node.domain, node.op_type))
             if fn is None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from simulator.errors import SimulatorError
+from simulator.shapes import broadcast_shape, numel
 
 FLOAT32_EXACT = 1 << 24
 FLOAT64_EXACT = 1 << 53
@@ -79,7 +80,7 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     summation order gives the exact result (int64: integer arithmetic)."""
     if torch.get_float32_matmul_precision() != "highest":  # reduced-precision (bf16/tf32) products are not exact
         raise SimulatorError("torch float32 matmul precision must be 'highest' for exact integer products")
-    work = int(np.prod(np.broadcast_shapes(a.shape[:-1], b.shape[:-2] + (1,)))) * a.shape[-1] * b.shape[-1]
+    work = numel(broadcast_shape(a.shape[:-1], b.shape[:-2] + (1,))) * a.shape[-1] * b.shape[-1]
     with threads_for(work):
         return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
@@ -202,6 +203,34 @@ def int_conv2d(x: np.ndarray, w: np.ndarray, x_max: int, w_max: int, strides, pa
     return exact_conv2d(x.astype(dtype, copy=False), w.astype(dtype, copy=False), strides, pads, dilations, group)
 
 
+def channel_group_layout(channel_group: np.ndarray, n_groups: int):
+    """Input channels side by side per group, each group zero-padded to the widest:
+    -> (width, order of the channels, group of each, slot of each within its group's block)."""
+    counts = np.bincount(channel_group, minlength=n_groups)
+    order = np.argsort(channel_group, kind="stable")
+    groups = channel_group[order]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return int(counts.max()), order, groups, np.arange(len(order)) - starts[groups]
+
+
+def int_conv2d_channel_groups(x: np.ndarray, w: np.ndarray, channel_group: np.ndarray, n_groups: int,
+                              x_max: int, w_max: int, strides, pads, dilations) -> np.ndarray:
+    """One accumulator per input-channel group (split-K), all from one grouped convolution: block g of
+    the padded input holds group g's channels (then zeros, which add nothing), so output block g is
+    exactly conv(x[:, group g], w[:, group g]). x [N, C, H, W]; channel_group int [C] in 0..G-1
+    -> [G, N, Co, Ho, Wo]."""
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    width, order, groups, slots = channel_group_layout(channel_group, n_groups)
+    dtype = accumulate_dtype(width * kh * kw, x_max, w_max)
+    xg = np.zeros((n, n_groups * width, h, wd), dtype)
+    xg[:, groups * width + slots] = x[:, order]
+    wg = np.zeros((n_groups, co, width, kh, kw), dtype)
+    wg[groups, :, slots] = w[:, order].transpose(1, 0, 2, 3)
+    acc = exact_conv2d(xg, wg.reshape(n_groups * co, width, kh, kw), strides, pads, dilations, n_groups)
+    return acc.reshape(n, n_groups, co, acc.shape[2], acc.shape[3]).transpose(1, 0, 2, 3, 4)
+
+
 # ---- int8 dot products (VNNI / AMX through torch._int_mm) ------------------------------------------------
 INT8_MAX_K = ((1 << 31) - 1) // (128 * 128)  # int32 accumulator: K products of |a|, |b| <= 128 cannot overflow
 INT8_MIN_WORK = 1 << 24  # multiply-adds below which splitting into parts and im2col cost more than they save
@@ -209,7 +238,7 @@ INT8_MIN_WORK = 1 << 24  # multiply-adds below which splitting into parts and im
 
 def _conv_work(x: np.ndarray, w: np.ndarray, strides) -> int:
     """Approximate multiply-adds of a convolution (output pixels estimated from the strides)."""
-    return x.shape[0] * (x.shape[2] // strides[0]) * (x.shape[3] // strides[1]) * int(np.prod(w.shape))
+    return x.shape[0] * (x.shape[2] // strides[0]) * (x.shape[3] // strides[1]) * numel(w.shape)
 
 
 def _cpu_flags() -> set:

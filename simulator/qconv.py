@@ -13,8 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.executor import Unsupported
-from simulator.integer import accumulation_bound, int_conv2d, int_conv2d_pixel_groups
+from simulator.integer import (
+    accumulation_bound,
+    int_conv2d,
+    int_conv2d_channel_groups,
+    int_conv2d_pixel_groups,
+)
 from simulator.qtensor import QTensor, varies
+from simulator.shapes import numel
 
 
 def quantized_conv(x: QTensor, w: QTensor, strides, pads, dilations, group: int, accumulate, epilogue):
@@ -32,7 +38,7 @@ def quantized_conv(x: QTensor, w: QTensor, strides, pads, dilations, group: int,
     sw_out = sw.reshape(1, -1, 1, 1) if sw.size > 1 else sw.reshape(1, 1, 1, 1)
     xi, wi = x.integers(), w.integers()
     x_max, w_max = x.operand_bound(), w.operand_bound()
-    bound = accumulation_bound(int(np.prod(w.shape[1:])), x_max, w_max)
+    bound = accumulation_bound(numel(w.shape[1:]), x_max, w_max)
 
     def acc_of(a):
         return accumulate(a, False, bound)
@@ -52,6 +58,9 @@ def quantized_conv(x: QTensor, w: QTensor, strides, pads, dilations, group: int,
         per_channel = sx[0, :, 0, 0]
         values, gid = np.unique(per_channel, return_inverse=True)
         gid = gid.reshape(-1)
+        if _one_grouped_conv(gid, len(values), x, w, strides):
+            acc = int_conv2d_channel_groups(xi, wi, gid, len(values), x_max, w_max, strides, pads, dilations)
+            return epilogue.rescale_sum((acc_of(acc[g]), value * sw_out) for g, value in enumerate(values)), len(values)
 
         def group_terms():  # one accumulator at a time: rescaled and added before the next is computed
             for g, value in enumerate(values):
@@ -63,3 +72,16 @@ def quantized_conv(x: QTensor, w: QTensor, strides, pads, dilations, group: int,
         acc = int_conv2d(xi, wi, x_max, w_max, strides, pads, dilations, group)
         terms = [(acc_of(acc), sx.reshape(-1)[0] * sw_out)]
     return epilogue.rescale_sum(terms), len(terms)
+
+
+GROUPED_CONV_MAX_WORK = 1 << 26  # padded multiply-adds up to which one grouped conv beats a conv per group
+
+
+def _one_grouped_conv(gid: np.ndarray, n_groups: int, x: QTensor, w: QTensor, strides) -> bool:
+    """Whether the channel groups run as one grouped convolution (fewer, larger calls: faster on small
+    layers) rather than one convolution each: when padding the groups to the widest one at most doubles
+    the work, and the work is small enough that per-call overhead, not arithmetic, dominates."""
+    padded = n_groups * int(np.bincount(gid).max())
+    work = x.shape[0] * (x.shape[2] // strides[0]) * (x.shape[3] // strides[1]) * w.shape[0] * padded \
+        * w.shape[2] * w.shape[3]
+    return padded <= 2 * x.shape[1] and work <= GROUPED_CONV_MAX_WORK

@@ -36,6 +36,7 @@ from simulator.integer import (
     serialised,
 )
 from simulator.qtensor import LOG, QTensor, varies
+from simulator.shapes import broadcast_shape, numel
 
 CHUNK_BYTES = 1 << 21  # working set of one block of output rows (about one core's L2 cache)
 INT8_MIN_K = 64        # shorter reductions stay in float32 (exact, and too small to gain from int8)
@@ -61,7 +62,7 @@ def quantized_matmul(a: QTensor, b: QTensor, accumulate, epilogue, max_shift: in
     sb = b.scale.astype(np.float32)
     if (varies(sa, -2) and varies(sa, -1)) or (varies(sb, -2) and varies(sb, -1)):
         raise Unsupported("scale varies along both the reduction axis and an output axis")
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    batch = broadcast_shape(a.shape[:-2], b.shape[:-2])
     m, n = a.shape[-2], b.shape[-1]
     left = _Left(a, batch, max_shift, sa)
     b_ints = _as_3d(b.integers(), batch)
@@ -81,7 +82,7 @@ def _as_3d(arr: np.ndarray, batch: tuple) -> np.ndarray:
     if all(d == 1 for d in arr.shape[:-2]):
         return arr.reshape((1,) + arr.shape[-2:])
     full = np.broadcast_to(arr, batch + arr.shape[-2:])
-    return full.reshape((int(np.prod(batch)),) + arr.shape[-2:])
+    return full.reshape((numel(batch),) + arr.shape[-2:])
 
 
 def _pick(arr: np.ndarray, batch_sel, rows=slice(None)) -> np.ndarray:

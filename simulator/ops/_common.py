@@ -5,6 +5,7 @@ import numpy as np
 from onnx import helper
 
 from simulator.errors import SimulatorError
+from simulator.shapes import broadcast_shape, numel
 
 
 def np_dtype(onnx_type: int) -> np.dtype:
@@ -30,8 +31,8 @@ def binary(fn):
     def run(ctx):
         a, b = ctx.value(0), ctx.value(1)
         ca, cb = compact(a), compact(b)
-        shape = np.broadcast_shapes(np.shape(a), np.shape(b))
-        if np.broadcast_shapes(np.shape(ca), np.shape(cb)) != shape:  # both broadcast along some axis
+        shape = broadcast_shape(np.shape(a), np.shape(b))
+        if broadcast_shape(np.shape(ca), np.shape(cb)) != shape:  # both broadcast along some axis
             y = np.asarray(fn(ca, cb)).astype(np.asarray(a).dtype, copy=False)
             return [np.broadcast_to(y, shape)]
         out = _output_buffer(ctx, a, b) if isinstance(fn, np.ufunc) else None
@@ -47,8 +48,8 @@ LARGE_BYTES = 1 << 25  # results from this size on go to dying inputs / recycled
 def _output_buffer(ctx, a, b) -> np.ndarray | None:
     if not (isinstance(a, np.ndarray) and a.dtype.kind == "f" and np.result_type(a, b) == a.dtype):
         return None
-    shape = np.broadcast_shapes(a.shape, np.shape(b))
-    if int(np.prod(shape)) * a.itemsize < LARGE_BYTES:
+    shape = broadcast_shape(a.shape, np.shape(b))
+    if numel(shape) * a.itemsize < LARGE_BYTES:
         return None
     out = ctx.reusable(0, shape, a.dtype)
     if out is None:

@@ -2,6 +2,7 @@
 import numpy as np
 
 from simulator.errors import SimulatorError
+from simulator.shapes import numel
 
 
 def target_shape(in_shape, shape, allowzero: bool):
@@ -11,10 +12,10 @@ def target_shape(in_shape, shape, allowzero: bool):
     if shape.count(-1) > 1:
         raise SimulatorError("Reshape: more than one -1 in the target shape")
     if -1 in shape:
-        known = int(np.prod([d for d in shape if d != -1]))
-        total = int(np.prod(in_shape))
+        known = numel(d for d in shape if d != -1)
+        total = numel(in_shape)
         shape[shape.index(-1)] = total // known if known else 0
-    if int(np.prod(shape)) != int(np.prod(in_shape)):
+    if numel(shape) != numel(in_shape):
         raise SimulatorError(f"Reshape: cannot reshape {list(in_shape)} to {shape}")
     return tuple(shape)
 

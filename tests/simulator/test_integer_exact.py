@@ -401,3 +401,49 @@ def test_linear_on_int8_engine_equals_float_schedule_and_int64(monkeypatch, axis
     else:
         refs = [centred_a[..., gid == g] @ centred_b[gid == g] for g in range(groups)]
         assert len(seen) == groups and all(any(np.array_equal(s, r) for r in refs) for s in seen)
+
+
+@pytest.mark.parametrize("worst", [False, True])
+@pytest.mark.parametrize("stride, pad, dil", [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_channel_groups_in_one_grouped_conv_equal_per_group_int64(worst, stride, pad, dil):
+    """Uneven channel groups (one of a single channel), zero-padded side by side: each
+    output block is exactly the int64 convolution of that group's channels."""
+    from simulator.integer import int_conv2d_channel_groups
+
+    rng = np.random.default_rng(11)
+    gid = np.array([2, 0, 1, 1, 0, 2, 2, 1, 0, 3, 1, 1])             # group 3: one channel
+    x = _codes(rng, (2, len(gid), 7, 6), -255, 255, worst)
+    w = _codes(rng, (5, len(gid), 3, 3), -128, 127, worst)
+    acc = int_conv2d_channel_groups(x, w, gid, 4, 255, 128, (stride, stride), (pad,) * 4, (dil, dil))
+    for g in range(4):
+        ref = _ref_conv(x[:, gid == g], w[:, gid == g], stride, pad, dil, 1)
+        assert np.array_equal(acc[g].astype(np.int64), ref)
+    wrong = _ref_conv(x[:, gid == 0], w[:, gid == 0], stride, pad, dil, 1)
+    assert not np.array_equal(acc[1].astype(np.int64), wrong)  # the blocks are not interchangeable
+
+
+def test_conv_channel_groups_one_grouped_conv_or_one_per_group_give_the_same_bits(monkeypatch):
+    """quantized_conv with channel groups: the grouped-conv schedule and the conv-per-group schedule agree bit for bit."""
+    from simulator import qconv
+
+    rng = np.random.default_rng(12)
+    c, co = 24, 8
+    gid = rng.permutation(np.arange(c) % 5)
+    gscale, gzp = np.array([0.01, 0.02, 0.04, 0.07, 0.3], np.float32), np.array([0, 17, 128, 200, 255])
+    xq = _qt(rng.integers(0, 256, (2, c, 9, 9)).astype(np.uint8), gscale[gid].reshape(1, c, 1, 1),
+             gzp[gid].reshape(1, c, 1, 1), 0, 255)
+    wq = _qt(rng.integers(-8, 8, (co, c, 3, 3)).astype(np.int8), rng.uniform(0.01, 0.1, (co, 1, 1, 1)), 0, -8, 7)
+    calls = []
+
+    def run():
+        return qconv.quantized_conv(xq, wq, (1, 1), (1, 1, 1, 1), (1, 1), 1,
+                                    lambda acc, log=False, bound=None: calls.append(acc.shape) or acc,
+                                    Epilogue("float32"))
+    grouped, n = run()
+    assert n == 5 and len(calls) == 5
+    monkeypatch.setattr(qconv, "GROUPED_CONV_MAX_WORK", 0)   # one convolution per group
+    per_group, _ = run()
+    assert np.array_equal(grouped, per_group)
+    reference = sum(_ref_conv(xq.integers()[:, gid == g], wq.integers()[:, gid == g], 1, 1, 1, 1).astype(np.float32)
+                    * (gscale[g] * wq.scale.reshape(1, co, 1, 1)) for g in range(5))
+    np.testing.assert_allclose(grouped, reference, rtol=1e-5, atol=1e-4)
