@@ -5,7 +5,8 @@ and this process's CPU time, which a busy shared machine disturbs less):
   fp-default   the pipeline as shipped (diffusers' default attention: fused SDPA): the budget's baseline
   fp-explicit  the same loop with explicit softmax attention (diffusers' AttnProcessor arithmetic, which the
                export and the observer use: the observer needs the probabilities)
-  calibrate    the loop with the statistics observer attached (explicit attention + streaming min/max)
+  calibrate    `dgq calibrate`'s loop: the statistics observer attached (explicit attention + streaming min/max),
+               in torch inference mode, and the statistics arrays at the end
 Memory: the observer's running buffers after K and after 2K prompts (they must be equal: nothing grows with
 samples), the bound points x T x (C + HW) they follow, its fixed per-call working buffers, and the peak RSS
 of a whole FP run vs a whole calibration run (each in a fresh subprocess).
@@ -27,8 +28,7 @@ import time
 def run_loop(pipe, prompts, steps, mode) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of sampling `prompts` in `mode`."""
     from dgq_compiler.calibrate.attention import PassThroughTap, tapped_attention
-    from dgq_compiler.calibrate.observer import StatsObserver
-    from dgq_compiler.calibrate.run import sample_latents
+    from dgq_compiler.calibrate.run import calibrate, sample_latents
 
     def loop():
         for i, prompt in enumerate(prompts):
@@ -40,10 +40,8 @@ def run_loop(pipe, prompts, steps, mode) -> tuple[float, float]:
     elif mode == "fp-explicit":
         with tapped_attention(pipe.unet, PassThroughTap()):
             loop()
-    else:
-        with StatsObserver(pipe.unet) as observer:
-            loop()
-        observer.arrays()
+    else:  # what `dgq calibrate` runs: the loop observed (in inference mode), then the statistics' arrays
+        calibrate(pipe, prompts, model_name="tiny", steps=steps, guidance=7.5, seed=0)
     return time.perf_counter() - start, time.process_time() - cpu
 
 

@@ -325,3 +325,37 @@ def test_reused_and_sliced_attention_buffers_give_bitwise_the_same_unet_output(p
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     # the default processors are back
     assert all(type(m.processor).__name__ != "TapAttnProcessor" for m in unet.modules() if hasattr(m, "processor"))
+
+
+def test_observer_leaves_every_layer_as_it_found_it(pipe):
+    """Inputs are observed by wrapping each layer's forward: on exit the class forward is back, a forward the
+    instance already had (accelerate's offload hooks set one) is restored, and the UNet computes the same."""
+    import torch
+
+    from dgq_compiler.calibrate.observer import StatsObserver
+    from dgq_compiler.calibrate.points import quantizable_layers
+
+    unet = pipe.unet
+    layers = quantizable_layers(unet)
+    name, special = next(iter(layers.items()))
+    own_calls = []
+
+    def own_forward(x, *args, **kwargs):
+        own_calls.append(1)
+        return type(special).forward(special, x, *args, **kwargs)
+    special.forward = own_forward
+    gen = torch.Generator().manual_seed(3)
+    sample, context = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, 32, generator=gen)
+    try:
+        with torch.no_grad():
+            before = unet(sample, torch.tensor(500.0), context, return_dict=False)[0]
+            with StatsObserver(unet) as observer:
+                unet(sample, torch.tensor(500.0), context, return_dict=False)
+                assert all("forward" in m.__dict__ for m in layers.values())
+            after = unet(sample, torch.tensor(500.0), context, return_dict=False)[0]
+        assert (name, "input") in observer.points and len(own_calls) == 3  # still its own forward inside
+        assert special.__dict__["forward"] is own_forward
+        assert not [n for n, m in layers.items() if m is not special and "forward" in m.__dict__]
+        assert torch.equal(before, after)
+    finally:
+        del special.forward
