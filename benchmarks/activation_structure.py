@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections import defaultdict
 
 import numpy as np
 import torch
