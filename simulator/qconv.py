@@ -2,7 +2,8 @@
 
 - per-tensor activation scale: one integer convolution, rescaled per output channel;
 - channel groups (scale varies along the input-channel axis = the reduction): split-K, one integer
-  convolution (accumulator) per channel group, each rescaled, then added;
+  accumulator per channel group, each rescaled, then added (small layers: all groups from one grouped
+  convolution of the channels laid out per group; large ones: a convolution per group);
 - pixel groups (scale varies along H, W): an input pixel's scale does not factor out of a kxk patch,
   so there is one accumulator per pixel group (partial convolutions over masked inputs); for a 1x1
   conv every output pixel reads one input pixel, i.e. per-row output scales.
