@@ -359,3 +359,16 @@ def test_observer_leaves_every_layer_as_it_found_it(pipe):
         assert torch.equal(before, after)
     finally:
         del special.forward
+
+
+def test_tap_processor_signature_as_diffusers_reads_it():
+    """diffusers filters cross_attention_kwargs by inspect.signature(processor.__call__) on every call: the
+    precomputed answer must name the same parameters as the method that actually runs."""
+    import inspect
+
+    from dgq_compiler.calibrate.attention import PassThroughTap, TapAttnProcessor
+
+    processor = TapAttnProcessor("x", PassThroughTap())
+    real = list(inspect.signature(TapAttnProcessor.__call__).parameters)[1:]  # without self
+    assert list(inspect.signature(processor.__call__).parameters) == real
+    assert inspect.signature(processor.__call__) is inspect.signature(TapAttnProcessor("y", PassThroughTap()).__call__)
