@@ -8,15 +8,14 @@ small shifts; accuracy is reported on a fresh batch from another seed.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 
 import numpy as np
 
 from models.evaluator import EvaluatorConfig, build_network, load_evaluator, save_evaluator
 from models.shapes_dataset import ATTRIBUTES, render_batch
+from models.training_cli import run_training, training_parser
 
 
 def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -85,23 +84,11 @@ def train(out, seed: int = 0, steps: int = 1500, batch: int = 64, threads: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = training_parser(__doc__, "folder for config.json + model.safetensors")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = parser.parse_args(argv)
-    from dgq_compiler.errors import DgqError
-
-    try:
-        train(args.out, args.seed, args.steps, args.batch, args.threads, overwrite=args.overwrite)
-    except DgqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_training(train, args.out, args.seed, args.steps, args.batch, args.threads, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

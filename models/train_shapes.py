@@ -11,10 +11,8 @@ init and noise), and the result is saved with `save_pretrained(safe_serializatio
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 
 from models.shapes_dataset import IMAGE_SIZE, caption, render_batch, vocabulary
 from models.tokenizer import MAX_LENGTH, build_tokenizer
+from models.training_cli import run_training, training_parser
 
 TEXT_WIDTH = 64
 LATENT_SIZE = IMAGE_SIZE // 2
@@ -230,26 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP's default wait policy (idle threads spin briefly before sleeping) is ~35% faster per
     # step than OMP_WAIT_POLICY=PASSIVE on an idle 2-core machine, with bit-identical results. On
     # a machine shared with other jobs, spinning threads fight them: set OMP_WAIT_POLICY=PASSIVE.
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder to write the diffusers pipeline to")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = training_parser(__doc__, "folder to write the diffusers pipeline to")
     parser.add_argument("--vae-steps", type=int, default=800)
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--pool-size", type=int, default=24576, help="scenes encoded once for stage 2")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the weights depend on it)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = parser.parse_args(argv)
-    from dgq_compiler.errors import DgqError
-
-    try:
-        train(args.out, args.seed, args.vae_steps, args.unet_steps, args.batch, args.pool_size, args.threads,
-              overwrite=args.overwrite)
-    except DgqError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_training(train, args.out, args.seed, args.vae_steps, args.unet_steps, args.batch, args.pool_size,
+                        args.threads, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

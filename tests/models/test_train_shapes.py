@@ -17,13 +17,12 @@ def _digests(folder):
 
 
 def test_same_seed_gives_byte_identical_weights_and_another_seed_does_not(tmp_path):
-    a, b, c = (train(tmp_path / name, **{**SHORT, "seed": seed}) for name, seed in (("a", 3), ("b", 3), ("c", 4)))
+    a, b, _ = (train(tmp_path / name, **{**SHORT, "seed": seed}) for name, seed in (("a", 3), ("b", 3), ("c", 4)))
     first, second, other = (_digests(tmp_path / name) for name in "abc")
     assert "unet/diffusion_pytorch_model.safetensors" in first
     assert first == second and a["final_diffusion_loss"] == b["final_diffusion_loss"]
     assert first["unet/diffusion_pytorch_model.safetensors"] != other["unet/diffusion_pytorch_model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
-    del c
 
 
 def test_existing_output_is_refused_before_training_unless_overwrite(tmp_path, capsys):
