@@ -11,9 +11,10 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, step_index_tensor
+from passes.contract import node_prefix, split_prefix
 from passes.errors import PassError
-from passes.qdq import INT64_MAX, slice_axis
-from passes.quantize_attention_probs import attention_entries, matched, probs_qdq
+from passes.patterns import matched_attention
+from passes.qdq import INT64_MAX, attention_entries, probs_qdq, slice_axis
 
 
 class SplitCrossAttention(Pass):
@@ -25,17 +26,17 @@ class SplitCrossAttention(Pass):
             return graph
         step = step_index_tensor(graph)
         for tq in entries:
-            match = matched(graph, ctx, tq.module)
+            match = matched_attention(graph, ctx, tq.module)
             if not match.cross:
                 raise PassError(f"recipe ({tq.module}, attn_probs) has exclude_bos, but {tq.module} is a "
                                 "self-attention (its keys do not come from encoder_hidden_states)")
-            prefix = f"dgq/{tq.module}/split"
+            prefix = split_prefix(tq.module)
             a, v = match.av.inputs[0], match.av.inputs[1]
             a_bos = slice_axis(graph, a, -1, 0, 1, f"{prefix}/Slice_probs_bos")
             a_rest = slice_axis(graph, a, -1, 1, INT64_MAX, f"{prefix}/Slice_probs_rest")
             v_bos = slice_axis(graph, v, 1, 0, 1, f"{prefix}/Slice_v_bos")
             v_rest = slice_axis(graph, v, 1, 1, INT64_MAX, f"{prefix}/Slice_v_rest")
-            dq, record, meta = probs_qdq(graph, a_rest, tq, step, f"dgq/{tq.module}/attn_probs")
+            dq, record, meta = probs_qdq(graph, a_rest, tq, step, node_prefix(tq.module, "attn_probs"))
             record.tensor, record.bos_split = a.name, True
             fp_branch = add_node(graph, "MatMul", f"{prefix}/MatMul_bos", [a_bos, v_bos])
             out = match.av.outputs[0]
