@@ -116,7 +116,7 @@ def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options:
     options = options or CompileOptions(**option_values)
     timer = StageTimer(progress)
     graph_path = resolve_graph(graph_path)
-    out_path = check_writable(out_path, overwrite=options.overwrite)
+    out_path = check_writable(out_path, overwrite=options.overwrite, kind="folder")
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
     with timer.stage("passes"):
         fp_model = onnx.load(str(graph_path), load_external_data=False)
