@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import PassContext, QuantRecord, add_node, constant
+from passes.base import PassContext, QuantRecord, add_node, constant, step_index_tensor
 from passes.contract import (DEQUANTIZE_LOG, GROUP_MAP, LOG_DOMAIN, QUANTIZE_LOG, SCALE_TABLE, ZERO_POINT_TABLE,
                               QuantizerRecord, node_prefix, table_name)
 from passes.errors import PassError
 from passes.log_functions import log_functions
+from passes.patterns import matched_attention
 
 # Where the channel and pixel axes of an activation are, by layout:
 #   nchw: conv input [B, C, H, W]       channel 1, pixels flattened to one axis (h*W + w)
@@ -131,9 +132,13 @@ def probs_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | 
     return uniform_qdq(graph, a, tq, "nlc", step, prefix)
 
 
-def attention_entries(ctx: PassContext, split: bool) -> list:
-    """The recipe's attn_probs entries with (split=True) or without a <start>-token split."""
-    return [tq for tq in ctx.entries("attn_probs") if bool(tq.exclude_bos) == split]
+def attention_targets(graph: gs.Graph, ctx: PassContext, split: bool) -> tuple[gs.Tensor | None, list]:
+    """(the step index, [(attn_probs entry, its AttentionMatch)]) for the recipe's attention probabilities with
+    (split=True) or without a <start>-token split; (None, []) when there are none."""
+    entries = [tq for tq in ctx.entries("attn_probs") if bool(tq.exclude_bos) == split]
+    if not entries:
+        return None, []
+    return step_index_tensor(graph), [(tq, matched_attention(graph, ctx, tq.module)) for tq in entries]
 
 
 def slice_axis(graph: gs.Graph, x: gs.Tensor, axis: int, start: int, end: int, name: str) -> gs.Variable:

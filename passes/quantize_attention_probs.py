@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from passes.base import Pass, PassContext, step_index_tensor
-from passes.patterns import matched_attention
-from passes.qdq import attention_entries, probs_qdq
+from passes.base import Pass, PassContext
+from passes.qdq import attention_targets, probs_qdq
 
 
 class QuantizeAttentionProbs(Pass):
     name = "quantize_attention_probs"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        entries = attention_entries(ctx, split=False)
-        if not entries:
-            return graph
-        step = step_index_tensor(graph)
-        for tq in entries:
-            match = matched_attention(graph, ctx, tq.module)
+        step, targets = attention_targets(graph, ctx, split=False)
+        for tq, match in targets:
             dq, record, meta = probs_qdq(graph, match.probs, tq, step)
             match.av.inputs[0] = dq
             ctx.records.append(record)

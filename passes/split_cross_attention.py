@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from passes.base import Pass, PassContext, add_node, step_index_tensor
+from passes.base import Pass, PassContext, add_node
 from passes.contract import node_prefix, split_prefix
 from passes.errors import PassError
-from passes.patterns import matched_attention
-from passes.qdq import INT64_MAX, attention_entries, probs_qdq, slice_axis
+from passes.qdq import INT64_MAX, attention_targets, probs_qdq, slice_axis
 
 
 class SplitCrossAttention(Pass):
     name = "split_cross_attention"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        entries = attention_entries(ctx, split=True)
-        if not entries:
-            return graph
-        step = step_index_tensor(graph)
-        for tq in entries:
-            match = matched_attention(graph, ctx, tq.module)
+        step, targets = attention_targets(graph, ctx, split=True)
+        for tq, match in targets:
             if not match.cross:
                 raise PassError(f"recipe ({tq.module}, attn_probs) has exclude_bos, but {tq.module} is a "
                                 "self-attention (its keys do not come from encoder_hidden_states)")

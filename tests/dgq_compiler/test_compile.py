@@ -202,3 +202,13 @@ def test_cli_compiles_and_reports_errors_in_one_line(tmp_path, tiny_export_dir, 
     code = main(["compile", str(tmp_path), "--recipe", str(recipe_path), "-o", str(tmp_path / "out2")])
     err = capsys.readouterr().err
     assert code == 2 and "not found" in err and not (tmp_path / "out2").exists()
+
+
+def test_options_come_as_a_record_or_as_keywords_not_both(tmp_path):
+    from dgq_compiler.compile import CompileOptions
+
+    with pytest.raises(TypeError, match="not both"):
+        compile_graph(tmp_path, "recipe.json", tmp_path / "out", CompileOptions(), static=True)
+    with pytest.raises(TypeError):
+        compile_graph(tmp_path, "recipe.json", tmp_path / "out", stattic=True)  # a misspelt option is no option
+    assert not (tmp_path / "out").exists()
