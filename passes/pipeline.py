@@ -5,6 +5,7 @@ from passes.base import Pass
 from passes.check_recipe import CheckRecipe
 from passes.insert_activation_qdq import InsertActivationQdq
 from passes.insert_step_index import InsertStepIndex
+from passes.propagate_timestep_nan import PropagateTimestepNan
 from passes.quantize_attention_probs import QuantizeAttentionProbs
 from passes.quantize_weights import QuantizeWeights
 from passes.split_cross_attention import SplitCrossAttention
@@ -13,4 +14,4 @@ from passes.write_encodings import WriteEncodings
 
 def compile_passes() -> list[Pass]:
     return [CheckRecipe(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(), QuantizeAttentionProbs(),
-            SplitCrossAttention(), WriteEncodings()]
+            SplitCrossAttention(), PropagateTimestepNan(), WriteEncodings()]
