@@ -195,7 +195,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                                        probe_calls, layers, fp_layers, image_prompts, seeds, images))
 
     with _stage(log, seconds, "cost model"):
-        cost = _cost_tables(out / "export" / "unet.onnx", options)
+        cost = _cost_tables(out / "export" / "unet.onnx", options, export)
 
     with _stage(log, seconds, "figures"):
         figs = {}
@@ -270,7 +270,8 @@ def _one_config(name, config, stats, pipe, export, out, options, calls, probe_ca
     layer_sqnr = analysis.per_layer_sqnr(fp_layers, quantized_layers, layers)
     seconds["images_and_fidelity"] = round(time.perf_counter() - start, 2)
 
-    inventory = inventory_from_graph(out / "export" / "unet.onnx", model="export/unet.onnx")
+    inventory = inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
+                                     resolution=export.latent_size * 8, model="export/unet.onnx")
     row = cost_row(inventory, f"W{config.weight_bits}A{config.act_bits}", groups=config.groups,
                    steps=len(stats.timesteps), convention="exact", shared_group_map=config.shared_group_map)
     worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
@@ -296,11 +297,12 @@ def _spread(timesteps, count: int) -> list[float]:
     return [float(timesteps[i]) for i in idx]
 
 
-def _cost_tables(graph: Path, options: RunOptions) -> dict:
+def _cost_tables(graph: Path, options: RunOptions, export) -> dict:
     from simulator.cost.macs_from_graph import inventory_from_graph
     from simulator.cost.report import load_inventory, standard_rows
 
-    inventories = {"this model (from its ONNX graph)": inventory_from_graph(graph, model="export/unet.onnx")}
+    inventories = {"this model (from its ONNX graph)": inventory_from_graph(
+        graph, batch=export.batch, resolution=export.latent_size * 8, model="export/unet.onnx")}
     inventories.update({f"{model} (from its config)": load_inventory(model) for model in COST_MODELS})
     return {title: [asdict(r) for r in standard_rows(inv, steps=options.steps)] for title, inv in inventories.items()}
 

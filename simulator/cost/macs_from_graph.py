@@ -18,7 +18,6 @@ external weights file (SD: 3.4 GB) is never read.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from simulator.errors import SimulatorError
 
 SCOPE_ROOT = "unet"
 COMPILER_SCOPE = "dgq"
-EXPORT_REPORT = "export.json"  # written beside the graph by `dgq export`: batch, latent_size
+DEFAULT_GRAPH_BATCH = 2  # a dynamic batch: cond + uncond (classifier-free guidance)
 _VALUE_NEEDED_MAX = 64  # initializers larger than this are weights, never shape data
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _WEIGHT_PATH = {"DequantizeLinear", "Transpose", "Reshape", "Cast", "Identity", "Unsqueeze", "Squeeze", "Clip"}
@@ -62,7 +61,8 @@ def _merge_split_attention(ops: list, points: list) -> tuple:
         first = merged[seen[key]]
         merged[seen[key]] = CountedOp(first.module, first.kind, first.macs + op.macs,
                                       max(first.outputs, op.outputs), cross=first.cross or op.cross,
-                                      keys=first.keys + op.keys)
+                                      keys=first.keys + op.keys, a_elements=first.a_elements + op.a_elements,
+                                      b_elements=first.b_elements + op.b_elements, slices=first.slices)
     unique = {}
     for point in points:
         unique.setdefault((point.module, point.role), point)
@@ -112,16 +112,11 @@ def graph_downsamples(graph) -> int:
 
 
 def _resolve_dims(graph, path: Path, batch: int | None, resolution: int | None) -> tuple:
-    """(batch, (h, w)): flags, else the graph's own concrete dims, else export.json beside it."""
+    """(batch, (h, w)): the arguments, else the graph's own concrete dims; a dynamic batch defaults to 2 (CFG).
+    Reading the reports `dgq export` / `dgq compile` write beside a graph is the caller's business."""
     from simulator.cost.macs_from_config import check_latent, latent_from_resolution
 
     dims = _dims(_sample_input(graph))
-    report = {}
-    if (path.parent / EXPORT_REPORT).is_file():
-        try:
-            report = json.loads((path.parent / EXPORT_REPORT).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            report = {}
     downsamples = graph_downsamples(graph)
     what = f"the graph {path.name!r}"
     if resolution is not None:
@@ -132,14 +127,12 @@ def _resolve_dims(graph, path: Path, batch: int | None, resolution: int | None) 
                                  f"({fixed[0] * LATENT_FACTOR} px): --resolution {resolution} does not match")
     elif all(isinstance(d, int) for d in dims[2:]):
         latent = tuple(dims[2:])
-    elif isinstance(report.get("latent_size"), int):
-        latent = (report["latent_size"],) * 2
     else:
-        raise SimulatorError(f"graph {path.name!r} has dynamic height/width and no {EXPORT_REPORT} beside it: "
-                             "pass --resolution")
+        raise SimulatorError(f"graph {path.name!r} has dynamic height/width: pass the resolution "
+                             "(--resolution PX)")
     check_latent(latent, downsamples, what)
     if batch is None:
-        batch = dims[0] if isinstance(dims[0], int) else report.get("batch", 2)
+        batch = dims[0] if isinstance(dims[0], int) else DEFAULT_GRAPH_BATCH
     elif isinstance(dims[0], int) and dims[0] != batch:
         raise SimulatorError(f"graph {path.name!r} has a fixed batch {dims[0]}: --batch {batch} does not match")
     if not isinstance(batch, int) or batch < 1:
@@ -335,6 +328,7 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
         outputs = math.prod(out)
         a_shape = shapes.get(node.input[0])
         if node.op_type == "Conv":
+            a_shape = _known(a_shape, node, "input")
             w = _known(shapes.get(node.input[1]), node, "weight")
             reduce, kind = w[1] * math.prod(w[2:]), "conv"
             channels = w[1] * _attr(node, "group", 1)
@@ -350,9 +344,11 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
                 "attn_av" if index.from_softmax(node.input[0]) else "other")
             channels = reduce
         macs = outputs * reduce
+        b_shape = _known(shapes.get(node.input[1]), node, "second operand")
+        sizes = {"a_elements": math.prod(a_shape), "b_elements": math.prod(b_shape)}
         if kind in ("conv", "linear"):
             fp = module in FULL_PRECISION_MODULES
-            ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp))
+            ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp, **sizes))
             root = index.weight_root(node.input[1])
             if root is None:
                 raise SimulatorError(f"node {node.name!r}: its weight is not an initializer of the graph")
@@ -364,17 +360,17 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
                 weight_channels += (w[0] if node.op_type == "Conv" or _attr(node, "transB", 0) else w[-1])
                 points.append(QuantPoint(module, "input", channels))
             continue
-        b_shape = _known(shapes.get(node.input[1]), node, "second operand")
         cross = index.reads_text(node.input[1])
+        sizes["slices"] = math.prod(a_shape[:-2])
         heads = math.prod(a_shape[:-2]) // batch
         if kind == "attn_qk":
-            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=b_shape[-1]))
+            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=b_shape[-1], **sizes))
             points += [QuantPoint(module, "q", heads * a_shape[-1]), QuantPoint(module, "k", heads * b_shape[-2])]
         elif kind == "attn_av":
-            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=reduce))
+            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=reduce, **sizes))
             points.append(QuantPoint(module, "v", heads * b_shape[-1]))
         else:
-            ops.append(CountedOp(module, kind, macs, outputs))
+            ops.append(CountedOp(module, kind, macs, outputs, **sizes))
     ops, points = _merge_split_attention(ops, points)
     quantized = sum(math.prod(t.dims) for t in quantized_roots.values())
     fp_params = sum(math.prod(t.dims) * index.copies(name) for name, t in index.initializers.items()
