@@ -84,6 +84,15 @@ def test_hand_built_graph_counts(tmp_path):
         inventory_from_graph(tmp_path / "g.onnx", resolution=128)
 
 
+def test_dynamic_graph_needs_a_resolution_the_cost_model_does_not_guess(tmp_path, tiny_export_dir, capsys):
+    (tmp_path / "unet.onnx").write_bytes((tiny_export_dir / "unet.onnx").read_bytes())   # no export.json beside
+    with pytest.raises(SimulatorError, match="dynamic height/width"):
+        inventory_from_graph(tmp_path / "unet.onnx")
+    assert main(["cost", "--model", str(tmp_path / "unet.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "--resolution" in err and err.count("\n") == 1
+
+
 def test_unreadable_graph_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00not an onnx model\xff" * 10)
@@ -110,3 +119,7 @@ def test_compiled_graph_counts_like_its_config(tmp_path, tiny_export_dir):
     assert abs(graph.fp_param_elements - reference.fp_param_elements) <= 8  # + the calibrated-timestep table
     assert sorted((p.module, p.role, p.channels) for p in graph.points) == \
         sorted((p.module, p.role, p.channels) for p in reference.points)
+    # the CLI finds the traced size through compile.json -> the fp32 graph -> its export.json (latent 16)
+    from dgq_compiler.cli.cost import graph_dims
+
+    assert graph_dims(str(tmp_path / "w4a6"), None, None) == (2, 128)
