@@ -1,12 +1,13 @@
 """MACs of one UNet forward counted from an ONNX graph (fp32 export or compiled), by shape inference.
 
 The graph's dynamic input dims (`batch`, `height`, `width` of `sample`, and every other input's batch)
-are fixed to concrete values, shapes are inferred (onnxruntime's symbolic shape inference, which
+are fixed to the values the caller gives (a dynamic batch defaults to 2; a dynamic height/width without a
+resolution is an error: what `dgq export` traced is the CLI's to read, from export.json), shapes are inferred (onnxruntime's symbolic shape inference, which
 propagates the Shape->Gather->Concat->Reshape chains the exporter emits; plain `onnx.shape_inference`
 with data propagation as the fallback), then every node is counted:
 - Conv:    MACs = output elements x (W.shape[1] x kh x kw)              -> conv
 - Gemm:    MACs = M x N x K                                               -> linear
-- MatMul:  MACs = output elements x K (A's last dim); `linear` when B is a constant weight (an
+- MatMul:  MACs = output elements x K (A's last dim); operand sizes and batch x head slices are recorded; `linear` when B is a constant weight (an
            initializer, possibly through DequantizeLinear/Transpose/...), else an attention matmul:
            `attn_qk` if its output reaches a Softmax, `attn_av` if its A operand comes from one, else `other`.
 Cross-attention = the K operand is projected (reshapes, a constant-weight MatMul, Q/DQ) straight from the
