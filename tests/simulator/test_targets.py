@@ -105,3 +105,18 @@ def test_a_missing_hardware_field_is_named(tmp_path):
     doc = {k: v for k, v in GOOD_HARDWARE.items() if k != "energy_pj_per_byte"}
     with pytest.raises(SimulatorError, match="'hardware.energy_pj_per_byte' is missing"):
         load_target(_write(tmp_path, {"name": "x", "hardware": doc}))
+
+
+def test_measured_target_is_a_complete_loadable_target():
+    """The real micro-benchmark (one timed run each): onnxruntime-cpu's arithmetic, this machine's numbers."""
+    from simulator.targets import target_from_dict
+    from simulator.targets.measure import measured_target
+
+    doc = measured_target(name="here", repeats=1)
+    target = target_from_dict(doc)
+    hw = target.hardware
+    assert target.name == "here" and target.activations == load_target("onnxruntime-cpu").activations
+    assert hw.peak_macs_per_s.int4 == hw.peak_macs_per_s.int8          # no 4-bit unit on a CPU
+    assert hw.peak_macs_per_s.fp16 == hw.peak_macs_per_s.fp32 == hw.peak_macs_per_s.shift_add
+    assert hw.bandwidth_bytes_per_s.on_chip > hw.bandwidth_bytes_per_s.dram   # in-cache copies are faster
+    assert "measured" in hw.sources["peak_macs_per_s"] and "not measured" in hw.sources["energy_pj_per_mac"]
