@@ -101,8 +101,12 @@ def report(label: str, graph: Path, latent: int, bits: str, groups: int, target,
     conv_predicted = sum(v["latency_s"] for k, v in e.by_kind.items() if "conv" in k.lower())
     mm_measured = sum(v for k, v in by_type.items() if "MatMul" in k or "Gemm" in k)
     mm_predicted = sum(v["latency_s"] for k, v in e.by_kind.items() if "conv" not in k.lower())
-    print(f"   Conv: predicted {conv_predicted:.3f} s vs profiled {conv_measured:.3f} s; MatMul/Gemm: predicted "
-          f"{mm_predicted:.3f} s vs profiled {mm_measured:.3f} s")
+    conv_macs = sum(v["macs"] for k, v in e.by_kind.items() if "conv" in k.lower())
+    mm_macs = sum(v["macs"] for k, v in e.by_kind.items() if "conv" not in k.lower())
+    print(f"   Conv: predicted {conv_predicted:.3f} s vs profiled {conv_measured:.3f} s "
+          f"({conv_macs / max(conv_measured, 1e-9) / 1e9:.1f} GMAC/s attained); MatMul/Gemm: predicted "
+          f"{mm_predicted:.3f} s vs profiled {mm_measured:.3f} s ({mm_macs / max(mm_measured, 1e-9) / 1e9:.1f} "
+          f"GMAC/s attained); peak fp32 in the target {target.hardware.peak_macs_per_s.fp32 / 1e9:.1f} GMAC/s")
     return {"label": label, "measured_s": measured, "predicted_s": e.step_latency_s, "error": error}
 
 

@@ -16,6 +16,17 @@ TABLE_HEADERS = ["configuration", "step ms", "image s", "step mJ", "compute mJ",
                  "data movement %", "DRAM MB/step", "compute-bound %"]
 
 
+def preset_configs(names) -> dict:
+    """{"FP32": ("W32A32", 1)} plus each named quantization preset -> (its WxAy label, its groups)."""
+    from dgq_compiler.config import preset
+
+    configs = {"FP32": ("W32A32", 1)}
+    for name in names:
+        config = preset(name)
+        configs[name] = (f"W{config.weight_bits}A{config.act_bits}", config.groups)
+    return configs
+
+
 def estimate_configs(inventory, configs: dict, target="generic-npu", steps: int = 25) -> dict:
     """name -> (Estimate, [OpEstimate]) for `configs` = {name: (bits label, groups)} on `target`."""
     from simulator.cost.roofline import estimate, op_estimates

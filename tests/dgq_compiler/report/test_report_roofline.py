@@ -1,7 +1,8 @@
 """The report's roofline figure and latency/energy table."""
 import pytest
 
-from dgq_compiler.report.roofline import TABLE_HEADERS, _by_kind, latency_energy_table, roofline_summary
+from dgq_compiler.report.roofline import (TABLE_HEADERS, _by_kind, latency_energy_table, preset_configs,
+                                          roofline_summary)
 from simulator.cost import load_inventory
 from simulator.cost.roofline import estimate, op_estimates
 from simulator.targets import load_target
@@ -42,3 +43,8 @@ def test_table_rows_split_energy_into_compute_and_data_movement(tiny):
     values = dict(zip(headers, row))
     assert values["step mJ"] == pytest.approx(values["compute mJ"] + values["data movement mJ"], abs=0.02)
     assert 0 < values["data movement %"] < 100
+
+
+def test_preset_configs_name_fp32_and_each_preset_with_its_widths_and_groups():
+    assert preset_configs(["dgq-w4a6-g16", "tfmq-w8a8"]) == {
+        "FP32": ("W32A32", 1), "dgq-w4a6-g16": ("W4A6", 16), "tfmq-w8a8": ("W8A8", 1)}
