@@ -56,8 +56,9 @@ def register(sub) -> None:
                    help="hardware target for latency and energy: generic-npu, tensorrt-int8, onnxruntime-cpu or a "
                         "target file with a `hardware` section")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object instead of tables (with --bits: that configuration; "
-                        "without: the MACs and a `configurations` list of the standard rows)")
+                   help="print one JSON object instead of tables (with --bits: that configuration, its `estimate` "
+                        "and every op's bytes, intensity, latency and energy in `ops`; without: the MACs and a "
+                        "`configurations` list of the standard rows, each with its `estimate`)")
     p.add_argument("--measure-target", action="store_true",
                    help="micro-benchmark this machine (fp32/int8 GEMM in onnxruntime, memory bandwidth) and write "
                         "a target file to -o")
@@ -72,7 +73,7 @@ def run(args) -> int:
 
     from dgq_compiler.errors import DgqError
     from simulator.cost import STANDARD_GROUPS, cost_row, load_inventory, parse_bits, standard_rows
-    from simulator.cost.roofline import estimate
+    from simulator.cost.roofline import estimate, op_estimates
     from simulator.targets import load_target
 
     if args.measure_target:
@@ -104,7 +105,8 @@ def run(args) -> int:
         configs = [dict(r.to_json(), estimate=e.to_json()) for r, e in zip(rows, estimates)]
         target_doc = {"name": target.name, "hardware": target.hardware.to_dict()}
         if bits is not None:
-            doc = dict(configs[0], target=target_doc)
+            ops = op_estimates(inventory, rows[0].bits, rows[0].groups, target.hardware)
+            doc = dict(configs[0], target=target_doc, ops=[op.to_json() for op in ops])
         else:
             doc = {"model": args.model, "source": inventory.source, "convention": args.convention,
                    "batch": inventory.batch, "resolution": list(inventory.resolution), "steps": args.steps,
@@ -236,4 +238,7 @@ def _tables(args, inventory, rows, estimates) -> str:
                   v["data_j"] * 1e3] for kind, v in e.by_kind.items()]
         out += ["", format_table(["op kind", "ops", "GMACs", "DRAM MB", "MAC/byte", "ms", "compute mJ", "data mJ"],
                                  kinds, title=f"{r.name} G={r.groups} per op kind, one step on {e.target}")]
+        moved = [[part.replace("_", " "), round(v / 1e6, 3)] for part, v in e.step_bytes.items()]
+        out += ["", format_table(["bytes moved per step", "MB"], moved,
+                                 title="DRAM bytes by part (partial sums: on-chip only)")]
     return "\n".join(out)

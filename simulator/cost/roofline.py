@@ -27,6 +27,7 @@ from simulator.errors import SimulatorError
 from simulator.targets.hardware import PRECISIONS, HardwareSpec
 
 PJ = 1e-12
+BYTE_PARTS = ("weights", "activations_in", "activations_out", "qparams", "start_token", "rereads", "partial_sums")
 KIND_LABELS = {"conv": "conv", "linear": "linear", "attn_qk": "attention QK^T", "attn_av": "attention A.V",
                "other": "other matmul", "fp": "FP layers (conv_in/out)"}
 
@@ -50,10 +51,14 @@ class OpEstimate:
     compute_j: float
     dram_j: float
     on_chip_j: float
+    parts: dict = field(default_factory=dict)   # BYTE_PARTS -> bytes (partial sums: on chip; the rest: DRAM)
 
     @property
     def intensity(self) -> float:
         return self.macs / max(self.dram_bytes, 1)
+
+    def to_json(self) -> dict:
+        return dict(asdict(self), intensity=self.intensity)
 
 
 def dram_bytes(traffic: OpTraffic, buffer_bytes: int) -> int:
@@ -69,6 +74,15 @@ def dram_bytes(traffic: OpTraffic, buffer_bytes: int) -> int:
     return traffic.compulsory_bytes + reread
 
 
+def byte_parts(traffic: OpTraffic, dram: int) -> dict:
+    """Where an op's bytes go: conv/linear B operands are weights, attention operands are activations."""
+    weights = traffic.b_bytes if traffic.kind in ("conv", "linear") else 0
+    return {"weights": weights, "activations_in": traffic.a_bytes + traffic.b_bytes - weights,
+            "activations_out": traffic.output_bytes, "qparams": traffic.qparam_bytes,
+            "start_token": traffic.start_bytes, "rereads": dram - traffic.compulsory_bytes,
+            "partial_sums": traffic.partial_sum_bytes}
+
+
 def op_estimate(traffic: OpTraffic, hw: HardwareSpec) -> OpEstimate:
     dram = dram_bytes(traffic, hw.buffer_bytes)
     on_chip = dram + traffic.partial_sum_bytes
@@ -82,7 +96,7 @@ def op_estimate(traffic: OpTraffic, hw: HardwareSpec) -> OpEstimate:
                       latency_s=times[bound], bound=bound,
                       compute_j=sum(c * hw.energy_pj_per_mac[u] for u, c in traffic.macs.items()) * PJ,
                       dram_j=dram * hw.energy_pj_per_byte.dram * PJ,
-                      on_chip_j=on_chip * hw.energy_pj_per_byte.on_chip * PJ)
+                      on_chip_j=on_chip * hw.energy_pj_per_byte.on_chip * PJ, parts=byte_parts(traffic, dram))
 
 
 @dataclass(frozen=True)
@@ -102,7 +116,8 @@ class Estimate:
     image_latency_s: float
     image_energy_j: float
     compute_bound_share: float   # share of the step latency spent in compute-bound ops
-    by_kind: dict = field(default_factory=dict)   # kind label -> {macs, dram_bytes, latency_s, energy_j, ...}
+    by_kind: dict = field(default_factory=dict)   # kind label -> {ops, macs, dram_bytes, latency_s, compute_j, data_j}
+    step_bytes: dict = field(default_factory=dict)   # BYTE_PARTS -> bytes per step
 
     @property
     def step_energy_j(self) -> float:
@@ -148,7 +163,8 @@ def estimate(inventory: Inventory, bits: BitWidths | str, groups: int, target, s
                     step_dram_bytes=sum(op.dram_bytes for op in ops),
                     step_on_chip_bytes=sum(op.on_chip_bytes for op in ops), step_macs=sum(op.macs for op in ops),
                     image_latency_s=steps * latency, image_energy_j=steps * (compute_j + data_j),
-                    compute_bound_share=bound / latency if latency else 0.0, by_kind=by_kind)
+                    compute_bound_share=bound / latency if latency else 0.0, by_kind=by_kind,
+                    step_bytes={part: sum(op.parts[part] for op in ops) for part in BYTE_PARTS})
 
 
-__all__ = ["PRECISIONS", "OpEstimate", "Estimate", "dram_bytes", "op_estimate", "op_estimates", "estimate"]
+__all__ = ["BYTE_PARTS", "PRECISIONS", "OpEstimate", "Estimate", "dram_bytes", "op_estimate", "op_estimates", "estimate"]

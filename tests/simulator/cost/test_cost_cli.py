@@ -106,6 +106,16 @@ def test_every_configuration_carries_latency_and_energy_on_the_target(capsys):
     assert trt["configurations"][1]["estimate"]["step_latency_s"] < npu["configurations"][1]["estimate"]["step_latency_s"]
 
 
+def test_one_configuration_lists_every_op_with_bytes_and_intensity(capsys):
+    doc = _run_json(capsys, "--model", "tiny", "--bits", "W4A6", "--groups", "16")
+    ops, e = doc["ops"], doc["estimate"]
+    assert len(ops) == len(_run_json(capsys, "--model", "tiny", "--bits", "W8A8")["ops"])
+    assert sum(op["latency_s"] for op in ops) == pytest.approx(e["step_latency_s"])
+    assert sum(op["dram_bytes"] for op in ops) == e["step_dram_bytes"]
+    assert all(op["intensity"] == pytest.approx(op["macs"] / op["dram_bytes"]) for op in ops)
+    assert e["step_bytes"]["start_token"] > 0 and e["step_bytes"]["partial_sums"] > 0 and e["step_bytes"]["weights"] > 0
+
+
 def test_table_prints_latency_energy_and_a_per_kind_breakdown(capsys):
     assert main(["cost", "--model", "tiny", "--bits", "W4A6", "--steps", "10"]) == 0
     out = capsys.readouterr().out

@@ -63,6 +63,8 @@ def test_single_conv_w8a8_g4_by_hand(tmp_path):
     assert op.bound == "compute" and op.latency_s == pytest.approx(compute_s)
     assert op.compute_j == pytest.approx((macs * 0.5 + rescales * 4.0) * 1e-12)
     assert op.dram_j == pytest.approx(19686 * 100e-12) and op.on_chip_j == pytest.approx(150758 * 10e-12)
+    assert op.parts == {"weights": weights, "activations_in": inputs, "activations_out": outputs, "qparams": qparams,
+                        "start_token": 0, "rereads": 0, "partial_sums": partial_sums}
 
 
 def test_single_matmul_w4a6_g2_is_memory_bound_by_hand(tmp_path):
@@ -122,6 +124,8 @@ def test_step_and_image_totals(tmp_path):
     assert e.step_data_j == pytest.approx(op.dram_j + op.on_chip_j)
     assert e.image_energy_j == pytest.approx(25 * (op.compute_j + op.dram_j + op.on_chip_j))
     assert e.compute_bound_share == 1.0 and e.by_kind["conv"]["ops"] == 1
+    assert sum(v for k, v in e.step_bytes.items() if k != "partial_sums") == e.step_dram_bytes
+    assert e.step_bytes["partial_sums"] == e.step_on_chip_bytes - e.step_dram_bytes
 
 
 def test_lower_bits_move_fewer_bytes_and_groups_cost_partial_sums():
