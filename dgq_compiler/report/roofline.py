@@ -55,7 +55,7 @@ def roofline_figure(per_config: dict, hardware, path: str | Path, title: str) ->
     """Log-log roofline: x = MACs per DRAM byte, y = attained GMAC/s; one point per op kind (marker) and
     configuration (colour); the DRAM-bandwidth slope and each unit's peak drawn as the roof."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
     points = {name: _by_kind(ops) for name, ops in per_config.items()}
     xs = [x for kinds in points.values() for x, _ in kinds.values()]
     x_lo, x_hi = min(xs + [1.0]) / 4, max(xs + [1.0]) * 4
@@ -87,11 +87,12 @@ def roofline_figure(per_config: dict, hardware, path: str | Path, title: str) ->
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     handles = [ax.lines[0]]
-    handles += [plt.Line2D([], [], linestyle="", marker=MARKERS[i % len(MARKERS)], color="grey", label=kind)
-                for i, kind in enumerate(kinds)]
+    handles += [plt.Line2D([], [], linestyle="", marker=MARKERS[i % len(MARKERS)], markerfacecolor="white",
+                           markeredgecolor="black", label=kind) for i, kind in enumerate(kinds)]
     handles += [plt.Line2D([], [], linestyle="", marker="o", color=colours[c % len(colours)], label=name)
                 for c, name in enumerate(points)]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              title="roof, op kind (marker), configuration (colour)", title_fontsize=7)
     return _save(fig, path)
 
 
