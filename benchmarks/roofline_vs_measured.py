@@ -11,7 +11,8 @@ here unless --sd14-export names an existing export: ~5 min and ~8-15 GB, run und
 --graph PATH (repeatable) measures any other graph, e.g. an integer-lowered one, predicted at --bits/--groups:
 
     nice flock /tmp/dgq-heavy.lock python benchmarks/roofline_vs_measured.py > roofline.txt
-    python benchmarks/roofline_vs_measured.py --skip-sd14 --graph lowered/unet.onnx --bits W8A8 --groups 8
+    python benchmarks/roofline_vs_measured.py --skip-sd14 --skip-embedded --graph lowered/unet.onnx \
+        --graph-model sd-v1.4 --bits W8A8 --groups 8
 """
 from __future__ import annotations
 
@@ -63,11 +64,15 @@ def measure_step(graph: Path, latent: int, runs: int, profile_dir: Path) -> tupl
     return statistics.median(times), {k: v / max(runs_seen, 1) for k, v in by_type.items()}
 
 
-def predict(graph: Path, latent: int, bits: str, groups: int, target) -> object:
+def predict(graph: Path, latent: int, bits: str, groups: int, target, model: str | None) -> object:
+    """From the graph's own Conv/Gemm/MatMul nodes, or (`model`: a zoo name or UNet config, for graphs whose
+    products are integer ops the graph counter does not read, e.g. the lowered ones) from the architecture."""
+    from simulator.cost import load_inventory
     from simulator.cost.macs_from_graph import inventory_from_graph
     from simulator.cost.roofline import estimate
 
-    inventory = inventory_from_graph(graph, batch=2, resolution=latent * 8)
+    inventory = (load_inventory(model, batch=2, resolution=latent * 8) if model
+                 else inventory_from_graph(graph, batch=2, resolution=latent * 8))
     return estimate(inventory, bits, groups, target, steps=25)
 
 
@@ -80,9 +85,10 @@ def export(name_or_path: str, out: Path, latent: int | None) -> Path:
     return out / "unet.onnx"
 
 
-def report(label: str, graph: Path, latent: int, bits: str, groups: int, target, runs: int, tmp: Path) -> dict:
+def report(label: str, graph: Path, latent: int, bits: str, groups: int, target, runs: int, tmp: Path,
+           model: str | None = None) -> dict:
     measured, by_type = measure_step(graph, latent, runs, tmp)
-    e = predict(graph, latent, bits, groups, target)
+    e = predict(graph, latent, bits, groups, target, model)
     error = (e.step_latency_s - measured) / measured
     print(f"\n== {label}: {graph} ({bits}{'' if bits == 'W32A32' else f' G{groups}'}, batch 2, "
           f"{latent * 8} px, latent {latent})")
@@ -122,6 +128,9 @@ def main() -> int:
     parser.add_argument("--latent", type=int, default=32, help="latent size for --graph (default 32 = 256 px)")
     parser.add_argument("--bits", default="W32A32", help="configuration --graph is predicted at")
     parser.add_argument("--groups", type=int, default=1, help="activation groups --graph is predicted at")
+    parser.add_argument("--graph-model", default=None, metavar="NAME|CONFIG",
+                        help="predict --graph from this architecture (e.g. sd-v1.4) instead of the graph's own "
+                             "Conv/Gemm/MatMul nodes: needed for lowered graphs (ConvInteger, MatMulInteger, ...)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per graph (after one warm-up)")
     args = parser.parse_args()
 
@@ -154,7 +163,8 @@ def main() -> int:
             rows.append(report("SD v1.4 architecture (fp32)", graph, 32, "W32A32", 1, target, args.runs, tmp))
         for path in args.graph:
             graph = Path(path) / "unet.onnx" if Path(path).is_dir() else Path(path)
-            rows.append(report(f"given graph", graph, args.latent, args.bits, args.groups, target, args.runs, tmp))
+            rows.append(report(f"given graph {graph.parent.name}", graph, args.latent, args.bits, args.groups, target, args.runs, tmp,
+                               args.graph_model))
     print("\nsummary: predicted vs measured step time (batch 2)")
     for r in rows:
         print(f"  {r['label']:<30} measured {r['measured_s']:.3f} s  predicted {r['predicted_s']:.3f} s  "
