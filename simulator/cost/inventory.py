@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from passes.contract import FP_MODULES
+
 KINDS = ("conv", "linear", "attn_qk", "attn_av", "other")  # "other": a dynamic matmul outside attention
-FULL_PRECISION_MODULES = ("conv_in", "conv_out")  # DGQ keeps these FP (weights and activations)
+FULL_PRECISION_MODULES = FP_MODULES  # DGQ keeps these FP (weights and activations): the compiled-graph contract
 LATENT_FACTOR = 8  # image pixels per latent pixel (the SD / SDXL VAE)
 
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from simulator.cost.inventory import FULL_PRECISION_MODULES, LATENT_FACTOR, CountedOp, Inventory, QuantPoint
+from passes.contract import FP_MODULES, NAMESPACE
+from passes.graph_query import GraphIndex, attribute
+from simulator.cost.inventory import LATENT_FACTOR, CountedOp, Inventory, QuantPoint
 from simulator.errors import SimulatorError
 
 SCOPE_ROOT = "unet"
-COMPILER_SCOPE = "dgq"
+COMPILER_SCOPE = NAMESPACE   # compiler-added nodes are named dgq/<module path>/...
 DEFAULT_GRAPH_BATCH = 2  # a dynamic batch: cond + uncond (classifier-free guidance)
 _VALUE_NEEDED_MAX = 64  # initializers larger than this are weights, never shape data
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -210,17 +212,8 @@ def infer_shapes(model) -> dict:
     return shapes
 
 
-class _Graph:
-    """Producer/consumer indexes for the structural questions the classifier asks."""
-
-    def __init__(self, graph):
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.constants = {n.output[0] for n in graph.node if n.op_type == "Constant"}
-        self.producer = {out: n for n in graph.node for out in n.output}
-        self.consumers: dict[str, list] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+class _Graph(GraphIndex):
+    """The structural questions the classifier asks, on the shared producer/consumer index."""
 
     def reads_text(self, tensor: str) -> bool:
         """Whether an attention K/V operand is projected from `encoder_hidden_states` (cross-attention):
@@ -302,13 +295,6 @@ def _known(shape, node, what: str) -> list:
     return shape
 
 
-def _attr(node, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return a.i if a.type == a.INT else list(a.ints)
-    return default
-
-
 def inventory_from_graph(path: str | Path, *, batch: int | None = None, resolution: int | None = None,
                          model: str | None = None) -> Inventory:
     """Count one forward of the graph at `batch` and `resolution` px (defaults: the graph's or its export's)."""
@@ -332,10 +318,10 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
             a_shape = _known(a_shape, node, "input")
             w = _known(shapes.get(node.input[1]), node, "weight")
             reduce, kind = w[1] * math.prod(w[2:]), "conv"
-            channels = w[1] * _attr(node, "group", 1)
+            channels = w[1] * attribute(node, "group", 1)
         elif node.op_type == "Gemm":
             a_shape = _known(a_shape, node, "input")
-            reduce, kind = a_shape[0] if _attr(node, "transA", 0) else a_shape[1], "linear"
+            reduce, kind = a_shape[0] if attribute(node, "transA", 0) else a_shape[1], "linear"
             channels = reduce
         else:
             a_shape = _known(a_shape, node, "input")
@@ -348,7 +334,7 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
         b_shape = _known(shapes.get(node.input[1]), node, "second operand")
         sizes = {"a_elements": math.prod(a_shape), "b_elements": math.prod(b_shape)}
         if kind in ("conv", "linear"):
-            fp = module in FULL_PRECISION_MODULES
+            fp = module in FP_MODULES
             ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp, **sizes))
             root = index.weight_root(node.input[1])
             if root is None:
@@ -358,7 +344,7 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
             elif root.name not in quantized_roots:
                 quantized_roots[root.name] = root
                 w = shapes.get(node.input[1])
-                weight_channels += (w[0] if node.op_type == "Conv" or _attr(node, "transB", 0) else w[-1])
+                weight_channels += (w[0] if node.op_type == "Conv" or attribute(node, "transB", 0) else w[-1])
                 points.append(QuantPoint(module, "input", channels))
             continue
         cross = index.reads_text(node.input[1])
