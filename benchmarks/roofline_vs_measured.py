@@ -34,11 +34,11 @@ def measure_step(graph: Path, latent: int, runs: int, profile_dir: Path) -> tupl
     import onnx
     import onnxruntime as ort
 
-    from dgq_compiler.compile import example_feed
+    from dgq_compiler import runtime
 
     header = onnx.load(str(graph), load_external_data=False)
-    feed = example_feed(header, (latent, latent), batch=2, seed=0, timestep=500.0)
-    session = ort.InferenceSession(str(graph), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    feed = runtime.example_feeds(header, latent, batch=2, seed=0, timestep=500.0)
+    session = runtime.session(graph, "default")   # as a real client creates it
     session.run(None, feed)   # warm-up
     times = []
     for _ in range(runs):
@@ -46,10 +46,10 @@ def measure_step(graph: Path, latent: int, runs: int, profile_dir: Path) -> tupl
         session.run(None, feed)
         times.append(time.perf_counter() - start)
     del session
-    options = ort.SessionOptions()
+    options = runtime.session_options("default")
     options.enable_profiling = True
     options.profile_file_prefix = str(profile_dir / graph.parent.name)
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(graph), options, providers=runtime.PROVIDERS)
     session.run(None, feed)
     session.run(None, feed)
     trace = json.loads(Path(session.end_profiling()).read_text())
