@@ -4,6 +4,7 @@ from __future__ import annotations
 from passes.base import Pass
 from passes.check_recipe import CheckRecipe
 from passes.insert_activation_qdq import InsertActivationQdq
+from passes.insert_fusion_barriers import InsertFusionBarriers
 from passes.insert_step_index import InsertStepIndex
 from passes.quantize_attention_probs import QuantizeAttentionProbs
 from passes.quantize_weights import QuantizeWeights
@@ -13,4 +14,4 @@ from passes.write_encodings import WriteEncodings
 
 def compile_passes() -> list[Pass]:
     return [CheckRecipe(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(), QuantizeAttentionProbs(),
-            SplitCrossAttention(), WriteEncodings()]
+            SplitCrossAttention(), InsertFusionBarriers(), WriteEncodings()]
