@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
+from dgq_compiler.import_graph import OPSET
 from dgq_compiler.io import atomic_path, check_writable
 
 GRAPH_NAME = "unet.onnx"
@@ -104,6 +105,8 @@ def example_feed(model, resolution, batch: int = 1, seed: int = 0, timestep: flo
             continue
         if vi.name == "sample":
             dims = [dims[0] or batch, dims[1], resolution[0], resolution[1]]
+        if vi.name == "encoder_hidden_states" and len(dims) == 3 and dims[1] is None:  # optimum: dynamic length
+            dims[1] = 77
         dims = [d if d is not None else batch for d in dims]
         if vi.name == "time_ids":
             feed[vi.name] = np.tile(np.array([[1024, 1024, 0, 0, 1024, 1024]], dtype=dtype), (dims[0], 1))
@@ -216,9 +219,25 @@ def point_errors(compiled: Path, recipe, batch: int = 2, seed: int = 0) -> dict:
         probe.unlink(missing_ok=True)
 
 
-def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, static: bool = False, *,
-                  overwrite: bool = False, reference_unet=None, tolerance: float = DEFAULT_TOLERANCE,
-                  validate: bool = True, check_points: bool | None = None, progress=print) -> CompileReport:
+def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, static: bool = False, **kwargs
+                  ) -> CompileReport:
+    """`_compile_export` on a `dgq export` folder, or on a UNet graph from another exporter (optimum-cli's
+    unet/model.onnx, an optimum pipeline folder, an .onnx file) imported first (dgq_compiler.import_graph)."""
+    import tempfile
+
+    from dgq_compiler.import_graph import find_unet_graph, import_unet_graph
+
+    found = find_unet_graph(graph_path)
+    if (found.parent / MODULE_MAP_NAME).is_file():
+        return _compile_export(found, recipe_path, out_path, static, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="dgq-import-") as work:
+        kwargs.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
+        return _compile_export(import_unet_graph(found, Path(work)), recipe_path, out_path, static, **kwargs)
+
+
+def _compile_export(graph_path: str | Path, recipe_path, out_path: str | Path, static: bool = False, *,
+                    overwrite: bool = False, reference_unet=None, tolerance: float = DEFAULT_TOLERANCE,
+                    validate: bool = True, check_points: bool | None = None, progress=print) -> CompileReport:
     """fp32 export folder (or its unet.onnx) + recipe (path or Recipe) -> compiled folder `out_path`.
 
     Checks: onnx.checker full check, one onnxruntime run with the FP graph's input/output signature; the fake-quant
