@@ -25,7 +25,7 @@ def build_tiny_pipeline(seed: int = 0):
     """A random-weight StableDiffusionPipeline; the same seed gives the same weights, bit for bit."""
     import torch
 
-    from models.loader import quiet_libraries
+    from models.libraries import quiet_libraries
 
     quiet_libraries()
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel

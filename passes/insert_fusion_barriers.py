@@ -17,8 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant
-
-BARRIER_SUFFIX = "/KeepFloat/Reshape"
+from passes.contract import FUSION_BARRIER_SUFFIX as BARRIER_SUFFIX
 FUSED_OPS = ("MatMul", "Gemm")
 
 

@@ -11,10 +11,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import SCHEDULE, STEP_INDEX, Pass, PassContext, add_node, constant
+from passes.base import Pass, PassContext, add_node, constant
+from passes.contract import SCHEDULE, STEP_INDEX, STEP_PREFIX, TIMESTEP_INPUT
 from passes.errors import PassError
-
-TIMESTEP_INPUT = "timestep"
 
 
 class InsertStepIndex(Pass):
@@ -28,15 +27,16 @@ class InsertStepIndex(Pass):
             raise PassError(f"the graph has no {TIMESTEP_INPUT!r} input (inputs: "
                             f"{', '.join(t.name for t in graph.inputs)}); expected an exported UNet")
         dtype = np.dtype(timestep.dtype) if timestep.dtype is not None else np.dtype(np.float32)
-        flat = add_node(graph, "Reshape", "dgq/step/Reshape", [timestep, constant("dgq/step/flat", np.array([-1], np.int64))],
-                        dtype=dtype)
-        timestep = add_node(graph, "Slice", "dgq/step/Slice", [flat, constant("dgq/step/starts", np.array([0], np.int64)),
-                                                              constant("dgq/step/ends", np.array([1], np.int64))], dtype=dtype)
+        flat = add_node(graph, "Reshape", f"{STEP_PREFIX}/Reshape",
+                        [timestep, constant(f"{STEP_PREFIX}/flat", np.array([-1], np.int64))], dtype=dtype)
+        timestep = add_node(graph, "Slice", f"{STEP_PREFIX}/Slice",
+                            [flat, constant(f"{STEP_PREFIX}/starts", np.array([0], np.int64)),
+                             constant(f"{STEP_PREFIX}/ends", np.array([1], np.int64))], dtype=dtype)
         if dtype != np.float32:
-            timestep = add_node(graph, "Cast", "dgq/step/Cast", [timestep], attrs={"to": onnx.TensorProto.FLOAT})
+            timestep = add_node(graph, "Cast", f"{STEP_PREFIX}/Cast", [timestep], attrs={"to": onnx.TensorProto.FLOAT})
         schedule = constant(SCHEDULE, np.asarray(ctx.recipe.timesteps, dtype=np.float32))
-        diff = add_node(graph, "Sub", "dgq/step/Sub", [schedule, timestep])
-        dist = add_node(graph, "Abs", "dgq/step/Abs", [diff])
-        add_node(graph, "ArgMin", "dgq/step/ArgMin", [dist], STEP_INDEX, dtype=np.int64,
+        diff = add_node(graph, "Sub", f"{STEP_PREFIX}/Sub", [schedule, timestep])
+        dist = add_node(graph, "Abs", f"{STEP_PREFIX}/Abs", [diff])
+        add_node(graph, "ArgMin", f"{STEP_PREFIX}/ArgMin", [dist], STEP_INDEX, dtype=np.int64,
                  attrs={"axis": 0, "keepdims": 1, "select_last_index": 0})
         return graph

@@ -14,5 +14,5 @@ from passes.write_encodings import WriteEncodings
 
 
 def compile_passes() -> list[Pass]:
-    return [CheckRecipe(), FoldAttentionScale(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(), QuantizeAttentionProbs(),
-            SplitCrossAttention(), InsertFusionBarriers(), WriteEncodings()]
+    return [CheckRecipe(), FoldAttentionScale(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(),
+            QuantizeAttentionProbs(), SplitCrossAttention(), InsertFusionBarriers(), WriteEncodings()]

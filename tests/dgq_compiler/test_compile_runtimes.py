@@ -14,9 +14,10 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from dgq_compiler.compile import compile_graph, example_feed
+from dgq_compiler.compile import compile_graph
 from dgq_compiler.config import preset
-from dgq_compiler.recipe import random_recipe
+from dgq_compiler.runtime import example_feeds
+from tests.random_recipes import random_recipe
 
 TIMESTEPS = (901, 501, 101)
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "Clip", "QuantizeLog", "DequantizeLog"}
@@ -41,7 +42,7 @@ def _session(path, level=None, optimized=None):
 
 
 def _feed(path, batch=2, timestep=501.0):
-    return example_feed(onnx.load(str(path), load_external_data=False), (16, 16), batch=batch, timestep=timestep)
+    return example_feeds(onnx.load(str(path), load_external_data=False), 16, batch=batch, timestep=timestep)
 
 
 @pytest.mark.parametrize("graph", ["unet.onnx", "unet.step01.onnx"])

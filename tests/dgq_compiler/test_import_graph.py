@@ -17,7 +17,7 @@ import pytest
 
 from dgq_compiler.compile import compile_graph
 from dgq_compiler.config import preset
-from dgq_compiler.recipe import random_recipe
+from tests.random_recipes import random_recipe
 from passes.module_map import build_module_map, load_module_map
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from dgq_compiler.compile import compile_graph
 from dgq_compiler.config import preset
+from tests.random_recipes import random_recipe
 from dgq_compiler.package import TOLERANCE, package_pipeline
-from dgq_compiler.recipe import random_recipe
 
 TIMESTEPS = (901, 501, 101)
 

@@ -93,13 +93,13 @@ def test_unreadable_graph_is_a_one_line_error(tmp_path, capsys):
 
 def test_compiled_graph_counts_like_its_config(tmp_path, tiny_export_dir):
     """A DGQ-compiled graph (Q/DQ weights, [T, G] tables, split <start> A.V) costs the same as the config."""
-    compile_module = pytest.importorskip("dgq_compiler.compile")
+    from dgq_compiler.compile import compile_graph
     from dgq_compiler.config import preset
-    from dgq_compiler.recipe import random_recipe
+    from tests.random_recipes import random_recipe
 
     config = zoo_config("tiny")
     recipe = random_recipe(config, preset("dgq-w4a6-g8"), (901, 501, 101), seed=0, model_name="tiny")
-    compile_module.compile_graph(tiny_export_dir, recipe, tmp_path / "w4a6", validate=False,
+    compile_graph(tiny_export_dir, recipe, tmp_path / "w4a6", validate=False,
                                  progress=lambda _m: None)
     graph = inventory_from_graph(tmp_path / "w4a6" / "unet.onnx", batch=2, resolution=128)
     reference = inventory_from_config(config, batch=2, resolution=128)
