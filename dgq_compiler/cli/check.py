@@ -17,7 +17,8 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_graph_and_target(p)
     p.add_argument("--latent-size", type=int, default=None,
-                   help="latent height/width for attention reduction lengths; none: from compile.json/export.json or the model")
+                   help="latent height/width: the graph is run once at this size (batch 1) and attention reduction "
+                        "lengths come from it; none: from compile.json/export.json or the model (not run)")
     p.add_argument("--batch", type=int, default=2, help="batch used for shape inference")
     p.add_argument("--all", action="store_true", help="list every violation, not only the first 40")
     p.set_defaults(run=run)
@@ -36,6 +37,13 @@ def run(args) -> int:
     except DgqError:  # attention reduction lengths then stay unknown
         latent = None
     report = check_graph(model, args.target, latent_size=latent, batch=args.batch)
+    if args.latent_size:  # a size the user asks about: run the graph there (shapes alone cannot tell)
+        from dgq_compiler.verify.latent_probe import probe_latent_size
+        from simulator.check import Violation
+
+        problem = probe_latent_size(graph, args.latent_size)
+        if problem:
+            report.violations.insert(0, Violation("graph", "latent size", problem, "a graph that runs at that size"))
     shown = report.violations if args.all else report.violations[:40]
     if report.violations:
         print(format_table(["node", "rule", "graph asks", "target allows"],
