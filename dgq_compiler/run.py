@@ -195,7 +195,8 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         fp_layers = analysis.layer_outputs(unet, probe_calls, layers)
 
     shared = Shared(pipe, out / "export", out, options, calls, probe_calls, layers, fp_layers, image_prompts, seeds,
-                    images, inventory_from_graph(out / "export" / "unet.onnx", model="export/unet.onnx"))
+                    images, inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
+                                                 resolution=export.latent_size * 8, model="export/unet.onnx"))
     results: list[ConfigResult] = []
     for name in options.presets:
         with _stage(timer, f"{name}: quantize, compile, verify, check"):
