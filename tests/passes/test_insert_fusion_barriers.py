@@ -32,7 +32,8 @@ def _recipe(tg, proj_axis, quantize_proj_input=True):
 
 
 def _compile(tg, recipe, barriers=True):
-    passes = [InsertStepIndex(), QuantizeWeights(), InsertActivationQdq()] + ([InsertFusionBarriers()] if barriers else [])
+    passes = [InsertStepIndex(), QuantizeWeights(), InsertActivationQdq()]
+    passes += [InsertFusionBarriers()] if barriers else []
     return tg.compile_model(tg.layers_model(), recipe, passes)[0]
 
 
