@@ -107,14 +107,17 @@ def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options:
 
     from dgq_compiler.import_graph import OPSET, find_unet_graph, import_unet_graph
 
+    passed = {k: kwargs.pop(k) for k in ("reference_unet", "progress") if k in kwargs}
+    if options is not None and kwargs:
+        raise TypeError("compile_graph: give options or option keywords, not both")
+    options = options or CompileOptions(**kwargs)
     found = find_unet_graph(graph_path)
     if (found.parent / MODULE_MAP_NAME).is_file():
-        return _compile_export(found, recipe, out_path, options, **kwargs)
-    check_writable(out_path, overwrite=(options.overwrite if options is not None else kwargs.get("overwrite", False)),
-                   kind="folder")  # before the import's work
+        return _compile_export(found, recipe, out_path, options, **passed)
+    check_writable(out_path, overwrite=options.overwrite, kind="folder")  # before the import's work
     with tempfile.TemporaryDirectory(prefix="dgq-import-") as work:
-        kwargs.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
-        return _compile_export(import_unet_graph(found, Path(work)), recipe, out_path, options, **kwargs)
+        passed.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
+        return _compile_export(import_unet_graph(found, Path(work)), recipe, out_path, options, **passed)
 
 
 def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None, *,
