@@ -96,8 +96,26 @@ class CompileOptions:
     paths_relative_to: str | None = None  # write compile.json's paths relative to this folder (a report folder)
 
 
-def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None, *,
-                  reference_unet=None, progress=print, **option_values) -> CompileReport:
+def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None,
+                  **kwargs) -> CompileReport:
+    """`_compile_export` on a `dgq export` folder, or on a UNet graph from another exporter (optimum-cli's
+    unet/model.onnx, an optimum pipeline folder, an .onnx file) imported first (dgq_compiler/import_graph.py)."""
+    import tempfile
+
+    from dgq_compiler.import_graph import OPSET, find_unet_graph, import_unet_graph
+
+    found = find_unet_graph(graph_path)
+    if (found.parent / MODULE_MAP_NAME).is_file():
+        return _compile_export(found, recipe, out_path, options, **kwargs)
+    check_writable(out_path, overwrite=(options.overwrite if options is not None else kwargs.get("overwrite", False)),
+                   kind="folder")  # before the import's work
+    with tempfile.TemporaryDirectory(prefix="dgq-import-") as work:
+        kwargs.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
+        return _compile_export(import_unet_graph(found, Path(work)), recipe, out_path, options, **kwargs)
+
+
+def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None, *,
+                    reference_unet=None, progress=print, **option_values) -> CompileReport:
     """fp32 export folder (or its unet.onnx) + recipe (path or Recipe) -> compiled folder `out_path`.
 
     Checks: onnx.checker full check, one onnxruntime run with the FP graph's input/output signature; the fake-quant

@@ -84,7 +84,9 @@ def example_inputs(unet, batch: int, latent_size: int, timestep: float, seed: in
 
 
 def _dynamic_axes(names: list[str]) -> dict:
+    # timestep: 1-D of dynamic length, as optimum declares it (pipelines feed [1] or [batch])
     axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "out_sample": {0: "batch", 2: "height", 3: "width"},
+            "timestep": {0: "steps"},
             "encoder_hidden_states": {0: "batch"}, "text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
     return {n: axes[n] for n in names + ["out_sample"] if n in axes}
 

@@ -2,16 +2,13 @@
 
 Every stage that runs a graph in onnxruntime goes through `session()` with a mode that says what it needs:
 
-    default        stock onnxruntime settings, as a real client (optimum, a deployment) creates its session
+    default        stock onnxruntime settings, as a real client (optimum, a deployment) creates its session;
+                   compiled graphs run here as written (passes/insert_fusion_barriers.py); used for sampling
     reference      every graph optimisation off: the graph runs exactly as written (export and compile
                    validation, the fake-quant point check)
     basic          basic optimisations only (constant folding, redundant-node elimination): verify's
                    reference; the extended QDQ fusions (DequantizeLinear -> MatMul -> MatMulNBits) change the
                    numerics of asymmetric per-channel int8/int4 weights by ~0.5% of the output
-    no-qdq-fusion  every optimisation except the QDQ fusions (`session.disable_quant_qdq = 1`): what compiled
-                   graphs need in onnxruntime 1.31 today, which fuses DequantizeLinear -> MatMul into
-                   MatMulIntegerToFloat even with per-channel activation zero points (DGQ channel groups) and
-                   then rejects them at run time; used for sampling images
 
 All sessions run on the CPU execution provider.
 """
@@ -24,7 +21,7 @@ import numpy as np
 from dgq_compiler.errors import DgqError
 
 GRAPH_NAME = "unet.onnx"
-MODES = ("default", "reference", "basic", "no-qdq-fusion")
+MODES = ("default", "reference", "basic")
 # SDXL's micro-conditioning (original size, crop top-left, target size) for the example feeds and the export
 SDXL_TIME_IDS = (1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0)
 PROVIDERS = ["CPUExecutionProvider"]
@@ -42,8 +39,6 @@ def session_options(mode: str = "reference", *, threads: int | None = None, prep
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     elif mode == "basic":
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    elif mode == "no-qdq-fusion":
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
     if not prepacking:  # no second, prepacked copy of the weights (memory of large exports)
         options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
@@ -112,6 +107,8 @@ def example_feeds(model, latent, batch: int = 1, seed: int = 0, timestep: float 
             continue
         if vi.name == "sample":
             dims = [dims[0] or batch, dims[1] or 4, height, width]
+        if vi.name == "encoder_hidden_states" and len(dims) == 3 and dims[1] is None:  # optimum: dynamic length
+            dims[1] = 77
         dims = [d if d is not None else batch for d in dims]
         if vi.name == "time_ids":
             feed[vi.name] = np.tile(np.array([SDXL_TIME_IDS], dtype=dtype), (dims[0], 1))

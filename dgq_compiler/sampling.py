@@ -25,11 +25,10 @@ def torch_predictor(unet) -> NoisePredictor:
 
 
 def onnx_predictor(graph_path, threads: int | None = None) -> NoisePredictor:
-    """An onnxruntime session of a graph, fp32 or compiled, in the mode compiled graphs need today
-    (every optimisation but the QDQ fusions; see dgq_compiler/runtime.py)."""
+    """A default onnxruntime session of a graph, fp32 or compiled (as a client would open it)."""
     from dgq_compiler import runtime
 
-    session = runtime.session(graph_path, "no-qdq-fusion", threads=threads)
+    session = runtime.session(graph_path, "default", threads=threads)
 
     def predict(sample: np.ndarray, t: float, states: np.ndarray) -> np.ndarray:
         feeds = {"sample": sample.astype(np.float32), "timestep": np.array([t], dtype=np.float32),

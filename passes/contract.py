@@ -3,8 +3,9 @@ reports read back. Writers build with these functions and readers parse with the
 
 What a compiled graph holds (fp32 export + recipe -> passes -> this):
 
-1. **Step index.** `dgq/step/*` nodes compute `dgq.step_index` (int64 [1]) = argmin |dgq.schedule - timestep|:
-   the nearest calibrated timestep, so the compiled graph has exactly the fp32 graph's inputs and outputs.
+1. **Step index.** `dgq/step/*` nodes compute `dgq.step_index` (int64 [1]) = argmin |dgq.schedule - t| with t
+   the first entry of `timestep` (a scalar, [1] or [batch]: 1-D of dynamic length as optimum declares it): the
+   nearest calibrated timestep, so the compiled graph has exactly the fp32 graph's inputs and outputs.
 2. **Activation quantizers.** For (module, role) the nodes are named `dgq/{module}/{role}/{Op}` (e.g.
    `dgq/down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q/input/QuantizeLinear`); their initializers
    `{module}/{role}/{suffix}` with the suffixes `scale_table` (float32 [T, G]), `zero_point_table` (uint8 [T, G])
@@ -20,7 +21,11 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
    `dgq/{module}/split/Add` (FP branch + quantized branch) into the original A.V output tensor.
 5. **Weights.** Initializer `{w}` becomes `{w}_quantized` (INT8, or INT4 for b <= 4), `{w}_scale`,
    `{w}_zero_point` and a node `{w}_DequantizeLinear` with output `{w}_dequantized` (axis = output channels).
-6. **Model metadata.** `dgq.compiled`, `dgq.model`, `dgq.recipe_config` (JSON), `dgq.timesteps` (JSON), and on
+6. **Fusion barriers.** A MatMul/Gemm whose activation input is not a per-tensor DequantizeLinear reads its
+   dequantized weight through a Reshape to the weight's own shape, named `{node}/KeepFloat/Reshape`: a
+   layout op for every reader, and what keeps onnxruntime's default session from fusing the product into
+   kernels that refuse per-group zero points or re-quantize a float activation (passes/insert_fusion_barriers.py).
+7. **Model metadata.** `dgq.compiled`, `dgq.model`, `dgq.recipe_config` (JSON), `dgq.timesteps` (JSON), and on
    static variants `dgq.static_step` / `dgq.static_timestep`.
 
 Roles are the recipe's: input, weight, q, k, v, attn_probs. conv_in / conv_out stay full precision.
@@ -41,6 +46,7 @@ STEP_INDEX = "dgq.step_index"     # int64 [1]: the calibrated step nearest to th
 SCHEDULE = "dgq.schedule"         # float32 [T]: the calibrated timesteps
 STEP_PREFIX = "dgq/step"          # the nodes that compute the step index
 TIMESTEP_INPUT = "timestep"
+FUSION_BARRIER_SUFFIX = "/KeepFloat/Reshape"  # {MatMul/Gemm node}{suffix}: weight DQ -> Reshape -> the product
 
 ROLES = ("input", "weight", "q", "k", "v", "attn_probs")
 ATTENTION_ROLES = ("q", "k", "v", "attn_probs")

@@ -1,6 +1,6 @@
 """Cross-attention with the <start> token kept in full precision (attn_probs entries with exclude_bos).
 
-    out = A[..., :1] @ V[:, :1, :]  (FP branch)  +  DQ(Q(A[..., 1:])) @ V[:, 1:, :]  (quantized branch)
+    out = A[..., :1] @ V[..., :1, :]  (FP branch)  +  DQ(Q(A[..., 1:])) @ V[..., 1:, :]  (quantized branch)
 
 summed by `dgq/<module>/split/Add` into the original A.V output tensor. The quantized branch keeps the
 original A.V node name; the log scale is the max of A[..., 1:] only. (k and v rows 0 stay FP by
@@ -29,8 +29,8 @@ class SplitCrossAttention(Pass):
             a, v = match.av.inputs[0], match.av.inputs[1]
             a_bos = slice_axis(graph, a, -1, 0, 1, f"{prefix}/Slice_probs_bos")
             a_rest = slice_axis(graph, a, -1, 1, INT64_MAX, f"{prefix}/Slice_probs_rest")
-            v_bos = slice_axis(graph, v, 1, 0, 1, f"{prefix}/Slice_v_bos")
-            v_rest = slice_axis(graph, v, 1, 1, INT64_MAX, f"{prefix}/Slice_v_rest")
+            v_bos = slice_axis(graph, v, -2, 0, 1, f"{prefix}/Slice_v_bos")  # tokens: [B*H, N, D] or [B, H, N, D]
+            v_rest = slice_axis(graph, v, -2, 1, INT64_MAX, f"{prefix}/Slice_v_rest")
             dq, record, meta = probs_qdq(graph, a_rest, tq, step, node_prefix(tq.module, "attn_probs"))
             record.tensor, record.bos_split = a.name, True
             fp_branch = add_node(graph, "MatMul", f"{prefix}/MatMul_bos", [a_bos, v_bos])
