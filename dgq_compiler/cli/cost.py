@@ -245,5 +245,5 @@ def _tables(args, inventory, rows, estimates) -> str:
                                  kinds, title=f"{r.name} G={r.groups} per op kind, one step on {e.target}")]
         moved = [[part.replace("_", " "), round(v / 1e6, 3)] for part, v in e.step_bytes.items()]
         out += ["", format_table(["bytes moved per step", "MB"], moved,
-                                 title="DRAM bytes by part (partial sums: on-chip only)")]
+                                 title="bytes by part (DRAM; partial sums and fused logits: on chip)")]
     return "\n".join(out)
