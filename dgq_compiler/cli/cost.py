@@ -77,6 +77,11 @@ def run(args) -> int:
     from simulator.targets import load_target
 
     if args.measure_target:
+        given = [flag for flag, value in (("--model", args.model), ("--bits", args.bits), ("--groups", args.groups),
+                                          ("--resolution", args.resolution), ("--batch", args.batch)) if value is not None]
+        if given or args.json:
+            raise DgqError(f"--measure-target measures this machine and takes only -o/--overwrite, not "
+                           f"{(given or ['--json'])[0]}")
         return _measure(args)
     if args.output is not None or args.overwrite:
         raise DgqError("-o/--overwrite go with --measure-target (dgq cost prints its figures)")
@@ -240,5 +245,5 @@ def _tables(args, inventory, rows, estimates) -> str:
                                  kinds, title=f"{r.name} G={r.groups} per op kind, one step on {e.target}")]
         moved = [[part.replace("_", " "), round(v / 1e6, 3)] for part, v in e.step_bytes.items()]
         out += ["", format_table(["bytes moved per step", "MB"], moved,
-                                 title="DRAM bytes by part (partial sums: on-chip only)")]
+                                 title="bytes by part (DRAM; partial sums and fused logits: on chip)")]
     return "\n".join(out)
