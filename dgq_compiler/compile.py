@@ -39,6 +39,8 @@ class CompileReport:
     reference_error: dict = field(default_factory=dict)   # timestep -> end-to-end output error vs the torch UNet
     fp_difference: float | None = None                     # compiled vs fp32 graph (quantization noise)
     seconds: dict = field(default_factory=dict)
+    target: str | None = None                              # compiled for this target (dgq_compiler/adapt.py)
+    gave_up: list = field(default_factory=list)            # rows: what, tensors, before, after
 
     @property
     def worst_error(self) -> float:
@@ -94,6 +96,7 @@ class CompileOptions:
     validate: bool = True               # run the compiled and the fp32 graph in onnxruntime
     check_points: bool | None = None    # the fake-quant point check; None: when validating graphs under 300 MB
     paths_relative_to: str | None = None  # write compile.json's paths relative to this folder (a report folder)
+    target: str | None = None           # adapt the recipe to this target (preset or file); static if it needs
 
 
 def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None,
@@ -104,14 +107,17 @@ def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options:
 
     from dgq_compiler.import_graph import OPSET, find_unet_graph, import_unet_graph
 
+    passed = {k: kwargs.pop(k) for k in ("reference_unet", "progress") if k in kwargs}
+    if options is not None and kwargs:
+        raise TypeError("compile_graph: give options or option keywords, not both")
+    options = options or CompileOptions(**kwargs)
     found = find_unet_graph(graph_path)
     if (found.parent / MODULE_MAP_NAME).is_file():
-        return _compile_export(found, recipe, out_path, options, **kwargs)
-    check_writable(out_path, overwrite=(options.overwrite if options is not None else kwargs.get("overwrite", False)),
-                   kind="folder")  # before the import's work
+        return _compile_export(found, recipe, out_path, options, **passed)
+    check_writable(out_path, overwrite=options.overwrite, kind="folder")  # before the import's work
     with tempfile.TemporaryDirectory(prefix="dgq-import-") as work:
-        kwargs.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
-        return _compile_export(import_unet_graph(found, Path(work)), recipe, out_path, options, **kwargs)
+        passed.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
+        return _compile_export(import_unet_graph(found, Path(work)), recipe, out_path, options, **passed)
 
 
 def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None, *,
@@ -136,6 +142,14 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
     graph_path = resolve_graph(graph_path)
     out_path = check_writable(out_path, overwrite=options.overwrite, kind="folder")
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    gave_up = []
+    if options.target is not None:
+        from dataclasses import replace
+
+        from dgq_compiler.adapt import adapt_recipe, kxk_conv_modules, needs_static
+
+        recipe, gave_up = adapt_recipe(recipe, options.target, kxk_conv_modules(graph_path))
+        options = replace(options, static=options.static or needs_static(options.target))
     with timer.stage("passes"):
         fp_model = onnx.load(str(graph_path), load_external_data=False)
         fp_signature = graph_signature(fp_model)
@@ -152,7 +166,8 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
         (lambda p: os.path.relpath(p, options.paths_relative_to))
     report = CompileReport(graph=shown(graph_path), output=shown(out_path), steps=len(recipe.timesteps),
                            timesteps=list(recipe.timesteps), tensors=summary_rows(ctx.records),
-                           fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=options.tolerance)
+                           fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=options.tolerance,
+                           target=options.target, gave_up=[list(asdict(g).values()) for g in gave_up])
     with atomic_path(out_path, directory=True) as tmp:
         compiled = tmp / GRAPH_NAME
         with timer.stage("save"):

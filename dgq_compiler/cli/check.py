@@ -29,13 +29,23 @@ def run(args) -> int:
     from dgq_compiler.verify import latent_size_of, resolve_graph
     from simulator.check import check_graph, load_for_analysis
 
-    graph = resolve_graph(args.graph)
-    model = load_for_analysis(graph)
-    try:
-        latent = latent_size_of(model, graph, args.latent_size)
-    except DgqError:  # attention reduction lengths then stay unknown
-        latent = None
-    report = check_graph(model, args.target, latent_size=latent, batch=args.batch)
+    from dgq_compiler.adapt import graphs_for_target
+
+    graphs = graphs_for_target(args.graph, args.target, resolve_graph)
+    reports = []
+    for graph in graphs:  # a compile for a constant-scale target: every static per-step graph
+        model = load_for_analysis(graph)
+        try:
+            latent = latent_size_of(model, graph, args.latent_size)
+        except DgqError:  # attention reduction lengths then stay unknown
+            latent = None
+        reports.append(check_graph(model, args.target, latent_size=latent, batch=args.batch))
+    report = next((r for r in reports if not r.ok), reports[0])
+    graph = graphs[reports.index(report)]
+    if len(graphs) > 1:
+        print(format_table(["graph", "violations"], [[str(g), len(r.violations)] for g, r in zip(graphs, reports)],
+                           title=f"{len(graphs)} static graphs (compiled for {args.target}); details of {graph.name}"))
+        print()
     shown = report.violations if args.all else report.violations[:40]
     if report.violations:
         print(format_table(["node", "rule", "graph asks", "target allows"],

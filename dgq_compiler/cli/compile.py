@@ -27,6 +27,10 @@ def register(sub) -> None:
                         "torch fake-quant on the same input (each by at most 1 LSB) (default 1e-4)")
     p.add_argument("--check-points", choices=("auto", "yes", "no"), default="auto",
                    help="run the fake-quant point check at every calibrated step (auto: graphs under 300 MB)")
+    p.add_argument("--target", default=None,
+                   help="adapt the recipe to a hardware target (preset: generic-npu, tensorrt-int8, onnxruntime-cpu, "
+                        "or a .json/.toml file) and print what it gave up; a target that takes only constant scales "
+                        "gets the static per-step graphs (check those)")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
@@ -47,8 +51,13 @@ def run(args) -> int:
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     report = compile_graph(args.graph, args.recipe, args.output, static=args.static, overwrite=args.overwrite,
                            reference_unet=reference, tolerance=tolerance, validate=not args.no_validate,
-                           check_points={"auto": None, "yes": True, "no": False}[args.check_points])
+                           check_points={"auto": None, "yes": True, "no": False}[args.check_points],
+                           target=args.target)
     print(format_table(["role", "quantizer", "bits", "axis", "tensors"], report.tensors, title="quantized tensors"))
+    if report.target:
+        print()
+        print(format_table(["gave up", "tensors", "recipe asked", "target gets"], report.gave_up or [["nothing", 0, "", ""]],
+                           title=f"adapted to {report.target}"))
     ratio = report.compiled_bytes / report.fp32_bytes if report.fp32_bytes else 0.0
     if report.point_check:
         rate, lsb = report.worst_mismatch
