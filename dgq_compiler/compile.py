@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import atomic_path, check_writable, relative_path, report_json
 
 GRAPH_NAME = "unet.onnx"
 WEIGHTS_NAME = "unet.onnx.data"
@@ -33,6 +33,7 @@ class CompileReport:
     output: str
     steps: int
     timesteps: list
+    latent_size: int              # the recipe's calibrated latent height/width (verify and cost default to it)
     tensors: list                 # rows: role, quantizer, bits, axis, count
     fp32_bytes: int               # the source graph (+ its weights file)
     compiled_bytes: int           # unet.onnx (+ unet.onnx.data)
@@ -260,7 +261,7 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
     initializer_bytes = sum(t.ByteSize() for t in model.graph.initializer)
     external = static or initializer_bytes > INLINE_LIMIT
     report = CompileReport(graph=str(graph_path), output=str(out_path), steps=len(recipe.timesteps),
-                           timesteps=list(recipe.timesteps), tensors=summary_rows(ctx.records),
+                           timesteps=list(recipe.timesteps), latent_size=int(recipe.resolution[0]), tensors=summary_rows(ctx.records),
                            fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=tolerance)
     with atomic_path(out_path, directory=True) as tmp:
         start = time.perf_counter()
@@ -317,5 +318,6 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
             seconds["static"] = time.perf_counter() - start
         report.compiled_bytes = _folder_bytes(compiled)
         report.seconds = {k: round(v, 3) for k, v in seconds.items()}
-        (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        on_disk = {**asdict(report), "graph": relative_path(graph_path, out_path), "output": "."}
+        (tmp / REPORT_NAME).write_text(report_json(on_disk), encoding="utf-8")
     return report

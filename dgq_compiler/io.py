@@ -55,3 +55,20 @@ def check_pair_writable(manifest: str | Path, overwrite: bool = False) -> Path:
     check_writable(manifest, overwrite)
     check_writable(manifest.with_suffix(".safetensors"), overwrite)
     return manifest
+
+
+def report_json(doc: dict) -> str:
+    """A JSON report's text: sorted keys, and the run-to-run timings (a `seconds` dict) under one top-level
+    `timings` key, so two identical runs give files that differ only there."""
+    import json
+
+    doc = dict(doc)
+    doc["timings"] = doc.pop("seconds", {})
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def relative_path(path: str | Path, folder: str | Path) -> str:
+    """`path` as seen from `folder` (where the report that names it lives), POSIX separators."""
+    import os
+
+    return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()

@@ -171,7 +171,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         prompts = read_prompts(options.prompts)
         if options.num_prompts:
             prompts = prompts[: options.num_prompts]
-        stats = calibrate(pipe, prompts, model_name=label, steps=options.steps, guidance=options.guidance,
+        stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, model_seed=options.seed if source == "tiny" else None, progress=True)
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")
