@@ -54,18 +54,23 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
+    from dgq_compiler.cli.argtypes import MAX_BATCH, MAX_LATENT, MAX_STEPS
     from dgq_compiler.errors import DgqError
     from simulator.cost import STANDARD_GROUPS, cost_row, load_inventory, parse_bits, standard_rows
 
-    for flag, value in (("--batch", args.batch), ("--groups", args.groups), ("--steps", args.steps),
-                        ("--resolution", args.resolution)):
-        if value is not None and value < 1:
-            raise DgqError(f"{flag} must be a positive integer, got {value}")
+    for flag, value, high in (("--batch", args.batch, MAX_BATCH), ("--groups", args.groups, 1 << 16),
+                              ("--steps", args.steps, MAX_STEPS), ("--resolution", args.resolution, MAX_LATENT * 8)):
+        if value is not None and not 1 <= value <= high:
+            raise DgqError(f"{flag} must be an integer in 1..{high}, got {value}")
     if args.groups is not None and args.bits is None:
         raise DgqError("--groups needs --bits (the standard table uses G = 8 and 16)")
     bits = parse_bits(args.bits) if args.bits is not None else None  # bad widths fail before any work
-    inventory = load_inventory(args.model, batch=args.batch, resolution=args.resolution,
-                               convention=args.convention)
+    resolution = args.resolution if args.resolution is not None else _compiled_resolution(args.model)
+    inventory = load_inventory(args.model, batch=args.batch, resolution=resolution, convention=args.convention)
+    widest = max((p.channels for p in inventory.points), default=0)
+    if args.groups is not None and widest and args.groups > widest:  # a group needs at least one channel
+        raise DgqError(f"--groups {args.groups} is more than the widest quantization point of {args.model} has "
+                       f"channels ({widest}): expected at most {widest}")
     options = {"steps": args.steps, "convention": args.convention, "shared_group_map": args.shared_group_map}
     if bits is not None:
         rows = [cost_row(inventory, bits, groups=args.groups or STANDARD_GROUPS[0], **options)]
@@ -82,6 +87,20 @@ def run(args) -> int:
         return 0
     print(_tables(args, inventory, rows))
     return 0
+
+
+def _compiled_resolution(model: str) -> int | None:
+    """A compiled graph's calibrated resolution in px, from the compile.json `dgq compile` wrote beside it."""
+    import json
+    from pathlib import Path
+
+    path = Path(model)
+    report = (path if path.is_dir() else path.parent) / "compile.json"
+    try:
+        latent = json.loads(report.read_text(encoding="utf-8")).get("latent_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return latent * 8 if isinstance(latent, int) and latent > 0 else None
 
 
 def _tables(args, inventory, rows) -> str:

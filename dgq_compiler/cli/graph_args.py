@@ -18,6 +18,7 @@ def read_graph(path: str | Path, expect: str):
     """(graph file, its ONNX header without external weights) of an `expect` ("export" or "compiled") graph:
     a folder means its unet.onnx. Raises DgqError naming the file and what was expected."""
     import onnx
+    from google.protobuf.json_format import ParseError
     from google.protobuf.message import DecodeError
 
     from dgq_compiler.errors import DgqError
@@ -33,8 +34,8 @@ def read_graph(path: str | Path, expect: str):
     if path.stat().st_size == 0:
         raise DgqError(f"{what} is empty (0 bytes; expected {wanted})")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        model = onnx.load(str(path), format="protobuf", load_external_data=False)  # whatever the file's suffix
+    except (DecodeError, ParseError, ValueError, RuntimeError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DgqError(f"{what} is not a readable ONNX model (truncated, or another kind of file: {reason})") from None
     inputs = [vi.name for vi in model.graph.input]

@@ -41,11 +41,13 @@ def run(args) -> int:
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import check_writable, relative_path, report_json, write_text_atomic
     from dgq_compiler.verify import verify_graph
+    from simulator.targets import load_target
 
     if args.json:
         check_writable(args.json, overwrite=args.overwrite)
     graph, _header = read_graph(args.graph, "compiled")
     del _header
+    target = load_target(args.target)  # a bad target name fails before the progress bar starts
     bar = tqdm(desc="verify", unit="run", leave=False)
 
     def progress(msg):
@@ -53,7 +55,7 @@ def run(args) -> int:
         bar.update(1)
 
     try:
-        report = verify_graph(graph, args.target, args.timesteps, args.batch, args.latent_size,
+        report = verify_graph(graph, target, args.timesteps, args.batch, args.latent_size,
                               args.seed, progress=progress)
     except ort_errors() as exc:
         reason = str(exc).strip().splitlines()[0][:300]
