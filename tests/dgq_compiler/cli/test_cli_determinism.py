@@ -38,5 +38,9 @@ def test_two_identical_runs_give_identical_artefacts_outside_timings(cli_chain, 
             assert str(first_root) not in path.read_text() and str(tmp_path) not in other[name].read_text()
         else:
             assert path.read_bytes() == other[name].read_bytes(), name
+    modes = {p.stat().st_mode for p in first.values()}
+    assert len(modes) == 1, "safetensors, ONNX and JSON files are written with one mode"
     compile_report, _ = _without_timings(first["compiled/compile.json"])
     assert compile_report["graph"] == "../export/unet.onnx" and compile_report["latent_size"] == 16
+    verify_report, _ = _without_timings(first["verify.json"])
+    assert verify_report["graph"] == "compiled/unet.onnx" and verify_report["latent_size"] == 16  # from compile.json
