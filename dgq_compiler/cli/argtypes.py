@@ -8,7 +8,7 @@ import argparse
 import math
 
 MAX_BATCH = 256          # UNet batch: 128 prompts with CFG
-MAX_LATENT = 512         # latent height/width: 4096 px images, 2x the largest the zoo models are made for
+MAX_LATENT = 256         # latent height/width: 2048 px images, 2x the largest the zoo models are made for
 MAX_STEPS = 1000         # denoising steps: the diffusion schedules have 1000 training timesteps
 MAX_TIMESTEP = 1000.0
 MAX_SEED = 2 ** 32 - 1   # numpy and torch generators both take it
@@ -79,6 +79,32 @@ def timesteps(text: str) -> list[float]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one timestep, got {text!r}")
     return values
+
+
+def check_attention_memory(unet_config, latent: int, batch: int) -> None:
+    """Refuse a latent size / batch whose largest attention-probability tensor (batch x heads x N^2 float32,
+    N = latent pixels at that block) alone would take more than half of this machine's memory: such a run
+    dies in an allocation (or swaps the machine) minutes later."""
+    import os
+
+    from dgq_compiler.errors import DgqError
+
+    heads = unet_config.get("num_attention_heads") or unet_config.get("attention_head_dim") or 8
+    need, block = 0, None
+    for i, kind in enumerate(unet_config.get("down_block_types") or ()):
+        if "Attn" in kind:
+            side = -(-latent // 2 ** i)
+            h = heads[i] if isinstance(heads, (list, tuple)) else heads
+            if batch * h * side ** 4 * 4 > need:
+                need, block = batch * h * side ** 4 * 4, i
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > memory // 2:
+        raise DgqError(f"--latent-size {latent} with batch {batch}: the attention probabilities of down block "
+                       f"{block} alone need {need / 1e9:.1f} GB, more than half of this machine's "
+                       f"{memory / 1e9:.0f} GB; expected a smaller --latent-size or --batch")
 
 
 batch = int_range(1, MAX_BATCH)

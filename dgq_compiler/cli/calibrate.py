@@ -49,6 +49,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, shard_indices
+    from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import check_pair_writable
@@ -63,6 +64,7 @@ def run(args) -> int:
         prompts = prompts[: args.num_prompts]
     indices = shard_indices(len(prompts), parse_shard(args.shard))
     pipe = open_pipeline(resolve_model(args.model)[0], seed=args.model_seed, device=args.device)
+    check_attention_memory(pipe.unet.config, args.latent_size or int(pipe.unet.config.sample_size), 2)  # cond+uncond
     start = time.perf_counter()
     stats = calibrate(pipe, prompts, model_name=args.model, steps=args.steps, guidance=args.guidance,
                       seed=args.seed, indices=indices, latent_size=args.latent_size,

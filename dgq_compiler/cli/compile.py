@@ -39,7 +39,7 @@ def _size(n: int) -> str:
 
 
 def run(args) -> int:
-    from dgq_compiler.cli.graph_args import ort_errors, read_graph
+    from dgq_compiler.cli.graph_args import ort_errors, quiet_onnxruntime, read_graph
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.compile import DEFAULT_TOLERANCE, compile_graph
     from dgq_compiler.errors import DgqError
@@ -55,6 +55,7 @@ def run(args) -> int:
         from models.loader import load_unet
         reference = load_unet(args.reference)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    quiet_onnxruntime()
     try:
         report = compile_graph(graph, recipe, args.output, static=args.static, overwrite=args.overwrite,
                                reference_unet=reference, tolerance=tolerance, validate=not args.no_validate,

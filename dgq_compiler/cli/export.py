@@ -28,6 +28,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.export import export_unet
     from dgq_compiler.io import check_writable
@@ -35,6 +36,7 @@ def run(args) -> int:
 
     check_writable(args.output, overwrite=args.overwrite, kind="folder")  # before minutes of loading and tracing
     unet = get_unet(args.model, seed=args.seed)
+    check_attention_memory(unet.config, args.latent_size or int(unet.config.sample_size), args.batch)
     report = export_unet(unet, args.output, model_name=args.model, batch=args.batch,
                          latent_size=args.latent_size, seed=args.seed, tolerance=args.tolerance,
                          overwrite=args.overwrite)

@@ -50,6 +50,13 @@ def read_graph(path: str | Path, expect: str):
     return path, model
 
 
+def quiet_onnxruntime() -> None:
+    """Leave onnxruntime's own error log off: the command reports a failed run in its one line."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(4)  # fatal only
+
+
 def ort_errors() -> tuple[type[Exception], ...]:
     """onnxruntime's run-time error types (a graph that cannot run at the inputs a user asked for)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as state

@@ -36,7 +36,7 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from dgq_compiler.cli.graph_args import ort_errors, read_graph
+    from dgq_compiler.cli.graph_args import ort_errors, quiet_onnxruntime, read_graph
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import check_writable, relative_path, report_json, write_text_atomic
@@ -48,6 +48,7 @@ def run(args) -> int:
     graph, _header = read_graph(args.graph, "compiled")
     del _header
     target = load_target(args.target)  # a bad target name fails before the progress bar starts
+    quiet_onnxruntime()
     bar = tqdm(desc="verify", unit="run", leave=False)
 
     def progress(msg):
