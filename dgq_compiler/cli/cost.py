@@ -61,7 +61,7 @@ def run(args) -> int:
     for flag, value, high in (("--batch", args.batch, MAX_BATCH), ("--groups", args.groups, 1 << 16),
                               ("--steps", args.steps, MAX_STEPS), ("--resolution", args.resolution, MAX_LATENT * 8)):
         if value is not None and not 1 <= value <= high:
-            raise DgqError(f"{flag} must be an integer in 1..{high}, got {value}")
+            raise DgqError(f"{flag} must be a positive integer, at most {high}, got {value}")
     if args.groups is not None and args.bits is None:
         raise DgqError("--groups needs --bits (the standard table uses G = 8 and 16)")
     bits = parse_bits(args.bits) if args.bits is not None else None  # bad widths fail before any work

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 GRAPH_NAME = "unet.onnx"
+QUANTIZER_OPS = ("QuantizeLinear", "DequantizeLinear", "QuantizeLog", "DequantizeLog")
 
 
 def add_graph_and_target(p) -> None:
@@ -38,10 +39,12 @@ def read_graph(path: str | Path, expect: str):
     except (DecodeError, ParseError, ValueError, RuntimeError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DgqError(f"{what} is not a readable ONNX model (truncated, or another kind of file: {reason})") from None
-    inputs = [vi.name for vi in model.graph.input]
-    if not model.graph.node or "sample" not in inputs:
-        raise DgqError(f"{what} is not a UNet graph (no nodes or no 'sample' input; expected {wanted})")
-    compiled = {p.key: p.value for p in model.metadata_props}.get("dgq.compiled") == "1"
+    if not model.graph.node:
+        raise DgqError(f"{what} has no nodes (expected {wanted})")
+    compiled = {p.key: p.value for p in model.metadata_props}.get("dgq.compiled") == "1" or any(
+        n.op_type in QUANTIZER_OPS for n in model.graph.node)
+    if expect == "export" and "sample" not in [vi.name for vi in model.graph.input]:
+        raise DgqError(f"{what} is not a UNet graph (no 'sample' input; expected {wanted})")
     if expect == "compiled" and not compiled:
         raise DgqError(f"{what} has no quantizers: nothing to check (it is not a compiled graph; run `dgq compile` "
                        "on it first)")
