@@ -49,8 +49,8 @@ class RunOptions:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
-        if self.guidance <= 1.0:
-            raise DgqError(f"--guidance must be > 1 (classifier-free guidance), got {self.guidance}")
+        if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
+            raise DgqError(f"--guidance must be a finite number > 1 (classifier-free guidance), got {self.guidance}")
 
 
 @dataclass

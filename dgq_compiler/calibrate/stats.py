@@ -62,6 +62,7 @@ class CalibrationStats:
         path = manifest_file(path_json, "statistics")
         arrays_path = path.with_suffix(".safetensors")
         check_pair_writable(path, overwrite)
+        self.validate(f"statistics for {str(path)!r}")  # never write what `load` would refuse (e.g. guidance inf)
         with atomic_path(arrays_path) as tmp:
             save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(self.arrays.items())}, str(tmp))
             digest = sha256_file(tmp)
