@@ -261,8 +261,8 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
     initializer_bytes = sum(t.ByteSize() for t in model.graph.initializer)
     external = static or initializer_bytes > INLINE_LIMIT
     report = CompileReport(graph=str(graph_path), output=str(out_path), steps=len(recipe.timesteps),
-                           timesteps=list(recipe.timesteps), latent_size=int(recipe.resolution[0]), tensors=summary_rows(ctx.records),
-                           fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=tolerance)
+                           timesteps=list(recipe.timesteps), latent_size=int(recipe.resolution[0]),
+                           tensors=summary_rows(ctx.records), fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=tolerance)
     with atomic_path(out_path, directory=True) as tmp:
         start = time.perf_counter()
         compiled = tmp / GRAPH_NAME

@@ -10,7 +10,10 @@ from pathlib import Path
 
 from dgq_compiler.errors import DgqError
 from models import files
-from models.files import remove_stale_temporaries, sha256_file, sigterm_as_interrupt  # noqa: F401 (re-exported)
+from models.files import remove_stale_temporaries, sha256_file, sigterm_as_interrupt
+
+__all__ = ["atomic_path", "check_pair_writable", "check_writable", "manifest_file", "relative_path",
+           "remove_stale_temporaries", "report_json", "sha256_file", "sigterm_as_interrupt", "write_text_atomic"]
 
 
 @contextlib.contextmanager

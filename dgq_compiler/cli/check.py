@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from dgq_compiler.cli import argtypes
-
 from dgq_compiler.cli.graph_args import add_graph_and_target
 
 
@@ -32,8 +31,7 @@ def run(args) -> int:
     from dgq_compiler.verify import latent_size_of
     from simulator.check import check_graph, load_for_analysis
 
-    graph, _header = read_graph(args.graph, "compiled")
-    del _header
+    graph = read_graph(args.graph, "compiled")[0]
     model = load_for_analysis(graph)
     try:
         latent = latent_size_of(model, graph, args.latent_size)

@@ -47,8 +47,7 @@ def run(args) -> int:
     from dgq_compiler.recipe import Recipe
 
     check_writable(args.output, args.overwrite, kind="folder")
-    graph, _header = read_graph(args.graph, "export")  # a truncated or wrong file fails here, not in the passes
-    del _header
+    graph = read_graph(args.graph, "export")[0]  # a truncated or wrong file fails here, not in the passes
     recipe = Recipe.load(args.recipe)
     reference = None
     if args.reference:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from dgq_compiler.cli import argtypes
-
 from dgq_compiler.cli.graph_args import add_graph_and_target
 
 
@@ -31,10 +30,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     import json
     from pathlib import Path
+
+    from tqdm import tqdm
 
     from dgq_compiler.cli.graph_args import ort_errors, quiet_onnxruntime, read_graph
     from dgq_compiler.cli.table import format_table
@@ -45,8 +44,7 @@ def run(args) -> int:
 
     if args.json:
         check_writable(args.json, overwrite=args.overwrite)
-    graph, _header = read_graph(args.graph, "compiled")
-    del _header
+    graph = read_graph(args.graph, "compiled")[0]
     target = load_target(args.target)  # a bad target name fails before the progress bar starts
     quiet_onnxruntime()
     bar = tqdm(desc="verify", unit="run", leave=False)
