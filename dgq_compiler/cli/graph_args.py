@@ -24,12 +24,14 @@ def read_graph(path: str | Path, expect: str):
 
     from dgq_compiler.errors import DgqError
 
+    from dgq_compiler.import_graph import find_unet_graph
+
     path = Path(path)
-    if path.is_dir():
-        path = path / GRAPH_NAME
+    if path.is_dir():  # an export folder, or another exporter's (optimum's unet/model.onnx)
+        path = find_unet_graph(path) if expect == "export" else path / GRAPH_NAME
     what = f"graph {str(path)!r}"
-    wanted = "the folder `dgq export` wrote or its unet.onnx" if expect == "export" else \
-        "the folder `dgq compile` wrote or a compiled .onnx file"
+    wanted = "an fp32 UNet graph (the folder `dgq export` wrote, an optimum folder or an .onnx file)" \
+        if expect == "export" else "the folder `dgq compile` wrote or a compiled .onnx file"
     if not path.is_file():
         raise DgqError(f"{what} not found (expected {wanted})")
     if path.stat().st_size == 0:
