@@ -24,14 +24,18 @@ def read_graph(path: str | Path, expect: str):
 
     from dgq_compiler.errors import DgqError
 
-    from dgq_compiler.import_graph import find_unet_graph
+    from dgq_compiler.import_graph import NAMES
 
     path = Path(path)
-    if path.is_dir():  # an export folder, or another exporter's (optimum's unet/model.onnx)
-        path = find_unet_graph(path) if expect == "export" else path / GRAPH_NAME
-    what = f"graph {str(path)!r}"
-    wanted = "an fp32 UNet graph (the folder `dgq export` wrote, an optimum folder or an .onnx file)" \
+    wanted = "an fp32 UNet graph: the folder `dgq export` wrote, an optimum folder or an .onnx file" \
         if expect == "export" else "the folder `dgq compile` wrote or a compiled .onnx file"
+    if path.is_dir():  # an export folder, or another exporter's (optimum's unet/model.onnx)
+        names = NAMES if expect == "export" else (GRAPH_NAME,)
+        found = next((path / n for n in names if (path / n).is_file()), None)
+        if found is None:
+            raise DgqError(f"graph not found in {str(path)!r}: looked for {', '.join(names)}; expected {wanted}")
+        path = found
+    what = f"graph {str(path)!r}"
     if not path.is_file():
         raise DgqError(f"{what} not found (expected {wanted})")
     if path.stat().st_size == 0:
