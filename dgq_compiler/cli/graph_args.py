@@ -33,7 +33,7 @@ def read_graph(path: str | Path, expect: str):
         names = NAMES if expect == "export" else (GRAPH_NAME,)
         found = next((path / n for n in names if (path / n).is_file()), None)
         if found is None:
-            raise DgqError(f"graph not found in {str(path)!r}: looked for {', '.join(names)}; expected {wanted}")
+            raise DgqError(f"no UNet graph in {str(path)!r}: looked for {', '.join(names)}; expected {wanted}")
         path = found
     what = f"graph {str(path)!r}"
     if not path.is_file():
