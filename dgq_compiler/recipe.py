@@ -120,7 +120,7 @@ class Recipe:
     fp_modules: tuple[str, ...] = FP_MODULES
 
     def __post_init__(self):
-        if not _integers(self.timesteps) or not self.timesteps or min(self.timesteps) < 0:
+        if not _integers(self.timesteps) or len(self.timesteps) == 0 or min(self.timesteps) < 0:
             raise DgqError(f"recipe: timesteps must be a non-empty list of non-negative integers, got "
                            f"{_shown(self.timesteps)}")
         if not _integers(self.resolution) or len(self.resolution) != 2 or min(self.resolution) < 1:
@@ -299,7 +299,7 @@ class Recipe:
 
 def _integers(values) -> bool:
     """A list/tuple of integers (strings such as "961,921" are not a schedule)."""
-    return isinstance(values, (list, tuple)) and all(
+    return isinstance(values, (list, tuple, range, np.ndarray)) and all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
 
 
