@@ -1,6 +1,9 @@
 """Two identical runs of export, calibrate, quantize, compile (and verify --json) on the tiny model give
 byte-identical artefacts; the JSON reports may differ only in their one top-level `timings` section, and the
-paths they record are relative (the two runs live in different folders)."""
+paths they record are relative (the two runs live in different folders).
+
+The first run's export is the session's `export_unet` of the tiny model; the second runs `dgq export tiny`:
+same function, same arguments, so this also holds the CLI to the API's bytes."""
 from __future__ import annotations
 
 import json
