@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dgq_compiler import runtime
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import atomic_path, check_writable, relative_path, report_json
 from dgq_compiler.verify.fakequant import DEFAULT_TOLERANCE, MAX_LSB, point_errors, reference_errors
 
 GRAPH_NAME = runtime.GRAPH_NAME
@@ -30,6 +30,7 @@ class CompileReport:
     output: str
     steps: int
     timesteps: list
+    latent_size: int              # the recipe's calibrated latent height/width (verify, check, cost default to it)
     tensors: list                 # rows: role, quantizer, bits, axis, count
     fp32_bytes: int               # the source graph (+ its weights file)
     compiled_bytes: int           # unet.onnx (+ unet.onnx.data)
@@ -165,7 +166,8 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
     shown = (lambda p: str(p)) if options.paths_relative_to is None else \
         (lambda p: os.path.relpath(p, options.paths_relative_to))
     report = CompileReport(graph=shown(graph_path), output=shown(out_path), steps=len(recipe.timesteps),
-                           timesteps=list(recipe.timesteps), tensors=summary_rows(ctx.records),
+                           timesteps=list(recipe.timesteps), latent_size=int(recipe.resolution[0]),
+                           tensors=summary_rows(ctx.records),
                            fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=options.tolerance,
                            target=options.target, gave_up=[list(asdict(g).values()) for g in gave_up])
     with atomic_path(out_path, directory=True) as tmp:
@@ -202,7 +204,10 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
                 report.static_graphs = _write_static_variants(compiled, recipe, ctx, metadata)
         report.compiled_bytes = _folder_bytes(compiled)
         report.seconds = dict(timer.seconds)
-        (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        on_disk = asdict(report)
+        if options.paths_relative_to is None:  # paths as seen from compile.json: identical runs, identical files
+            on_disk.update(graph=relative_path(graph_path, out_path), output=".")
+        (tmp / REPORT_NAME).write_text(report_json(on_disk), encoding="utf-8")
     return report
 
 

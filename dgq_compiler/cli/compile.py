@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--reference", default=None,
                    help="local diffusers pipeline/UNet folder the export came from: also report the end-to-end "
                         "output error vs the torch fake-quant UNet at every calibrated step")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=argtypes.tolerance, default=None,
                    help="fake-quant point check: largest allowed fraction of quantized elements that differ from "
                         "torch fake-quant on the same input (each by at most 1 LSB) (default 1e-4)")
     p.add_argument("--check-points", choices=("auto", "yes", "no"), default="auto",
@@ -41,18 +43,31 @@ def _size(n: int) -> str:
 
 
 def run(args) -> int:
+    from dgq_compiler.cli.graph_args import ort_errors, quiet_onnxruntime, read_graph
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.compile import DEFAULT_TOLERANCE, compile_graph
+    from dgq_compiler.errors import DgqError
+    from dgq_compiler.io import check_writable
+    from dgq_compiler.recipe import Recipe
 
+    check_writable(args.output, args.overwrite, kind="folder")
+    graph = read_graph(args.graph, "export")[0]  # a truncated or wrong file fails here, not in the passes
+    recipe = Recipe.load(args.recipe)
     reference = None
     if args.reference:
         from models.loader import load_unet
         reference = load_unet(args.reference)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    report = compile_graph(args.graph, args.recipe, args.output, static=args.static, overwrite=args.overwrite,
-                           reference_unet=reference, tolerance=tolerance, validate=not args.no_validate,
-                           check_points={"auto": None, "yes": True, "no": False}[args.check_points],
-                           target=args.target)
+    quiet_onnxruntime()
+    try:
+        report = compile_graph(graph, recipe, args.output, static=args.static, overwrite=args.overwrite,
+                               reference_unet=reference, tolerance=tolerance, validate=not args.no_validate,
+                               check_points={"auto": None, "yes": True, "no": False}[args.check_points],
+                               target=args.target)
+    except ort_errors() as exc:  # a recipe that passed its checks but makes a graph onnxruntime refuses
+        reason = str(exc).strip().splitlines()[0][:300]
+        raise DgqError(f"the compiled graph does not run in onnxruntime (recipe {args.recipe!r} does not fit "
+                       f"graph {str(graph)!r}?): {reason}") from None
     print(format_table(["role", "quantizer", "bits", "axis", "tensors"], report.tensors, title="quantized tensors"))
     if report.target:
         print()
