@@ -1,0 +1,246 @@
+"""Building blocks of the integer lowering (`dgq compile --target onnxruntime-cpu`): standard ONNX ops only.
+
+Integer arithmetic, exactly as the simulator's contract (DESIGN.md section 6) defines it:
+- activation codes a = QuantizeLinear(x, s, z) on the recipe's grid (uint8 storage, Clip for b < 8 bits);
+- weight integers w - zw from the compiled graph's int8/int4 weight initializers (int4 widened to int8);
+- MatMulInteger(u8 codes, s8 weights, a_zero_point, w_zero_point) -> int32 accumulators (the fast u8 x s8
+  kernel; ConvInteger is avoided: with s8 weights it is 3x slower than fp32 Conv here, and it refuses
+  per-channel weight zero points), convolutions as im2col on the uint8 codes (NHWC: Pad with the zero point,
+  one Slice per kernel tap, Concat) + MatMulInteger;
+- epilogue in float32: Cast(acc) * (s_a * s_w) (+ bias); written as Cast -> Mul(acc, Mul(s_a, s_w)) so a
+  default onnxruntime session fuses it into one integer GEMM with a float output stage (MatMulIntegerToFloat).
+
+Every lowered op's accumulators are MatMulInteger outputs named `dgq/<module>/lower/acc<g>` with node
+metadata (LOWERED_* keys) naming the float input, the grouping and the kernel, so `dgq verify` can expose them
+as graph outputs and compare them with the simulator's integer kernels, bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from passes.base import add_node, constant
+from passes.errors import PassError
+
+LOWERED = "dgq.lowered"              # model metadata: the target the graph was lowered for
+LOWERED_MODULE = "dgq.module"
+LOWERED_INPUT = "dgq.lowered_input"  # the float tensor the op quantizes
+LOWERED_KERNEL = "dgq.kernel"
+LOWERED_GROUP = "dgq.group"          # the recipe group this accumulator belongs to (-1: all)
+LOWERED_LAYOUT = "dgq.acc_layout"    # nlc (rows x out channels) | nhwc (conv output, channels last)
+LOWERING_REPORT = "lowering.json"
+
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def _i64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+# ---------------------------------------------------------------- weights
+
+def _int4_values(proto: onnx.TensorProto) -> np.ndarray:
+    raw = np.frombuffer(proto.raw_data, dtype=np.uint8)
+    nibbles = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(-1)[: int(np.prod(proto.dims))]
+    signed = nibbles.astype(np.int8)
+    signed[signed > 7] -= 16
+    return signed.reshape(tuple(proto.dims))
+
+
+def integer_values(tensor: gs.Constant) -> np.ndarray:
+    """An int8 or packed INT4 initializer as an int8 array (int4 widened: codes keep their values)."""
+    values = tensor._values
+    if isinstance(values, LazyValues) and values.tensor.data_type == onnx.TensorProto.INT4:
+        return _int4_values(values.tensor)
+    array = values.load() if isinstance(values, LazyValues) else np.asarray(values)
+    if array.dtype != np.int8:
+        if array.dtype.kind not in "iu" or array.min() < -128 or array.max() > 127:
+            raise PassError(f"weight {tensor.name!r}: expected int8/int4 codes, got {array.dtype}")
+        array = array.astype(np.int8)
+    return array
+
+
+@dataclass
+class QuantWeight:
+    codes: np.ndarray        # int8, the op's weight layout
+    scale: np.ndarray        # float32 [C_out]
+    zero_point: np.ndarray   # int8 [C_out]
+    axis: int                # output-channel axis
+
+
+def weight_of(node: gs.Node) -> QuantWeight:
+    """The integer weight behind the op's DequantizeLinear(int codes, scale, zero point)."""
+    w = node.inputs[1]
+    producer = w.inputs[0] if w.inputs else None
+    if producer is None or producer.op != "DequantizeLinear" or not all(
+            isinstance(t, gs.Constant) for t in producer.inputs):
+        raise PassError(f"{node.op} node {node.name!r}: weight {w.name!r} is not a DequantizeLinear of constant "
+                        "integer codes (run quantize_weights first)")
+    codes, scale, zero = producer.inputs[:3]
+    axis = int(producer.attrs.get("axis", 1))
+    return QuantWeight(integer_values(codes), np.asarray(scale.values, np.float32).reshape(-1),
+                       integer_values(zero).reshape(-1), axis)
+
+
+def float_source(tensor: gs.Tensor, prefix: str) -> gs.Tensor:
+    """Walk back through the nodes a pass inserted under `prefix` (the QDQ of this input) to the float tensor."""
+    for _ in range(16):
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is None or not producer.name.startswith(prefix):
+            return tensor
+        tensor = producer.inputs[0]
+    raise PassError(f"cannot find the float input behind {tensor.name!r} ({prefix}...)")
+
+
+# ---------------------------------------------------------------- per-step parameters
+
+def step_row(graph: gs.Graph, table: np.ndarray, step: gs.Tensor, name: str, shape, dtype) -> gs.Tensor:
+    """Row `step` of a [T, X] table, reshaped to `shape`. Gathered even when all rows are equal: onnxruntime
+    fuses Cast -> Mul(acc, Mul(s_a, s_w)) into its integer GEMM only while the scale is computed."""
+    table = np.asarray(table, dtype=dtype)
+    if table.shape[0] == 1:  # one row for all steps (a shared group map)
+        return constant(f"{name}_const", table[0].reshape(shape))
+    row = add_node(graph, "Gather", f"{name}/Gather", [constant(f"{name}_table", table), step], dtype=dtype,
+                   attrs={"axis": 0})
+    return add_node(graph, "Reshape", f"{name}/Reshape", [row, constant(f"{name}/shape", _i64(shape))], dtype=dtype)
+
+
+def quantize_codes(graph: gs.Graph, x: gs.Tensor, scale: gs.Tensor, zero: gs.Tensor, bits: int, axis: int | None,
+                   prefix: str) -> gs.Tensor:
+    """uint8 codes on the b-bit grid: QuantizeLinear (per tensor or per axis) + Clip when b < 8."""
+    attrs = {} if axis is None else {"axis": axis}
+    codes = add_node(graph, "QuantizeLinear", f"{prefix}/QuantizeLinear", [x, scale, zero], dtype=np.uint8,
+                     attrs=attrs)
+    if bits < 8:
+        codes = add_node(graph, "Clip", f"{prefix}/Clip",
+                         [codes, constant(f"{prefix}/clip_min", np.array(0, np.uint8)),
+                          constant(f"{prefix}/clip_max", np.array(2 ** bits - 1, np.uint8))], dtype=np.uint8)
+    return codes
+
+
+def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str) -> tuple[gs.Tensor, gs.Tensor]:
+    """Per-index (channel or pixel) scale [N] and zero point [N] of the step: table row -> group map gather."""
+    scale = step_row(graph, tq.scale, step, f"{prefix}/scale", [-1], np.float32)
+    zero = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [-1], np.uint8)
+    index = step_row(graph, tq.group_map.astype(np.int64), step, f"{prefix}/group_map", [-1], np.int64)
+    return (add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale, index], attrs={"axis": 0}),
+            add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero, index], dtype=np.uint8,
+                     attrs={"axis": 0}))
+
+
+def group_layout(tq) -> tuple[np.ndarray, np.ndarray]:
+    """Channel groups made contiguous: per map row, the permutation sorting indices by group (stable) and the
+    group sizes -> (perm [T', N] int64, sizes [T', G] int64)."""
+    g = tq.scale.shape[1]
+    perms = np.stack([np.argsort(row, kind="stable") for row in tq.group_map]).astype(np.int64)
+    sizes = np.stack([np.bincount(row, minlength=g) for row in tq.group_map]).astype(np.int64)
+    return perms, sizes
+
+
+def group_scalars(graph: gs.Graph, table: np.ndarray, step: gs.Tensor, name: str, dtype) -> list:
+    """The step's row of a [T, G] table as G one-element tensors (one Gather, one Split)."""
+    row = step_row(graph, table, step, name, [-1], dtype)
+    count = np.asarray(table).shape[1]
+    if count == 1:
+        return [row]
+    parts = [gs.Variable(f"{name}{g}", dtype=dtype) for g in range(count)]
+    graph.nodes.append(gs.Node("Split", f"{name}/Split", attrs={"axis": 0, "num_outputs": count}, inputs=[row],
+                               outputs=parts))
+    return parts
+
+
+# ---------------------------------------------------------------- integer product and epilogue
+
+def integer_product(graph: gs.Graph, codes: gs.Tensor, weight: gs.Tensor, a_zero: gs.Tensor, w_zero: gs.Tensor,
+                    name: str, meta: dict, metadata: dict) -> gs.Tensor:
+    """MatMulInteger(u8 codes, s8 weights) -> int32 accumulators, its node annotated for verification."""
+    acc = add_node(graph, "MatMulInteger", name, [codes, weight, a_zero, w_zero], f"{name}_output_0", dtype=np.int32)
+    metadata[name] = dict(meta)
+    return acc
+
+
+def rescale(graph: gs.Graph, acc: gs.Tensor, a_scale: gs.Tensor, w_scale: gs.Tensor, name: str) -> gs.Tensor:
+    """float32(acc) * (s_a * s_w): the pattern onnxruntime fuses into MatMulIntegerToFloat."""
+    scale = add_node(graph, "Mul", f"{name}/scale", [a_scale, w_scale])
+    as_float = add_node(graph, "Cast", f"{name}/Cast", [acc], attrs={"to": onnx.TensorProto.FLOAT})
+    return add_node(graph, "Mul", f"{name}/Mul", [as_float, scale])
+
+
+def add_all(graph: gs.Graph, parts: list, name: str) -> gs.Tensor:
+    total = parts[0]
+    for i, part in enumerate(parts[1:], 1):
+        total = add_node(graph, "Add", f"{name}/Add{i}", [total, part])
+    return total
+
+
+def zero_point_rows(w_int: np.ndarray, w_zero: np.ndarray) -> np.ndarray:
+    """Weight rows that make per-row activation zero points exact inside one MatMulInteger.
+
+    With codes a (zero point 0 in the op) and per-row zero points z_m, acc = sum_k (a_mk - z_m)(w_kn - zw_n)
+    = sum_k a_mk (w_kn - zw_n) - z_m * cs_n, cs_n = sum_k (w_kn - zw_n). Appending r columns holding z_m to A
+    and r int8 rows d to W with sum_i (d_in - zw_n) = -cs_n adds exactly -z_m * cs_n: r = ceil(max|target|/127).
+    w_int [K, N] int, w_zero [N] -> d [r, N] int8."""
+    zw = w_zero.astype(np.int64)
+    cs = w_int.astype(np.int64).sum(axis=0) - w_int.shape[0] * zw
+    margin = 127 - int(np.max(np.abs(zw)))       # |sum_i d_in| <= r * (margin + |zw_n|) = 127 r
+    if margin < 1:
+        raise PassError("weight zero points of magnitude 127 leave no room for zero-point correction rows")
+    r = max(1, int(np.ceil(np.max(np.abs(cs)) / margin)))
+    target = -cs + r * zw                        # sum_i d_in
+    base, rem = np.divmod(target, r)
+    d = base[None, :] + (np.arange(r)[:, None] < rem[None, :])
+    if d.min() < -128 or d.max() > 127:
+        raise PassError("internal: zero-point correction rows do not fit int8")
+    return d.astype(np.int8)
+
+
+def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor, kernel, strides, pads, dilations,
+                prefix: str) -> gs.Tensor:
+    """uint8 NHWC codes [B, H, W, C] -> patches [B, Ho, Wo, kh*kw*C] (tap-major, channels inner); padding with
+    the zero-point code, so padded taps add (z - z) * w = 0 like the convolution's zero padding."""
+    kh, kw = kernel
+    top, left, bottom, right = pads
+    if any(pads):
+        codes = add_node(graph, "Pad", f"{prefix}/Pad",
+                         [codes, constant(f"{prefix}/pads", _i64([0, top, left, 0, 0, bottom, right, 0])), pad_value],
+                         dtype=np.uint8)
+    if (kh, kw) == (1, 1) and tuple(strides) == (1, 1):
+        return codes
+    # tap (i, j) reads rows i*d, i*d + s, ... up to P - d*(k-1-i) (exclusive), i.e. Ho rows: constant Slice inputs
+    axes, steps = constant(f"{prefix}/axes", _i64([1, 2])), constant(f"{prefix}/steps", _i64(list(strides)))
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            start = _i64([i * dilations[0], j * dilations[1]])
+            back = [dilations[0] * (kh - 1 - i), dilations[1] * (kw - 1 - j)]
+            end = _i64([-b if b else INT64_MAX for b in back])
+            taps.append(add_node(graph, "Slice", f"{prefix}/tap{i}{j}",
+                                 [codes, constant(f"{prefix}/start{i}{j}", start), constant(f"{prefix}/end{i}{j}", end),
+                                  axes, steps], dtype=np.uint8))
+    return taps[0] if len(taps) == 1 else add_node(graph, "Concat", f"{prefix}/Concat", taps, dtype=np.uint8,
+                                                   attrs={"axis": 3})
+
+
+def with_zero_point_columns(graph: gs.Graph, codes: gs.Tensor, zero_rows: gs.Tensor, r: int, prefix: str) -> gs.Tensor:
+    """[B, M, K] uint8 codes -> [B, M, K + r]: r columns holding each row's zero point (see zero_point_rows)."""
+    prefix = f"{prefix}/zero_point_columns"
+    shape = add_node(graph, "Shape", f"{prefix}/Shape", [codes], dtype=np.int64)
+    rows = add_node(graph, "Slice", f"{prefix}/rows", [shape, constant(f"{prefix}/r_s", _i64([0])),
+                                                       constant(f"{prefix}/r_e", _i64([2]))], dtype=np.int64)
+    zshape = add_node(graph, "Concat", f"{prefix}/zshape", [rows, constant(f"{prefix}/r", _i64([r]))],
+                      dtype=np.int64, attrs={"axis": 0})
+    zcol = add_node(graph, "Reshape", f"{prefix}/zcol", [zero_rows, constant(f"{prefix}/zcol_shape", _i64([1, -1, 1]))],
+                    dtype=np.uint8)
+    zcols = add_node(graph, "Expand", f"{prefix}/zcols", [zcol, zshape], dtype=np.uint8)
+    return add_node(graph, "Concat", f"{prefix}/with_zero_points", [codes, zcols], dtype=np.uint8, attrs={"axis": -1})
+
+
+def split_groups(graph: gs.Graph, tensor: gs.Tensor, sizes: gs.Tensor, axis: int, count: int, name: str, dtype):
+    parts = [gs.Variable(f"{name}{g}", dtype=dtype) for g in range(count)]
+    graph.nodes.append(gs.Node("Split", f"{name}/Split", attrs={"axis": axis}, inputs=[tensor, sizes], outputs=parts))
+    return parts
