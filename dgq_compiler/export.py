@@ -188,7 +188,7 @@ def export_unet(unet, out_dir: str | Path, *, model_name: str = "unet", batch: i
 
     if not isinstance(unet, UNet2DConditionModel):
         raise DgqError(f"model is a {type(unet).__name__}, expected a diffusers UNet2DConditionModel")
-    out_dir = check_writable(out_dir, overwrite=overwrite)
+    out_dir = check_writable(out_dir, overwrite=overwrite, kind="folder")
     latent_size = latent_size or int(unet.config.sample_size)
     unet = unet.float().eval()
     unet.set_attn_processor(AttnProcessor())

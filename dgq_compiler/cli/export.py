@@ -36,7 +36,7 @@ def run(args) -> int:
         raise DgqError(f"--batch must be at least 1, got {args.batch}")
     if args.latent_size is not None and (args.latent_size < 8 or args.latent_size % 8):
         raise DgqError(f"--latent-size must be a positive multiple of 8, got {args.latent_size}")
-    check_writable(args.output, overwrite=args.overwrite)  # before minutes of loading and tracing
+    check_writable(args.output, overwrite=args.overwrite, kind="folder")  # before minutes of loading and tracing
     unet = get_unet(args.model, seed=args.seed)
     report = export_unet(unet, args.output, model_name=args.model, batch=args.batch,
                          latent_size=args.latent_size, seed=args.seed, tolerance=args.tolerance,
