@@ -18,6 +18,7 @@ GRAPH_NAME = "unet.onnx"
 WEIGHTS_NAME = "unet.onnx.data"
 MODULE_MAP_NAME = "module_map.json"
 REPORT_NAME = "compile.json"
+LOWERING_TARGETS = ("onnxruntime-cpu",)  # targets compiled by lowering to integer ops (passes/lower_pipeline.py)
 INLINE_LIMIT = 1_800_000_000  # bytes of initializers above which the graph gets an external weights file
 # The fake-quant check, per calibrated step, at every quantization point: the graph's dequantized tensor vs the
 # torch fake-quant functions on the same input with the recipe's parameters. Both are float32; they may differ
@@ -42,6 +43,8 @@ class CompileReport:
     reference_error: dict = field(default_factory=dict)   # timestep -> end-to-end output error vs the torch UNet
     fp_difference: float | None = None                     # compiled vs fp32 graph (quantization noise)
     seconds: dict = field(default_factory=dict)
+    target: str | None = None                              # the lowering target, if any
+    kernels: list = field(default_factory=list)            # lowering: rows kernel, ops, accumulators
 
     @property
     def worst_error(self) -> float:
@@ -77,6 +80,17 @@ def _folder_bytes(graph: Path) -> int:
 def summary_rows(records) -> list:
     counts = Counter((r.role, r.quantizer, r.bits, r.axis + (" (bos split)" if r.bos_split else "")) for r in records)
     return [[role, quantizer, bits, axis, n] for (role, quantizer, bits, axis), n in sorted(counts.items())]
+
+
+def kernel_rows(lowering_json: str | None) -> list:
+    """The lowering report (one row per lowered op) counted by kernel: [kernel, ops, accumulators]."""
+    if not lowering_json:
+        return []
+    counts: dict = {}
+    for row in json.loads(lowering_json):
+        ops, accs = counts.get(row["kernel"], (0, 0))
+        counts[row["kernel"]] = (ops + 1, accs + row["accumulators"])
+    return [[kernel, ops, accs] for kernel, (ops, accs) in sorted(counts.items())]
 
 
 def graph_signature(model) -> list:
@@ -218,13 +232,16 @@ def point_errors(compiled: Path, recipe, batch: int = 2, seed: int = 0) -> dict:
 
 def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, static: bool = False, *,
                   overwrite: bool = False, reference_unet=None, tolerance: float = DEFAULT_TOLERANCE,
-                  validate: bool = True, check_points: bool | None = None, progress=print) -> CompileReport:
+                  validate: bool = True, check_points: bool | None = None, target: str | None = None,
+                  progress=print) -> CompileReport:
     """fp32 export folder (or its unet.onnx) + recipe (path or Recipe) -> compiled folder `out_path`.
 
     Checks: onnx.checker full check, one onnxruntime run with the FP graph's input/output signature; the fake-quant
     point check at every calibrated step (default: graphs under 300 MB; `check_points` forces it on or off),
     failing when more than `tolerance` of the quantized elements differ or any by more than 1 LSB; and with
     `reference_unet` (the torch UNet the export came from) the end-to-end output error vs torch fake-quant.
+    `target` "onnxruntime-cpu": lower every quantized Conv/Linear to integer ops (passes/lower_*.py; the point
+    check is replaced by `dgq verify --target onnxruntime-cpu`, which compares the int32 accumulators).
     """
     import numpy as np
     import onnx
@@ -250,8 +267,15 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
              f"{len(recipe.timesteps)} steps) ...")
     graph = load_graph(graph_path)
     ctx = PassContext(recipe, load_module_map(graph_path.parent / MODULE_MAP_NAME))
-    graph = run_passes(compile_passes(), graph, ctx)
-    metadata = {"dgq.compiled": "1", "dgq.recipe_config": json.dumps(recipe.config.to_dict(), sort_keys=True),
+    if target not in (None, *LOWERING_TARGETS):
+        raise DgqError(f"compile target {target!r} is not supported (expected one of {', '.join(LOWERING_TARGETS)})")
+    if target and static:
+        raise DgqError(f"--static and --target {target} cannot be combined (static variants are QDQ graphs)")
+    if target:
+        from passes.lower_pipeline import lowering_passes
+        check_points = False
+    graph = run_passes(lowering_passes() if target else compile_passes(), graph, ctx)
+    metadata = {"dgq.compiled": "1", **({"dgq.lowered": target} if target else {}), "dgq.recipe_config": json.dumps(recipe.config.to_dict(), sort_keys=True),
                 "dgq.timesteps": json.dumps(list(recipe.timesteps)), "dgq.model": recipe.model_name}
     model = export_model(graph, ctx, metadata)
     seconds["passes"] = time.perf_counter() - start
@@ -261,7 +285,8 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
     external = static or initializer_bytes > INLINE_LIMIT
     report = CompileReport(graph=str(graph_path), output=str(out_path), steps=len(recipe.timesteps),
                            timesteps=list(recipe.timesteps), tensors=summary_rows(ctx.records),
-                           fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=tolerance)
+                           fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=tolerance, target=target,
+                           kernels=kernel_rows(ctx.artifacts.get("lowering.json")))
     with atomic_path(out_path, directory=True) as tmp:
         start = time.perf_counter()
         compiled = tmp / GRAPH_NAME

@@ -111,7 +111,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         rows = add_node(graph, "Transpose", f"{prefix}/rows", [codes_flat], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
         w = w4.reshape(c, co)
         d = zero_point_rows(w, wt.zero_point)
-        kernel_name = f"{name}, per-row scales (+{d.shape[0]} zero-point rows on K={c})"
+        kernel_name = f"{name}, per-row scales"
         wide = with_zero_point_columns(graph, rows, z, d.shape[0], prefix)
         acc = integer_product(graph, wide, constant(f"{prefix}/w", np.concatenate([w, d])),
                               constant(f"{prefix}/a_zero", np.array(0, np.uint8)), w_zero, f"{prefix}/acc0",

@@ -81,7 +81,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         d = zero_point_rows(w, zw)
         r = d.shape[0]
         wide = with_zero_point_columns(graph, codes, z, r, prefix)
-        kernel = f"MatMulInteger u8xs8, per-row scales (+{r} zero-point rows on K={w.shape[0]})"
+        kernel = "MatMulInteger u8xs8, per-row scales"
         acc = integer_product(graph, wide, constant(f"{prefix}/w", np.concatenate([w, d])),
                               constant(f"{prefix}/a_zero", np.array(0, np.uint8)), w_zero, f"{prefix}/acc0",
                               product_meta(module, x, kernel, -1, layout), metadata)

@@ -27,6 +27,11 @@ def register(sub) -> None:
                         "torch fake-quant on the same input (each by at most 1 LSB) (default 1e-4)")
     p.add_argument("--check-points", choices=("auto", "yes", "no"), default="auto",
                    help="run the fake-quant point check at every calibrated step (auto: graphs under 300 MB)")
+    p.add_argument("--target", default=None, choices=("onnxruntime-cpu",),
+                   help="lower for a runtime: onnxruntime-cpu = every quantized Conv/Linear as integer ops a default "
+                        "onnxruntime session runs on its integer kernels (u8 codes x s8 weights, int32 accumulators, "
+                        "float epilogue), exact against the simulator (check with dgq verify --target onnxruntime-cpu); "
+                        "writes lowering.json (the kernel of every lowered op)")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
@@ -47,8 +52,13 @@ def run(args) -> int:
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     report = compile_graph(args.graph, args.recipe, args.output, static=args.static, overwrite=args.overwrite,
                            reference_unet=reference, tolerance=tolerance, validate=not args.no_validate,
-                           check_points={"auto": None, "yes": True, "no": False}[args.check_points])
+                           check_points={"auto": None, "yes": True, "no": False}[args.check_points],
+                           target=args.target)
     print(format_table(["role", "quantizer", "bits", "axis", "tensors"], report.tensors, title="quantized tensors"))
+    if report.kernels:
+        print()
+        print(format_table(["kernel", "ops", "accumulators"], report.kernels,
+                           title=f"lowered for {report.target} (per op: lowering.json)"))
     ratio = report.compiled_bytes / report.fp32_bytes if report.fp32_bytes else 0.0
     if report.point_check:
         rate, lsb = report.worst_mismatch
@@ -56,6 +66,8 @@ def run(args) -> int:
                  f"{report.tolerance:g}), max {lsb:g} LSB (max 1)")
     else:
         check = f"skipped (tolerance {report.tolerance:g}; --check-points yes to run it)"
+        if report.target:
+            check = f"replaced by the accumulator check: dgq verify {args.output} --target {report.target}"
     rows = [["graph", f"{args.output}/unet.onnx"],
             ["steps", f"{report.steps} ({', '.join(str(t) for t in report.timesteps[:6])}"
                       f"{', ...' if report.steps > 6 else ''})"],
