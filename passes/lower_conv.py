@@ -82,7 +82,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     s, z = per_index_params(tq, step, graph, prefix)
     if tq.axis == "channel":
         g_count = tq.scale.shape[1]
-        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, 1, prefix))
+        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, -3, prefix))
         perms, sizes = group_layout(tq)
         perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
         size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
@@ -106,7 +106,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
     # pixel groups: codes per pixel on [B, C, H*W]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
-    codes_flat = quantize_codes(graph, flat, s, z, tq.bits, 2, prefix)
+    codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix)
     if pointwise:
         rows = add_node(graph, "Transpose", f"{prefix}/rows", [codes_flat], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
         w = w4.reshape(c, co)

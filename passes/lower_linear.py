@@ -77,7 +77,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         if rank != 3:
             raise PassError(f"({module}, input): token groups need a [B, N, C] input, {x.name!r} has rank {rank}")
         s, z = per_index_params(tq, step, graph, prefix)
-        codes = quantize_codes(graph, x, s, z, tq.bits, 1, prefix)
+        codes = quantize_codes(graph, x, s, z, tq.bits, -2, prefix)
         d = zero_point_rows(w, zw)
         r = d.shape[0]
         wide = with_zero_point_columns(graph, codes, z, r, prefix)
