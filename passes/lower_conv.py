@@ -82,14 +82,15 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     s, z = per_index_params(tq, step, graph, prefix)
     if tq.axis == "channel":
         g_count = tq.scale.shape[1]
-        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, -3, prefix))
+        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix)
         perms, sizes = group_layout(tq)
         perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
         size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
-        grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 3})
+        # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
+        grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
         w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w4), perm], dtype=np.int8,
                           attrs={"axis": 1})
-        a_parts = split_groups(graph, grouped, size, 3, g_count, f"{prefix}/a", np.uint8)
+        a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
         w_parts = split_groups(graph, w_perm, size, 1, g_count, f"{prefix}/w", np.int8)
         kernel_name = f"{name}, split-K x{g_count}"
         w_shape = constant(f"{prefix}/w_shape", _i64([-1, co]))

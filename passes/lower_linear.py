@@ -59,10 +59,13 @@ def ones_scale(graph: gs.Graph, steps: int, step: gs.Tensor, name: str) -> gs.Te
 
 
 def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, zw: np.ndarray, tq, step: gs.Tensor,
-                 prefix: str, module: str, metadata: dict, steps: int, layout: str = "nlc") -> tuple[gs.Tensor, str, int]:
+                 prefix: str, module: str, metadata: dict, steps: int, layout: str = "nlc",
+                 rank: int | None = None) -> tuple[gs.Tensor, str, int]:
     """x [..., K] float, w [K, N] int8 codes -> (float y [..., N] without bias, kernel name, accumulators).
     `layout` names the rows of x for verification (nlc: [B, tokens, K]; nhwc: conv pixels)."""
-    rank = len(x.shape) if x.shape is not None else 3
+    rank = len(x.shape) if x.shape is not None else rank
+    if tq.axis == "channel":
+        rank = None  # channel groups work on [M, K] whatever the rank
     w_zero = constant(f"{prefix}/w_zero_point", zw.astype(np.int8))
     w_scale = constant(f"{prefix}/w_scale", sw.astype(np.float32))
     if tq.axis == "tensor":
@@ -74,7 +77,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
                               product_meta(module, x, kernel, -1, layout), metadata)
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), kernel, 1
     if tq.axis == "pixel":
-        if rank != 3:
+        if rank not in (3, None):
             raise PassError(f"({module}, input): token groups need a [B, N, C] input, {x.name!r} has rank {rank}")
         s, z = per_index_params(tq, step, graph, prefix)
         codes = quantize_codes(graph, x, s, z, tq.bits, -2, prefix)
@@ -96,10 +99,16 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     perms, sizes = group_layout(tq)
     perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
     size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
-    grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": -1})
+    # [..., K] -> [K, M] (channels first: the Gather copies whole rows), split, each group back to [M, K_g]
+    flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape",
+                                                                           np.array([-1, w.shape[0]], np.int64))],
+                    dtype=np.uint8)
+    first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, perm], dtype=np.uint8, attrs={"axis": 0})
+    a_parts = [add_node(graph, "Transpose", f"{prefix}/a{g}/channels_last", [t], dtype=np.uint8, attrs={"perm": [1, 0]})
+               for g, t in enumerate(split_groups(graph, grouped, size, 0, g_count, f"{prefix}/a", np.uint8))]
     w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w), perm], dtype=np.int8,
                       attrs={"axis": 0})
-    a_parts = split_groups(graph, grouped, size, -1, g_count, f"{prefix}/a", np.uint8)
     w_parts = split_groups(graph, w_perm, size, 0, g_count, f"{prefix}/w", np.int8)
     kernel = f"MatMulInteger u8xs8, split-K x{g_count}"
     zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
@@ -110,7 +119,14 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         acc = integer_product(graph, a_parts[g], w_parts[g], z_g, w_zero, f"{prefix}/acc{g}",
                               product_meta(module, x, kernel, g, layout), metadata)
         outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
-    return add_all(graph, outs, f"{prefix}/sum"), kernel, g_count
+    total = add_all(graph, outs, f"{prefix}/sum")                                  # [M, N]
+    shape = add_node(graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)
+    lead = add_node(graph, "Slice", f"{prefix}/x_lead", [shape, constant(f"{prefix}/lead_s", np.array([0], np.int64)),
+                                                         constant(f"{prefix}/lead_e", np.array([-1], np.int64))],
+                    dtype=np.int64)
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", np.array(
+        [w.shape[1]], np.int64))], dtype=np.int64, attrs={"axis": 0})
+    return add_node(graph, "Reshape", f"{prefix}/unflatten", [total, out_shape]), kernel, g_count
 
 
 class LowerLinear(Pass):
@@ -138,7 +154,7 @@ class LowerLinear(Pass):
             elif node.op != "MatMul":
                 raise PassError(f"linear {entry.module}: {node.op} node {node.name!r} is not a MatMul or Gemm")
             y, kernel, accs = lower_matmul(graph, x, w, wt.scale, wt.zero_point, tq, step, prefix, entry.module,
-                                           ctx.node_metadata, ctx.steps)
+                                           ctx.node_metadata, ctx.steps, rank=2 if node.op == "Gemm" else None)
             if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]
