@@ -43,6 +43,7 @@ class CompileReport:
     reference_error: dict = field(default_factory=dict)   # timestep -> end-to-end output error vs the torch UNet
     fp_difference: float | None = None                     # compiled vs fp32 graph (quantization noise)
     seconds: dict = field(default_factory=dict)
+    resolution: list = field(default_factory=list)        # the recipe's latent [H, W] (verify runs the graph at it)
     target: str | None = None                              # the lowering target, if any
     kernels: list = field(default_factory=list)            # lowering: rows kernel, ops, accumulators
 
@@ -286,6 +287,7 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
     report = CompileReport(graph=str(graph_path), output=str(out_path), steps=len(recipe.timesteps),
                            timesteps=list(recipe.timesteps), tensors=summary_rows(ctx.records),
                            fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=tolerance, target=target,
+                           resolution=list(recipe.resolution),
                            kernels=kernel_rows(ctx.artifacts.get("lowering.json")))
     with atomic_path(out_path, directory=True) as tmp:
         start = time.perf_counter()
