@@ -136,6 +136,8 @@ def _weight_ints(row: dict, init: dict, zero: np.ndarray) -> np.ndarray:
     kh, kw = row["kernel_shape"]
     c = row["in_channels"]
     co = w.shape[-1]
+    if w.ndim == 3:  # channel groups: [taps, C + 1, Co] (the last channel pads empty groups)
+        w = w[:, :c]
     w = w.reshape(-1, co)[: kh * kw * c].reshape(kh, kw, c, co).transpose(3, 2, 0, 1)
     return w.astype(np.int64) - zero.astype(np.int64)[:, None, None, None]
 

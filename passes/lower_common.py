@@ -148,13 +148,32 @@ def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str) -> tuple
                      attrs={"axis": 0}))
 
 
-def group_layout(tq) -> tuple[np.ndarray, np.ndarray]:
-    """Channel groups made contiguous: per map row, the permutation sorting indices by group (stable) and the
-    group sizes -> (perm [T', N] int64, sizes [T', G] int64)."""
+def group_layout(tq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Channel groups made contiguous, per map row: -> (activation permutation [T', K + E], weight permutation
+    [T', K + E], group sizes [T', G]), int64.
+
+    A group empty at some step would be a zero-width MatMulInteger, whose output onnxruntime leaves
+    uninitialised; instead every group gets at least one slot, and rows are padded to one length: the extra
+    slots read activation channel 0 and weight row K, which the lowering appends holding the weight zero points
+    (w - zw = 0), so they add 0."""
     g = tq.scale.shape[1]
-    perms = np.stack([np.argsort(row, kind="stable") for row in tq.group_map]).astype(np.int64)
+    k = tq.group_map.shape[1]
     sizes = np.stack([np.bincount(row, minlength=g) for row in tq.group_map]).astype(np.int64)
-    return perms, sizes
+    extra = max(1, int((sizes == 0).sum(axis=1).max())) if (sizes == 0).any() else 0
+    perm_a, perm_w, slots = [], [], []
+    for row, size in zip(tq.group_map, sizes):
+        a_parts, w_parts = [], []
+        padded = np.maximum(size, 1)
+        padded[-1] += k + extra - int(padded.sum())  # the row's leftover slots go to the last group
+        for group in range(g):
+            members = np.nonzero(row == group)[0]
+            fill = int(padded[group]) - len(members)
+            a_parts.append(np.concatenate([members, np.zeros(fill, np.int64)]))
+            w_parts.append(np.concatenate([members, np.full(fill, k, np.int64)]))
+        perm_a.append(np.concatenate(a_parts))
+        perm_w.append(np.concatenate(w_parts))
+        slots.append(padded)
+    return np.stack(perm_a).astype(np.int64), np.stack(perm_w).astype(np.int64), np.stack(slots).astype(np.int64)
 
 
 def group_scalars(graph: gs.Graph, table: np.ndarray, step: gs.Tensor, name: str, dtype) -> list:

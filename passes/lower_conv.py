@@ -83,12 +83,16 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     if tq.axis == "channel":
         g_count = tq.scale.shape[1]
         codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix)
-        perms, sizes = group_layout(tq)
+        perms, perms_w, sizes = group_layout(tq)
         perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+        perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
         size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
         # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
         grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
-        w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w4), perm], dtype=np.int8,
+        pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
+        w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
+        w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w_padded), perm_w],
+                          dtype=np.int8,
                           attrs={"axis": 1})
         a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
         w_parts = split_groups(graph, w_perm, size, 1, g_count, f"{prefix}/w", np.int8)

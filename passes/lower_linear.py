@@ -96,8 +96,9 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     g_count = tq.scale.shape[1]
     s, z = per_index_params(tq, step, graph, prefix)
     codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix)
-    perms, sizes = group_layout(tq)
+    perms, perms_w, sizes = group_layout(tq)
     perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+    perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
     size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
     # [..., K] -> [K, M] (channels first: the Gather copies whole rows), split, each group back to [M, K_g]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape",
@@ -107,7 +108,8 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, perm], dtype=np.uint8, attrs={"axis": 0})
     a_parts = [add_node(graph, "Transpose", f"{prefix}/a{g}/channels_last", [t], dtype=np.uint8, attrs={"perm": [1, 0]})
                for g, t in enumerate(split_groups(graph, grouped, size, 0, g_count, f"{prefix}/a", np.uint8))]
-    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w), perm], dtype=np.int8,
+    w_padded = np.concatenate([w, zw.reshape(1, -1).astype(np.int8)])  # row K: w - zw = 0, for padding slots
+    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w_padded), perm_w], dtype=np.int8,
                       attrs={"axis": 0})
     w_parts = split_groups(graph, w_perm, size, 0, g_count, f"{prefix}/w", np.int8)
     kernel = f"MatMulInteger u8xs8, split-K x{g_count}"

@@ -107,3 +107,36 @@ def test_zero_point_rows_carry_the_per_row_zero_point_correction():
         np.testing.assert_array_equal(wide, exact)
         # without the rows the per-row zero points are lost
         assert not np.array_equal(a @ (w.astype(np.int64) - zw), exact) or not z.any()
+
+
+def test_a_channel_group_empty_at_one_step_adds_nothing(tg):
+    """K-means may leave a group empty at some step: its split-K product must be 0, not a zero-width
+    MatMulInteger (onnxruntime leaves that output uninitialised)."""
+    from dgq_compiler.recipe import TensorQuant
+    from passes.lower_conv import LowerConv
+
+    def emptied(module, n):
+        e = tg.uniform_entry(module, "input", axis="channel", n=n, groups=3, seed=2)
+        gm = e.group_map.copy()
+        gm[1][gm[1] == 2] = 0
+        return TensorQuant(e.module, e.role, e.quantizer, e.bits, e.axis, e.scale, e.zero_point, gm)
+    recipe = tg.make_recipe([emptied("proj", 6), emptied("down.conv", 4), emptied("time", 6),
+                             tg.weight_entry("proj", 8), tg.weight_entry("down.conv", 6), tg.weight_entry("time", 5)])
+    model = tg.layers_model()
+    qdq, _ = tg.compile_model(model, recipe, compile_passes())
+    passes = compile_passes()
+    lowered, _ = tg.compile_model(model, recipe, passes[:-1] + [LowerLinear(), LowerConv()] + passes[-1:])
+    w_proj = _weights(qdq, "onnx::MatMul_1")
+    for step, t in enumerate(tg.TIMESTEPS):
+        feed = {"sample": np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32),
+                "timestep": np.array([t], np.float32)}
+        values, _ = tg.lowered_values(lowered, feed)
+        nodes = tg.accumulator_nodes(lowered, "proj")
+        x = values[nodes[0][1]]
+        ref = reference_linear(x, recipe.tensors[("proj", "input")], step, w_proj, -1)
+        for g, (acc, _x) in nodes.items():
+            np.testing.assert_array_equal(values[acc].astype(np.int64), ref[g].reshape(values[acc].shape))
+        if step == 1:
+            assert not values[nodes[2][0]].any()
+        for name, want in zip(("y", "z", "gram"), tg.run(qdq, feed)):
+            np.testing.assert_allclose(values[name], want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
