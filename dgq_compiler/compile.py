@@ -18,7 +18,8 @@ GRAPH_NAME = "unet.onnx"
 WEIGHTS_NAME = "unet.onnx.data"
 MODULE_MAP_NAME = "module_map.json"
 REPORT_NAME = "compile.json"
-LOWERING_TARGETS = ("onnxruntime-cpu",)  # targets compiled by lowering to integer ops (passes/lower_pipeline.py)
+# targets compiled by lowering to integer ops (passes/lower_pipeline.py); -fast: QLinear ops where per tensor
+LOWERING_TARGETS = ("onnxruntime-cpu", "onnxruntime-cpu-fast")
 INLINE_LIMIT = 1_800_000_000  # bytes of initializers above which the graph gets an external weights file
 # The fake-quant check, per calibrated step, at every quantization point: the graph's dequantized tensor vs the
 # torch fake-quant functions on the same input with the recipe's parameters. Both are float32; they may differ
@@ -46,6 +47,7 @@ class CompileReport:
     resolution: list = field(default_factory=list)        # the recipe's latent [H, W] (verify runs the graph at it)
     target: str | None = None                              # the lowering target, if any
     kernels: list = field(default_factory=list)            # lowering: rows kernel, ops, accumulators
+    fast_extra_error: dict = field(default_factory=dict)   # -fast: timestep -> max|fast - exact| / max|exact|
 
     @property
     def worst_error(self) -> float:
@@ -279,6 +281,19 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
     metadata = {"dgq.compiled": "1", **({"dgq.lowered": target} if target else {}), "dgq.recipe_config": json.dumps(recipe.config.to_dict(), sort_keys=True),
                 "dgq.timesteps": json.dumps(list(recipe.timesteps)), "dgq.model": recipe.model_name}
     model = export_model(graph, ctx, metadata)
+    fast_error = {}
+    if target == "onnxruntime-cpu-fast":  # output grids measured on the exact lowering, then lowered again
+        from dgq_compiler.lower_fast import extra_error, output_ranges
+
+        progress("measuring per-tensor op output ranges on the exact lowering (fast variant) ...")
+        exact = model
+        ranges = output_ranges(exact, recipe, ctx.artifacts.get("lowering.json", "[]"))
+        ctx = PassContext(recipe, load_module_map(graph_path.parent / MODULE_MAP_NAME))
+        graph = run_passes(lowering_passes(ranges), load_graph(graph_path), ctx)
+        model = export_model(graph, ctx, metadata)
+        progress("measuring the fast variant's extra error against the exact lowering ...")
+        fast_error = extra_error(exact, model, recipe)
+        del exact
     seconds["passes"] = time.perf_counter() - start
     if graph_signature(model) != fp_signature:
         raise DgqError("internal: the compiled graph's inputs/outputs differ from the fp32 graph's")
@@ -287,7 +302,7 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
     report = CompileReport(graph=str(graph_path), output=str(out_path), steps=len(recipe.timesteps),
                            timesteps=list(recipe.timesteps), tensors=summary_rows(ctx.records),
                            fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=tolerance, target=target,
-                           resolution=list(recipe.resolution),
+                           resolution=list(recipe.resolution), fast_extra_error=fast_error,
                            kernels=kernel_rows(ctx.artifacts.get("lowering.json")))
     with atomic_path(out_path, directory=True) as tmp:
         start = time.perf_counter()

@@ -171,7 +171,9 @@ class LowerConv(Pass):
             if entry.kind != "conv" or ctx.entry(entry.module, "input") is None \
                     or ctx.entry(entry.module, "weight") is None:
                 continue
-            node = by_name[entry.node]
+            node = by_name.get(entry.node)
+            if node is None:  # lowered already (lower_qlinear, the fast variant)
+                continue
             tq = ctx.entry(entry.module, "input")
             prefix = f"dgq/{entry.module}/lower"
             x = float_source(node.inputs[0], f"dgq/{entry.module}/input/")
@@ -189,7 +191,7 @@ class LowerConv(Pass):
                                        outputs=[out]))
             add_report_row(ctx, {"module": entry.module, "node": entry.node, "op": "Conv", "axis": tq.axis,
                                  "groups": int(tq.scale.shape[1]), "kernel": kernel, "accumulators": accs,
-                                 "weight": f"{prefix}/w", "in_channels": int(wt.codes.shape[1]),
+                                 "output": out.name, "weight": f"{prefix}/w", "in_channels": int(wt.codes.shape[1]),
                                  "kernel_shape": list(kernel_shape), "strides": list(strides), "pads": list(pads),
                                  "dilations": list(dilations)})
         graph.cleanup()

@@ -141,7 +141,9 @@ class LowerLinear(Pass):
             if entry.kind != "linear" or ctx.entry(entry.module, "input") is None \
                     or ctx.entry(entry.module, "weight") is None:
                 continue
-            node = by_name[entry.node]
+            node = by_name.get(entry.node)
+            if node is None:  # lowered already (lower_qlinear, the fast variant)
+                continue
             tq = ctx.entry(entry.module, "input")
             prefix = f"dgq/{entry.module}/lower"
             x = float_source(node.inputs[0], f"dgq/{entry.module}/input/")
@@ -164,6 +166,6 @@ class LowerLinear(Pass):
             graph.nodes.append(gs.Node("Identity", f"{prefix}/output", inputs=[y], outputs=[out]))
             add_report_row(ctx, {"module": entry.module, "node": entry.node, "op": node.op, "axis": tq.axis,
                                  "groups": int(tq.scale.shape[1]), "kernel": kernel, "accumulators": accs,
-                                 "weight": f"{prefix}/w", "in_features": int(w.shape[0])})
+                                 "output": out.name, "weight": f"{prefix}/w", "in_features": int(w.shape[0])})
         graph.cleanup()
         return graph

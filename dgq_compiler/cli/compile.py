@@ -27,11 +27,13 @@ def register(sub) -> None:
                         "torch fake-quant on the same input (each by at most 1 LSB) (default 1e-4)")
     p.add_argument("--check-points", choices=("auto", "yes", "no"), default="auto",
                    help="run the fake-quant point check at every calibrated step (auto: graphs under 300 MB)")
-    p.add_argument("--target", default=None, choices=("onnxruntime-cpu",),
+    p.add_argument("--target", default=None, choices=("onnxruntime-cpu", "onnxruntime-cpu-fast"),
                    help="lower for a runtime: onnxruntime-cpu = every quantized Conv/Linear as integer ops a default "
                         "onnxruntime session runs on its integer kernels (u8 codes x s8 weights, int32 accumulators, "
                         "float epilogue), exact against the simulator (check with dgq verify --target onnxruntime-cpu); "
-                        "writes lowering.json (the kernel of every lowered op)")
+                        "writes lowering.json (the kernel of every lowered op); onnxruntime-cpu-fast = the same with "
+                        "per-tensor Convs/MatMuls as QLinearConv/QLinearMatMul, which requantize their output (an "
+                        "extra rounding, output grids measured on the exact lowering; its extra error is printed)")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
@@ -80,6 +82,9 @@ def run(args) -> int:
         rows.append(["difference to fp32 graph", f"{report.fp_difference:.3g} (quantization noise, informational)"])
     if report.static_graphs:
         rows.append(["static variants", f"{len(report.static_graphs)} graphs sharing unet.onnx.data"])
+    if report.fast_extra_error:
+        rows.append(["fast variant vs exact", ", ".join(f"t={t}: {e:.3g}" for t, e in report.fast_extra_error.items())
+                     + " (max |fast - exact| / max |exact| of the output: the requantization's extra error)"])
     rows.append(["time", ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())])
     print()
     print(format_table(["compile", ""], rows))
