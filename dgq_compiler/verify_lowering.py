@@ -38,6 +38,7 @@ class LoweringVerifyReport:
     graph: str
     timesteps: list
     ops: list = field(default_factory=list)
+    requantized: int = 0          # QLinear ops of the fast variant: requantized inside, not compared
 
     @property
     def exact(self) -> bool:
@@ -45,6 +46,7 @@ class LoweringVerifyReport:
 
     def to_json(self) -> str:
         return json.dumps({"graph": self.graph, "timesteps": self.timesteps, "exact": self.exact,
+                           "requantized_ops": self.requantized,
                            "ops": [asdict(o) for o in self.ops]}, indent=1, sort_keys=True)
 
 
@@ -155,8 +157,8 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
         graph = graph / "unet.onnx"
     if not graph.is_file():
         raise DgqError(f"graph {str(graph)!r} not found (expected a compiled folder or its unet.onnx)")
-    rows = [r for r in _read_json(graph.parent / "lowering.json", "lowering report")
-            if r["accumulators"] > 0]  # QLinear ops (the fast variant) requantize inside: no accumulator to compare
+    all_rows = _read_json(graph.parent / "lowering.json", "lowering report")
+    rows = [r for r in all_rows if r["accumulators"] > 0]  # QLinear ops (fast variant): no accumulator to compare
     encodings = _read_json(graph.parent / "encodings.json", "encodings file")
     by_module = {e["module"]: e for e in encodings["activations"] if e["role"] == "input"}
     schedule = np.asarray(encodings["timesteps"], np.float32)
@@ -210,4 +212,5 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
                 res.max_abs_diff = max(res.max_abs_diff, int(diff.max()) if diff.size else 0)
         if progress:
             progress(k + 1)
-    return LoweringVerifyReport(str(graph), [float(t) for t in timesteps], list(results.values()))
+    return LoweringVerifyReport(str(graph), [float(t) for t in timesteps], list(results.values()),
+                                requantized=len(all_rows) - len(rows))

@@ -145,7 +145,9 @@ def _run_lowered(args, lowered_for: str) -> int:
     print()
     summary = [["graph", report.graph], ["target", lowered_for],
                ["timesteps", ", ".join(f"{t:g}" for t in report.timesteps)],
-               ["lowered ops", len(ops)], ["accumulator elements", sum(o.elements for o in ops)],
+               ["lowered ops compared", len(ops)],
+               *([["QLinear ops (requantized, not compared)", report.requantized]] if report.requantized else []),
+               ["accumulator elements", sum(o.elements for o in ops)],
                ["differing accumulators", sum(o.mismatches for o in ops)],
                ["differing codes", sum(o.code_mismatches for o in ops)],
                ["verdict", "EXACT (bit for bit)" if report.exact else "NOT EXACT"]]
