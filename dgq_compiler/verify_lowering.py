@@ -129,7 +129,30 @@ def reference_accumulators(row: dict, enc: dict, step: int, x: np.ndarray, w_int
     return codes, out
 
 
+def tap_group_sums(row: dict, taps: dict, gmap: np.ndarray, size: tuple, n_groups: int) -> dict:
+    """Per-tap accumulators {t: [B, Ho, Wo, Co]} -> per-pixel-group accumulators {g: ...}: tap t at output o adds to
+    the group of the input pixel it reads (padding reads group 0 and adds 0)."""
+    from simulator.integer import conv_windows
+
+    kh, kw = row["kernel_shape"]
+    gid = gmap.reshape(1, 1, *size)
+    windows = dict(conv_windows(gid, (kh, kw), row["strides"], row["pads"], row["dilations"]))
+    out = {}
+    for t, acc in taps.items():
+        group_of = windows[divmod(t, kw)][0, 0][None, :, :, None]          # [1, Ho, Wo, 1]
+        for g in range(n_groups):
+            part = np.where(group_of == g, acc.astype(np.int64), 0)
+            out[g] = part if g not in out else out[g] + part
+    return out
+
+
 def _weight_ints(row: dict, init: dict, zero: np.ndarray) -> np.ndarray:
+    if "per-tap" in row["kernel"]:  # one [C + r, Co] matrix per tap: w0, w1, ...
+        base = row["weight"][:-1]
+        c = row["in_channels"]
+        kh, kw = row["kernel_shape"]
+        w = np.stack([init[f"{base}{t}"][:c] for t in range(kh * kw)]).reshape(kh, kw, c, -1).transpose(3, 2, 0, 1)
+        return w.astype(np.int64) - zero.astype(np.int64)[:, None, None, None]
     w = init[row["weight"]]
     if row["op"] != "Conv":
         k = row["in_features"]
@@ -165,8 +188,10 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
     model = onnx.load(str(graph))
     if modules is not None:
         rows = [r for r in rows if r["module"] in modules]
+    weights = {r["weight"] for r in rows} | {f"{r['weight'][:-1]}{t}" for r in rows if "per-tap" in r["kernel"]
+                                                for t in range(r["kernel_shape"][0] * r["kernel_shape"][1])}
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
-            if t.name in {r["weight"] for r in rows} or t.name.endswith("/w_zero_point")}
+            if t.name in weights or t.name.endswith("/w_zero_point")}
     accs, inputs, code_names = {}, {}, {}
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
@@ -203,8 +228,13 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
             got_codes = values[code_names[m]].astype(np.int64).reshape(codes.shape)
             res.codes += codes.size
             res.code_mismatches += int(np.count_nonzero(got_codes != codes))
-            for g, name in accs[m].items():
-                got = values[name].astype(np.int64)
+            got_accs = {g: values[name] for g, name in accs[m].items()}
+            if "per-tap" in r["kernel"]:
+                x = values[inputs[m]]
+                gmap = _step_params(enc, step)[2]
+                got_accs = tap_group_sums(r, got_accs, gmap, x.shape[2:], len(ref))
+            for g, got in got_accs.items():
+                got = got.astype(np.int64)
                 want = ref[g].reshape(got.shape)
                 diff = np.abs(got - want)
                 res.elements += diff.size

@@ -9,9 +9,9 @@ NCHW. Per grouping (the simulator's schedules, DESIGN.md section 6):
   product (per-row zero points inside it, as in lower_linear);
 - channel groups (split-K): NHWC codes permuted so each group's channels are contiguous, split, patched per
   group, one product per group with its zero point and its weight rows, each rescaled and added;
-- pixel groups on a kxk conv: an input pixel's scale does not factor out of a patch: one partial convolution
-  per group over the codes masked to that group's pixels (the others set to the group's zero point, so they
-  add 0), each rescaled and added (G times the multiply-adds, like the simulator's schedule).
+- pixel groups on a kxk conv: an input pixel's scale does not factor out of a patch, but it does out of one
+  kernel tap: kh*kw products with per-row scales, one per tap (lower_conv_taps), the multiply-adds of one
+  convolution; the simulator's per-group accumulators are exact sums of the tap accumulators.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from passes.lower_common import (
     with_zero_point_columns,
     zero_point_rows,
 )
+from passes.lower_conv_taps import pixel_groups_by_tap
 from passes.lower_linear import add_report_row, ones_scale, product_meta
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -132,33 +133,13 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
                      dtype=np.int64, attrs={"axis": 0}),
             constant(f"{prefix}/co", _i64([co]))], dtype=np.int64, attrs={"axis": 0})
         return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [y, out_shape]), kernel_name, 1
-    g_count = tq.scale.shape[1]
     codes = nhwc(add_node(graph, "Reshape", f"{prefix}/unflatten", [codes_flat, add_node(
-        graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)], dtype=np.uint8))
-    shape = add_node(graph, "Shape", f"{prefix}/codes_shape", [codes], dtype=np.int64)
-    hw = add_node(graph, "Slice", f"{prefix}/hw", [shape, constant(f"{prefix}/hw_s", _i64([1])),
-                                                   constant(f"{prefix}/hw_e", _i64([3]))], dtype=np.int64)
-    mask_shape = add_node(graph, "Concat", f"{prefix}/mask_shape", [constant(f"{prefix}/one_dim", _i64([1])), hw,
-                                                                     constant(f"{prefix}/one_dim_", _i64([1]))],
-                          dtype=np.int64, attrs={"axis": 0})
-    group_of = add_node(graph, "Reshape", f"{prefix}/pixel_groups", [
-        step_row(graph, tq.group_map.astype(np.int64), step, f"{prefix}/pixel_map", [-1], np.int64), mask_shape],
-        dtype=np.int64)
-    kernel_name = f"{name}, masked partial conv per pixel group x{g_count}"
-    w_mat = constant(f"{prefix}/w", w4.reshape(taps * c, co))
-    zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
-    scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
-    outs = []
-    for g in range(g_count):
-        z_g, s_g = zeros[g], scales[g]
-        mine = add_node(graph, "Equal", f"{prefix}/mask{g}", [group_of, constant(f"{prefix}/g{g}", _i64(g))],
-                        dtype=np.bool_)
-        masked = add_node(graph, "Where", f"{prefix}/masked{g}", [mine, codes, z_g], dtype=np.uint8)
-        cols = im2col_nhwc(graph, masked, z_g, kernel, strides, pads, dilations, f"{prefix}/im2col{g}")
-        acc = integer_product(graph, cols, w_mat, z_g, w_zero, f"{prefix}/acc{g}",
-                              product_meta(module, x, kernel_name, g, "nhwc"), metadata)
-        outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
-    return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
+        graph, "Shape", f"{prefix}/x_shape4", [x], dtype=np.int64)], dtype=np.uint8))
+    kernel_name = f"MatMulInteger u8xs8, per-tap {kh}x{kw} products with per-row scales (pixel groups)"
+    y = pixel_groups_by_tap(graph, codes, z, s, x, w4, wt.zero_point, w_zero, w_scale,
+                            ones_scale(graph, steps, step, f"{prefix}/one"), kernel, strides, pads, dilations,
+                            f"{prefix}/taps", lambda t: product_meta(module, x, kernel_name, t, "tap"), metadata)
+    return y, kernel_name, taps
 
 
 class LowerConv(Pass):
@@ -191,7 +172,8 @@ class LowerConv(Pass):
                                        outputs=[out]))
             add_report_row(ctx, {"module": entry.module, "node": entry.node, "op": "Conv", "axis": tq.axis,
                                  "groups": int(tq.scale.shape[1]), "kernel": kernel, "accumulators": accs,
-                                 "output": out.name, "weight": f"{prefix}/w", "in_channels": int(wt.codes.shape[1]),
+                                 "output": out.name, "in_channels": int(wt.codes.shape[1]),
+                                 "weight": f"{prefix}/taps/w0" if "per-tap" in kernel else f"{prefix}/w",
                                  "kernel_shape": list(kernel_shape), "strides": list(strides), "pads": list(pads),
                                  "dilations": list(dilations)})
         graph.cleanup()

@@ -71,6 +71,25 @@ def reference_conv(x, tq, step, w_int, stride, pad):
     return {g: int_conv(np.where(mask == g, ints, 0), w_int, stride, pad) for g in range(s.shape[0])}
 
 
+def group_sums_of_taps(taps, tq, step, c, size):
+    """Tap accumulators -> pixel-group accumulators: tap (i, j) at output (oh, ow) reads input pixel
+    (oh*s - pad + i, ow*s - pad + j); it adds to that pixel's group (outside the image it adds 0)."""
+    gm = tq.group_map[0 if tq.group_map.shape[0] == 1 else step].reshape(size)
+    out = {}
+    for t, acc in taps.items():
+        i, j = divmod(t, c["k"])
+        _, ho, wo, _ = acc.shape
+        rows = np.arange(ho) * c["stride"] - c["pad"] + i
+        cols = np.arange(wo) * c["stride"] - c["pad"] + j
+        inside = (rows[:, None] >= 0) & (rows[:, None] < size[0]) & (cols[None] >= 0) & (cols[None] < size[1])
+        assert not acc[:, ~inside].any()          # padded taps add nothing
+        groups = gm[np.clip(rows, 0, size[0] - 1)][:, np.clip(cols, 0, size[1] - 1)]
+        for g in range(tq.scale.shape[1]):
+            part = np.where(((groups == g) & inside)[None, :, :, None], acc, 0)
+            out[g] = out.get(g, 0) + part
+    return out
+
+
 def _weights(qdq, name):
     from passes.lower_common import _int4_values
     inits = {t.name: t for t in qdq.graph.initializer}
@@ -97,8 +116,9 @@ def test_lowered_convs_are_exact_and_match_the_qdq_graph(tg, axes, bits, wbits, 
     lowered, ctx = tg.compile_model(model, recipe, passes[:-1] + [LowerConv()] + passes[-1:])
     assert "Conv" not in tg.ops(lowered) and "DequantizeLinear" not in tg.ops(lowered)
     rows = {r["module"]: r for r in json.loads(ctx.artifacts["lowering.json"])}
-    expected = {name: 1 if axis == "tensor" or (axis == "pixel" and CONVS[name]["k"] == 1) else 3
-                for name, axis in zip(CONVS, axes)}
+    # pixel groups on a kxk conv: one product per kernel tap; channel groups: one per group
+    expected = {name: 1 if axis == "tensor" or (axis == "pixel" and CONVS[name]["k"] == 1)
+                else (CONVS[name]["k"] ** 2 if axis == "pixel" else 3) for name, axis in zip(CONVS, axes)}
     assert {m: r["accumulators"] for m, r in rows.items()} == expected
     assert tg.ops(lowered).count("MatMulInteger") == sum(expected.values())
     for step, t in enumerate(tg.TIMESTEPS):
@@ -110,11 +130,13 @@ def test_lowered_convs_are_exact_and_match_the_qdq_graph(tg, axes, bits, wbits, 
             nodes = tg.accumulator_nodes(lowered, name)
             x = values[next(iter(nodes.values()))[1]]
             ref = reference_conv(x, tq, step, _weights(qdq, f"{name}_w"), c["stride"], c["pad"])
-            assert set(nodes) == set(ref)
-            for g, (acc, _x) in nodes.items():
-                got = values[acc].astype(np.int64)
+            got = {g: values[acc].astype(np.int64) for g, (acc, _x) in nodes.items()}
+            if tq.axis == "pixel" and c["k"] > 1:
+                got = group_sums_of_taps(got, tq, step, c, x.shape[2:])
+            assert set(got) == set(ref)
+            for g, acc in got.items():
                 want = ref[g].transpose(0, 2, 3, 1)   # the lowered product is channels-last
-                np.testing.assert_array_equal(got, want.reshape(got.shape))
+                np.testing.assert_array_equal(acc, want.reshape(acc.shape))
         (y_qdq,) = tg.run(qdq, feed)
         np.testing.assert_allclose(values["out"], y_qdq, rtol=1e-4, atol=1e-5 * float(np.abs(y_qdq).max()))
 
