@@ -5,7 +5,7 @@ Configurations: TFMQ-like W8A8 (per tensor, per step), DGQ W8A8 G8 and DGQ W4A8 
 steps, per-step group maps). One export, reused; each graph is timed in its own subprocess (so the peak RSS is
 that graph's session: VmHWM), all in one run, fp32 first and last (drift check). Prints step time (median of
 --runs after one warm-up), its ratio to fp32, session start-up, peak RSS, and from one onnxruntime profiling run
-each graph's share of time per node kind.
+each graph's share of time per node kind (the session is profiled throughout).
 
     python benchmarks/deploy_lowering.py [--export DIR] [--workdir DIR] [--runs 5] [--keep]
 
@@ -45,6 +45,10 @@ def time_graph(path: str, runs: int, profile_dir: str) -> dict:
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
+    # one session, profiled throughout (a second session start-up of a large lowered graph costs a minute);
+    # the profiler adds microseconds per node, small against a step of seconds
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(profile_dir, "profile")
     start = time.perf_counter()
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     startup = time.perf_counter() - start
@@ -54,11 +58,6 @@ def time_graph(path: str, runs: int, profile_dir: str) -> dict:
         start = time.perf_counter()
         session.run(None, feed)
         times.append(time.perf_counter() - start)
-    del session
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(profile_dir, "profile")
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    session.run(None, feed)
     profile = session.end_profiling()
     kinds: dict = {}
     for event in json.loads(Path(profile).read_text()):
@@ -88,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", default=None, help="an existing SD v1.4 export folder (latent 32) to reuse")
     parser.add_argument("--workdir", default=None, help="folder for the export and compiled graphs (default: temp)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per graph (after one warm-up)")
+    parser.add_argument("--runs", type=int, default=4, help="timed runs per graph (after one warm-up)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated presets")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -164,7 +163,7 @@ def main() -> None:
     for name, r in results.items():
         total = sum(r["kinds"].values()) or 1
         top = sorted(r["kinds"].items(), key=lambda kv: -kv[1])[:10]
-        print(f"\n{name}: share of node time by kind (one profiled run)")
+        print(f"\n{name}: share of node time by kind (all runs, profiled)")
         for op, dur in top:
             print(f"  {op:<26}{dur / total:>7.1%}{dur / 1e6:>9.3f} s")
     for name in kernels:
