@@ -1,11 +1,11 @@
 """dgq compile --target onnxruntime-cpu + dgq verify on lowered graphs: the int32 accumulators of every lowered op
 in a default onnxruntime session equal the simulator's integer kernels bit for bit, on the tiny and the embedded
-trained model; a one-unit change to one weight is caught at that op and only there."""
+trained model; a broken formulation (zero-point correction row, channel permutation) is caught at that op only."""
 from __future__ import annotations
 
 import json
-import shutil
 
+import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
@@ -49,30 +49,68 @@ def test_lowered_tiny_graph_is_exact_and_reports_its_kernels(lowered):
     assert all(o.elements > 0 and o.codes > 0 for o in result.ops)
 
 
-def test_a_changed_weight_is_caught_at_its_op_only(lowered, tmp_path):
-    out, _report, _recipe = lowered
-    bad = tmp_path / "bad"
-    shutil.copytree(out, bad)
-    model = onnx.load(str(bad / "unet.onnx"))
-    rows = json.loads((bad / "lowering.json").read_text())
-    victim = next(r for r in rows if r["axis"] == "tensor" or r["accumulators"] == 1)
-    init = next(t for t in model.graph.initializer if t.name == victim["weight"])
-    w = numpy_helper.to_array(init).copy()
-    w.flat[0] = w.flat[0] - 1 if w.flat[0] > -128 else 1
-    init.CopyFrom(numpy_helper.from_array(w, init.name))
-    onnx.save(model, str(bad / "unet.onnx"))
-    result = verify_lowered(bad, timesteps=[501], batch=1)
-    wrong = {o.module for o in result.ops if o.mismatches}
-    assert wrong == {victim["module"]} and not result.exact
+@pytest.fixture()
+def small_lowered(tmp_path):
+    """A three-layer graph (3x3 conv with pixel groups, token-grouped MatMul, channel-grouped Gemm) lowered into a
+    folder the way dgq compile writes one: unet.onnx, lowering.json, encodings.json, compile.json."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("passes_conftest", Path(__file__).parents[1] / "passes" / "conftest.py")
+    tg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tg)
+    from passes.lower_pipeline import lowering_passes
+
+    recipe = tg.make_recipe([
+        tg.uniform_entry("down.conv", "input", axis="pixel", n=16, groups=3, seed=1), tg.weight_entry("down.conv", 6),
+        tg.uniform_entry("proj", "input", axis="pixel", n=16, groups=3, seed=2), tg.weight_entry("proj", 8),
+        tg.uniform_entry("time", "input", axis="channel", n=6, groups=2, seed=3), tg.weight_entry("time", 5)])
+    model, ctx = tg.compile_model(tg.layers_model(), recipe, lowering_passes())
+    model.metadata_props.add(key="dgq.lowered", value="onnxruntime-cpu")
+    onnx.save(model, str(tmp_path / "unet.onnx"))
+    for name, text in ctx.artifacts.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "compile.json").write_text(json.dumps({"resolution": [4, 4]}))
+    return tmp_path
 
 
-def test_verify_lowered_needs_its_reports(lowered, tmp_path):
-    out, _report, _recipe = lowered
-    partial = tmp_path / "partial"
-    shutil.copytree(out, partial)
-    (partial / "lowering.json").unlink()
+def _corrupt(model, name, change):
+    init = next(t for t in model.graph.initializer if t.name == name)
+    values = numpy_helper.to_array(init).copy()
+    change(values)
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+
+
+def test_small_lowered_graph_is_exact_and_a_broken_formulation_is_caught_at_its_op_only(small_lowered):
+    """The reference reads the graph's integer weights, so what it checks is the formulation: a wrong zero-point
+    correction row (per-row / per-tap products) or a wrong channel permutation (split-K) shows up at that op."""
+    result = verify_lowered(small_lowered, timesteps=[900, 500, 100], batch=1)
+    assert result.exact and {o.module for o in result.ops} == {"down.conv", "proj", "time"}
+    model = onnx.load(str(small_lowered / "unet.onnx"))
+    rows = {r["module"]: r for r in json.loads((small_lowered / "lowering.json").read_text())}
+
+    def last_row_plus_one(w):
+        w[-1] = np.where(w[-1] < 127, w[-1] + 1, w[-1] - 1)
+
+    def swap_groups(perm):   # exchange two channels of different groups in every step's permutation
+        perm[:, [0, -1]] = perm[:, [-1, 0]]
+    corruptions = {"down.conv": (rows["down.conv"]["weight"], last_row_plus_one),
+                   "proj": (rows["proj"]["weight"], last_row_plus_one),
+                   "time": ("dgq/time/lower/perm_table", swap_groups)}
+    for module, (name, change) in corruptions.items():
+        bad = onnx.ModelProto()
+        bad.CopyFrom(model)
+        _corrupt(bad, name, change)
+        onnx.save(bad, str(small_lowered / "unet.onnx"))
+        result = verify_lowered(small_lowered, timesteps=[500], batch=1)
+        assert {o.module for o in result.ops if o.mismatches} == {module} and not result.exact
+    onnx.save(model, str(small_lowered / "unet.onnx"))
+
+
+def test_verify_lowered_needs_its_reports(small_lowered):
+    (small_lowered / "lowering.json").unlink()
     with pytest.raises(DgqError, match="lowering report"):
-        verify_lowered(partial)
+        verify_lowered(small_lowered)
 
 
 def test_lowered_embedded_model_is_exact(tmp_path):
