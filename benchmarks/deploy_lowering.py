@@ -155,7 +155,8 @@ def main() -> None:
     for name, r in results.items():
         step = statistics.median(r["times"])
         print(f"{name:<14}{step:>9.3f}{step / fp:>8.2f}{r['startup']:>11.1f}{r['peak'] / 1e9:>13.2f}")
-    print(f"{'fp32 (again)':<14}{fp_again:>9.3f}{fp_again / fp:>8.2f}{again['startup']:>11.1f}{again['peak'] / 1e9:>13.2f}")
+    print(f"{'fp32 (again)':<14}{fp_again:>9.3f}{fp_again / fp:>8.2f}{again['startup']:>11.1f}"
+          f"{again['peak'] / 1e9:>13.2f}")
     print("targets: per-tensor (tfmq-w8a8) <= 0.7x fp32; DGQ W8A8 G8 <= 1.0x (aim 0.7x); fast per-tensor <= 0.5x")
     for name, errors in fast_errors.items():
         print(f"{name}: extra error vs the exact lowering (max |fast - exact| / max |exact| of the output): "

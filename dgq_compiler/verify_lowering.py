@@ -52,7 +52,8 @@ class LoweringVerifyReport:
 
 def _read_json(path: Path, what: str):
     if not path.is_file():
-        raise DgqError(f"{what} {str(path)!r} is missing: verify the folder `dgq compile --target onnxruntime-cpu` wrote")
+        raise DgqError(f"{what} {str(path)!r} is missing: verify the folder that "
+                       "`dgq compile --target onnxruntime-cpu` wrote")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -205,7 +206,8 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
                 code_names[r["module"]] = node.output[0]  # the Clip (b < 8) comes after the Q: it wins
     wanted = sorted(set(inputs.values()) | set(code_names.values()) | {n for a in accs.values() for n in a.values()})
     known = {o.name for o in model.graph.output}
-    types = {**{n: onnx.TensorProto.FLOAT for n in inputs.values()}, **{n: onnx.TensorProto.UINT8 for n in code_names.values()},
+    types = {**{n: onnx.TensorProto.FLOAT for n in inputs.values()},
+             **{n: onnx.TensorProto.UINT8 for n in code_names.values()},
              **{n: onnx.TensorProto.INT32 for a in accs.values() for n in a.values()}}
     model.graph.output.extend([onnx.helper.make_tensor_value_info(n, types[n], None) for n in wanted if n not in known])
     import onnxruntime as ort
@@ -213,7 +215,8 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
     names = [o.name for o in session.get_outputs()]
     size = latent_size_of(model, graph, latent_size)
     resolution = (size, size)
-    timesteps = list(timesteps) if timesteps else [int(schedule[0]), int(schedule[len(schedule) // 2]), int(schedule[-1])]
+    if not timesteps:  # the first, middle and last calibrated step
+        timesteps = [int(schedule[0]), int(schedule[len(schedule) // 2]), int(schedule[-1])]
     results = {r["module"]: OpResult(r["module"], r["kernel"], r["axis"], r["accumulators"]) for r in rows}
     for k, t in enumerate(timesteps):
         step = int(np.argmin(np.abs(schedule - np.float32(t))))

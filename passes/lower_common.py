@@ -276,3 +276,18 @@ def split_groups(graph: gs.Graph, tensor: gs.Tensor, sizes: gs.Tensor, axis: int
     parts = [gs.Variable(f"{name}{g}", dtype=dtype) for g in range(count)]
     graph.nodes.append(gs.Node("Split", f"{name}/Split", attrs={"axis": axis}, inputs=[tensor, sizes], outputs=parts))
     return parts
+
+
+def weight_tensor(graph: gs.Graph, name: str, w: np.ndarray) -> gs.Tensor:
+    """An int8 weight matrix for MatMulInteger. Codes that fit 4 bits (W4 recipes) are stored as packed INT4 (the
+    file stays as small as the QDQ graph's) and widened by a Cast, which onnxruntime folds at session start."""
+    w = np.ascontiguousarray(w, dtype=np.int8)
+    if w.size < 2 or w.min() < -8 or w.max() > 7:
+        return constant(name, w)
+    flat = (w.reshape(-1).astype(np.uint8) & 0x0F)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    packed = (flat[0::2] | (flat[1::2] << 4)).tobytes()
+    proto = onnx.helper.make_tensor(name, onnx.TensorProto.INT4, list(w.shape), vals=packed, raw=True)
+    return add_node(graph, "Cast", f"{name}/Cast", [gs.Constant(name, LazyValues(proto))], dtype=np.int8,
+                    attrs={"to": onnx.TensorProto.INT8})

@@ -33,6 +33,7 @@ from passes.lower_common import (
     split_groups,
     step_row,
     weight_of,
+    weight_tensor,
     with_zero_point_columns,
     zero_point_rows,
 )
@@ -77,7 +78,8 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
         codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, None, prefix))
         cols = im2col_nhwc(graph, codes, z, kernel, strides, pads, dilations, f"{prefix}/im2col")
-        acc = integer_product(graph, cols, constant(f"{prefix}/w", w4.reshape(taps * c, co)), z, w_zero,
+        acc = integer_product(graph, cols, weight_tensor(graph, f"{prefix}/w", w4.reshape(taps * c, co)), z,
+                              w_zero,
                               f"{prefix}/acc0", product_meta(module, x, name, -1, "nhwc"), metadata)
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
     s, z = per_index_params(tq, step, graph, prefix)
@@ -92,7 +94,8 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
         pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
         w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
-        w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w_padded), perm_w],
+        w_all = weight_tensor(graph, f"{prefix}/w", w_padded)
+        w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [w_all, perm_w],
                           dtype=np.int8,
                           attrs={"axis": 1})
         a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
@@ -123,7 +126,8 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
                               constant(f"{prefix}/a_zero", np.array(0, np.uint8)), w_zero, f"{prefix}/acc0",
                               product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
         y = rescale(graph, acc, ones_scale(graph, steps, step, f"{prefix}/one"), w_scale, f"{prefix}/rescale0")
-        row_scale = add_node(graph, "Reshape", f"{prefix}/row_scale", [s, constant(f"{prefix}/row_shape", _i64([-1, 1]))])
+        row_scale = add_node(graph, "Reshape", f"{prefix}/row_scale",
+                             [s, constant(f"{prefix}/row_shape", _i64([-1, 1]))])
         y = add_node(graph, "Mul", f"{prefix}/rescale_rows", [y, row_scale])               # [B, H*W, Co]
         shape = add_node(graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)
         out_shape = add_node(graph, "Concat", f"{prefix}/nhwc_shape", [

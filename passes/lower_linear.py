@@ -37,6 +37,7 @@ from passes.lower_common import (
     split_groups,
     step_row,
     weight_of,
+    weight_tensor,
     with_zero_point_columns,
     zero_point_rows,
 )
@@ -73,7 +74,8 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
         codes = quantize_codes(graph, x, s, z, tq.bits, None, prefix)
         kernel = "MatMulInteger u8xs8"
-        acc = integer_product(graph, codes, constant(f"{prefix}/w", w), z, w_zero, f"{prefix}/acc0",
+        acc = integer_product(graph, codes, weight_tensor(graph, f"{prefix}/w", w), z, w_zero,
+                              f"{prefix}/acc0",
                               product_meta(module, x, kernel, -1, layout), metadata)
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), kernel, 1
     if tq.axis == "pixel":
@@ -109,8 +111,8 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     a_parts = [add_node(graph, "Transpose", f"{prefix}/a{g}/channels_last", [t], dtype=np.uint8, attrs={"perm": [1, 0]})
                for g, t in enumerate(split_groups(graph, grouped, size, 0, g_count, f"{prefix}/a", np.uint8))]
     w_padded = np.concatenate([w, zw.reshape(1, -1).astype(np.int8)])  # row K: w - zw = 0, for padding slots
-    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [constant(f"{prefix}/w", w_padded), perm_w], dtype=np.int8,
-                      attrs={"axis": 0})
+    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [weight_tensor(graph, f"{prefix}/w", w_padded), perm_w],
+                      dtype=np.int8, attrs={"axis": 0})
     w_parts = split_groups(graph, w_perm, size, 0, g_count, f"{prefix}/w", np.int8)
     kernel = f"MatMulInteger u8xs8, split-K x{g_count}"
     zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
@@ -151,7 +153,8 @@ class LowerLinear(Pass):
             w = wt.codes
             if node.op == "Gemm":
                 a = node.attrs
-                if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or (len(node.inputs) > 2 and a.get("beta", 1.0) != 1.0):
+                has_bias = len(node.inputs) > 2
+                if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or (has_bias and a.get("beta", 1.0) != 1.0):
                     raise PassError(f"Gemm {node.name!r}: only alpha = beta = 1, transA = 0 can be lowered")
                 if a.get("transB", 0):
                     w = np.ascontiguousarray(w.T)

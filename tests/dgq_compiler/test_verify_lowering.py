@@ -56,7 +56,8 @@ def small_lowered(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("passes_conftest", Path(__file__).parents[1] / "passes" / "conftest.py")
+    helpers = Path(__file__).parents[1] / "passes" / "conftest.py"  # the tiny-graph builders of the pass tests
+    spec = importlib.util.spec_from_file_location("passes_conftest", helpers)
     tg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tg)
     from passes.lower_pipeline import lowering_passes

@@ -5,6 +5,8 @@ accumulator equals an int64 numpy reference computed from the graph's own float 
 numerics (the output equals the QDQ graph's up to float32 rounding of the epilogue)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -68,7 +70,8 @@ def test_lowered_linears_are_exact_and_match_the_qdq_graph(tg, proj_axis, time_a
     assert "Gemm" not in ops and ops.count("MatMul") == 1
     expected = {"proj": 3 if proj_axis == "channel" else 1, "time": 2 if time_axis == "channel" else 1}
     assert ops.count("MatMulInteger") == sum(expected.values())
-    assert {r["module"]: r["accumulators"] for r in __import__("json").loads(ctx.artifacts["lowering.json"])} == expected
+    rows = json.loads(ctx.artifacts["lowering.json"])
+    assert {r["module"]: r["accumulators"] for r in rows} == expected
     w_proj, w_time = _weights(qdq, "onnx::MatMul_1"), _weights(qdq, "time_w", transpose=True)
     for step, t in enumerate(tg.TIMESTEPS):
         feed = {"sample": (np.random.default_rng(step).standard_normal((1, 4, 4, 4)) * 2).astype(np.float32),

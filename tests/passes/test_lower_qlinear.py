@@ -5,6 +5,8 @@ ranges, and numerics: the conv output differs from the exact lowering's by the o
 output step, plus half an accumulator step for the rounded bias), and does differ (the rounding is real)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 
@@ -47,7 +49,7 @@ def test_per_tensor_ops_become_qlinear_within_one_output_rounding(tg):
     ops = tg.ops(fast)
     assert ops.count("QLinearConv") == 1 and ops.count("QLinearMatMul") == 1
     assert ops.count("MatMulInteger") == 2          # the channel-grouped Gemm keeps its split-K exact lowering
-    kernels = {r["module"]: r["kernel"] for r in __import__("json").loads(ctx.artifacts["lowering.json"])}
+    kernels = {r["module"]: r["kernel"] for r in json.loads(ctx.artifacts["lowering.json"])}
     assert kernels["down.conv"].startswith("QLinearConv") and "split-K" in kernels["time"]
     tq = recipe.tensors[("down.conv", "input")]
     w_scale = recipe.tensors[("down.conv", "weight")].scale
