@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", default=None, help="an existing SD v1.4 export folder (latent 32) to reuse")
     parser.add_argument("--workdir", default=None, help="folder for the export and compiled graphs (default: temp)")
-    parser.add_argument("--runs", type=int, default=4, help="timed runs per graph (after one warm-up)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per graph (after one warm-up)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated presets")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -55,6 +55,19 @@ def pixel_groups_by_tap(graph: gs.Graph, codes: gs.Tensor, z_pix: gs.Tensor, s_p
     s_map = add_node(graph, "Reshape", f"{prefix}/s_map", [s_pix, map_shape])
     z_p = padded(z_map, "z_map", np.uint8, constant(f"{prefix}/pad_zero", np.array(0, np.uint8)))
     s_p = padded(s_map, "s_map", np.float32, constant(f"{prefix}/pad_scale", np.array(0.0, np.float32)))
+    # the zero-point columns are appended once, to the padded codes; every tap slices codes and columns together.
+    # Taps needing fewer correction rows than the widest get rows equal to the weight zero points (they add 0).
+    rows = [zero_point_rows(w4[t], zw) for t in range(kh * kw)]
+    r = max(d.shape[0] for d in rows)
+    filler = np.broadcast_to(zw.astype(np.int8)[None, :], (r, zw.shape[0]))
+    rows = [np.concatenate([d, filler[: r - d.shape[0]]]) for d in rows]
+    codes_shape = add_node(graph, "Shape", f"{prefix}/codes_shape", [codes_p], dtype=np.int64,
+                           attrs={"start": 0, "end": 3})
+    z_shape = add_node(graph, "Concat", f"{prefix}/z_shape", [codes_shape, constant(f"{prefix}/r", _i64([r]))],
+                       dtype=np.int64, attrs={"axis": 0})
+    z_cols = add_node(graph, "Expand", f"{prefix}/z_cols", [z_p, z_shape], dtype=np.uint8)
+    wide = add_node(graph, "Concat", f"{prefix}/with_zero_points", [codes_p, z_cols], dtype=np.uint8,
+                    attrs={"axis": -1})
     axes, steps = constant(f"{prefix}/axes", _i64([1, 2])), constant(f"{prefix}/steps", _i64(list(strides)))
     a_zero = constant(f"{prefix}/a_zero", np.array(0, np.uint8))
     outs = []
@@ -63,20 +76,10 @@ def pixel_groups_by_tap(graph: gs.Graph, codes: gs.Tensor, z_pix: gs.Tensor, s_p
         start = constant(f"{prefix}/start{t}", _i64([i * dilations[0], j * dilations[1]]))
         back = [dilations[0] * (kh - 1 - i), dilations[1] * (kw - 1 - j)]
         end = constant(f"{prefix}/end{t}", _i64([-b if b else INT64_MAX for b in back]))
-        cols = add_node(graph, "Slice", f"{prefix}/tap{t}", [codes_p, start, end, axes, steps], dtype=np.uint8)
-        z_t = add_node(graph, "Slice", f"{prefix}/tap{t}/z", [z_p, start, end, axes, steps], dtype=np.uint8)
+        cols = add_node(graph, "Slice", f"{prefix}/tap{t}", [wide, start, end, axes, steps], dtype=np.uint8)
         s_t = add_node(graph, "Slice", f"{prefix}/tap{t}/s", [s_p, start, end, axes, steps])
-        d = zero_point_rows(w4[t], zw)
-        cols_shape = add_node(graph, "Shape", f"{prefix}/tap{t}/shape", [cols], dtype=np.int64,
-                              attrs={"start": 0, "end": 3})
-        z_shape = add_node(graph, "Concat", f"{prefix}/tap{t}/z_shape",
-                           [cols_shape, constant(f"{prefix}/tap{t}/r", _i64([d.shape[0]]))], dtype=np.int64,
-                           attrs={"axis": 0})
-        z_cols = add_node(graph, "Expand", f"{prefix}/tap{t}/z_cols", [z_t, z_shape], dtype=np.uint8)
-        wide = add_node(graph, "Concat", f"{prefix}/tap{t}/with_zero_points", [cols, z_cols], dtype=np.uint8,
-                        attrs={"axis": -1})
-        acc = integer_product(graph, wide, constant(f"{prefix}/w{t}", np.concatenate([w4[t], d])), a_zero, w_zero,
-                              f"{prefix}/acc{t}", meta(t), metadata)
+        acc = integer_product(graph, cols, constant(f"{prefix}/w{t}", np.concatenate([w4[t], rows[t]])), a_zero,
+                              w_zero, f"{prefix}/acc{t}", meta(t), metadata)
         y = rescale(graph, acc, one, w_scale, f"{prefix}/rescale{t}")
         outs.append(add_node(graph, "Mul", f"{prefix}/tap{t}/rows", [y, s_t]))
     return add_all(graph, outs, f"{prefix}/sum")
