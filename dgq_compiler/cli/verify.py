@@ -51,16 +51,15 @@ def run(args) -> int:
         raise DgqError(f"--batch must be at least 1, got {args.batch}")
     if args.json:
         check_writable(args.json, overwrite=args.overwrite)
+    lowered_for = _lowered_for(args.graph)
+    if lowered_for:  # an integer-lowered graph: its accumulators against the simulator's integer kernels
+        return _run_lowered(args, lowered_for)
     bar = tqdm(desc="verify", unit="run", leave=False)
 
     def progress(msg):
         bar.set_postfix_str(msg)
         bar.update(1)
 
-    lowered_for = _lowered_for(args.graph)
-    if lowered_for:
-        bar.close()
-        return _run_lowered(args, lowered_for)
     report = verify_graph(args.graph, args.target, _timesteps(args.timesteps), args.batch, args.latent_size,
                           args.seed, progress=progress)
     bar.close()
