@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: shared benchmark and test helpers
+
 CONFIGS = ("tfmq-w8a8", "dgq-w8a8-g8", "dgq-w4a8-g8", "tfmq-w8a8:fast")  # ":fast" = --target onnxruntime-cpu-fast
 LATENT = 32
 BATCH = 2
@@ -38,19 +40,18 @@ def time_graph(path: str, runs: int, profile_dir: str) -> dict:
     import onnx
     import onnxruntime as ort
 
-    from dgq_compiler.compile import example_feed
+    from dgq_compiler import runtime
 
     header = onnx.load(path, load_external_data=False)
-    feed = example_feed(header, (LATENT, LATENT), batch=BATCH, timestep=501.0)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
+    feed = runtime.example_feeds(header, (LATENT, LATENT), batch=BATCH, timestep=501.0)
+    options = runtime.session_options("default", threads=THREADS)   # stock settings, as a client's session
     options.inter_op_num_threads = 1
     # one session, profiled throughout (a second session start-up of a large lowered graph costs a minute);
     # the profiler adds microseconds per node, small against a step of seconds
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(profile_dir, "profile")
     start = time.perf_counter()
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path, options, providers=runtime.PROVIDERS)
     startup = time.perf_counter() - start
     out = session.run(None, feed)[0]
     times = []
@@ -101,7 +102,7 @@ def main() -> None:
 
     from dgq_compiler.compile import compile_graph
     from dgq_compiler.config import preset
-    from dgq_compiler.recipe import random_recipe
+    from tests.random_recipes import random_recipe
     from models.zoo import zoo_config
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dgq-lowering-"))

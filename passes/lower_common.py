@@ -24,14 +24,16 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from passes.base import add_node, constant
+from passes.contract import FUSION_BARRIER_SUFFIX, META_MODULE, NAMESPACE, node_prefix
 from passes.errors import PassError
 
-LOWERED = "dgq.lowered"              # model metadata: the target the graph was lowered for
-LOWERED_MODULE = "dgq.module"
-LOWERED_INPUT = "dgq.lowered_input"  # the float tensor the op quantizes
-LOWERED_KERNEL = "dgq.kernel"
-LOWERED_GROUP = "dgq.group"          # the recipe group this accumulator belongs to (-1: all)
-LOWERED_LAYOUT = "dgq.acc_layout"    # nlc (rows x out channels) | nhwc (conv output, channels last)
+LOWER_ROLE = "lower"                           # lowered nodes: dgq/{module}/lower/...
+LOWERED = f"{NAMESPACE}.lowered"               # model metadata: the target the graph was lowered for
+LOWERED_MODULE = META_MODULE
+LOWERED_INPUT = f"{NAMESPACE}.lowered_input"   # the float tensor the op quantizes
+LOWERED_KERNEL = f"{NAMESPACE}.kernel"
+LOWERED_GROUP = f"{NAMESPACE}.group"           # the recipe group (or kernel tap) of this accumulator (-1: the only one)
+LOWERED_LAYOUT = f"{NAMESPACE}.acc_layout"     # nlc (rows x out channels) | nhwc (conv, channels last) | tap
 LOWERING_REPORT = "lowering.json"
 
 
@@ -77,6 +79,9 @@ def weight_of(node: gs.Node) -> QuantWeight:
     """The integer weight behind the op's DequantizeLinear(int codes, scale, zero point)."""
     w = node.inputs[1]
     producer = w.inputs[0] if w.inputs else None
+    if producer is not None and producer.op == "Reshape" and producer.name.endswith(FUSION_BARRIER_SUFFIX):
+        w = producer.inputs[0]  # a fusion barrier (passes/insert_fusion_barriers.py)
+        producer = w.inputs[0] if w.inputs else None
     if producer is None or producer.op != "DequantizeLinear" or not all(
             isinstance(t, gs.Constant) for t in producer.inputs):
         raise PassError(f"{node.op} node {node.name!r}: weight {w.name!r} is not a DequantizeLinear of constant "
@@ -85,6 +90,15 @@ def weight_of(node: gs.Node) -> QuantWeight:
     axis = int(producer.attrs.get("axis", 1))
     return QuantWeight(integer_values(codes), np.asarray(scale.values, np.float32).reshape(-1),
                        integer_values(zero).reshape(-1), axis)
+
+
+def lowered_prefix(module: str) -> str:
+    return node_prefix(module, LOWER_ROLE)
+
+
+def input_prefix(module: str) -> str:
+    """The prefix of the nodes that quantize the module's input (the QDQ the lowering replaces)."""
+    return node_prefix(module, "input") + "/"
 
 
 def float_source(tensor: gs.Tensor, prefix: str) -> gs.Tensor:

@@ -21,6 +21,8 @@ import onnx_graphsurgeon as gs
 from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
 from passes.errors import PassError
 from passes.lower_common import (
+    input_prefix,
+    lowered_prefix,
     add_all,
     float_source,
     group_layout,
@@ -160,8 +162,8 @@ class LowerConv(Pass):
             if node is None:  # lowered already (lower_qlinear, the fast variant)
                 continue
             tq = ctx.entry(entry.module, "input")
-            prefix = f"dgq/{entry.module}/lower"
-            x = float_source(node.inputs[0], f"dgq/{entry.module}/input/")
+            prefix = lowered_prefix(entry.module)
+            x = float_source(node.inputs[0], input_prefix(entry.module))
             wt = weight_of(node)
             if wt.codes.ndim != 4:
                 raise PassError(f"Conv {node.name!r}: only 2-D convolutions can be lowered")

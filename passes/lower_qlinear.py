@@ -14,7 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
-from passes.lower_common import float_source, quantize_codes, step_row, weight_of
+from passes.lower_common import float_source, input_prefix, lowered_prefix, quantize_codes, step_row, weight_of
 from passes.lower_linear import add_report_row
 
 KERNELS = {"Conv": "QLinearConv u8xs8 (requantized output)", "MatMul": "QLinearMatMul u8xs8 (requantized output)"}
@@ -46,8 +46,8 @@ class LowerQlinear(Pass):
             node = by_name[entry.node]
             if node.op not in KERNELS or (node.op == "Conv" and node.attrs.get("group", 1) != 1):
                 continue
-            prefix = f"dgq/{entry.module}/lower"
-            x = float_source(node.inputs[0], f"dgq/{entry.module}/input/")
+            prefix = lowered_prefix(entry.module)
+            x = float_source(node.inputs[0], input_prefix(entry.module))
             wt = weight_of(node)
             s = step_row(graph, tq.scale, step, f"{prefix}/scale", [], np.float32)
             z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)

@@ -127,7 +127,7 @@ def _run_lowered(args, lowered_for: str) -> int:
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import write_text_atomic
-    from dgq_compiler.verify_lowering import verify_lowered
+    from dgq_compiler.verify.lowering import verify_lowered
 
     if args.target != lowered_for:
         raise DgqError(f"{args.graph!r} was lowered for {lowered_for}: verify it with --target {lowered_for}")

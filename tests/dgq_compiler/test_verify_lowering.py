@@ -13,8 +13,8 @@ from onnx import numpy_helper
 from dgq_compiler.compile import compile_graph
 from dgq_compiler.config import preset
 from dgq_compiler.errors import DgqError
-from dgq_compiler.recipe import random_recipe
-from dgq_compiler.verify_lowering import verify_lowered
+from tests.random_recipes import random_recipe
+from dgq_compiler.verify.lowering import verify_lowered
 
 TIMESTEPS = (901, 501, 101)
 

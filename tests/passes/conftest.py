@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dgq_compiler.config import QuantConfig
 from dgq_compiler.recipe import Recipe, TensorQuant
+from dgq_compiler.runtime import session
 from passes.base import PassContext
 from passes.graph_io import export_model
 from passes.manager import run_passes
@@ -161,10 +161,7 @@ def compile_model(model, recipe, passes):
 
 
 def run(model, feed):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feed)
+    return session(model, "reference").run(None, feed)
 
 
 def ops(model) -> list[str]:
@@ -172,19 +169,17 @@ def ops(model) -> list[str]:
 
 
 def lowered_values(model, feed):
-    """Run in a default onnxruntime session with every lowered input, code tensor and accumulator exposed."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    """Run in a default onnxruntime session with every lowered input and accumulator exposed."""
+    from dgq_compiler.runtime import run_all, with_outputs
+
     extra = {}
-    for node in m.graph.node:
+    for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         if node.op_type == "MatMulInteger" and "dgq.lowered_input" in meta:
             extra[node.output[0]] = onnx.TensorProto.INT32
             extra[meta["dgq.lowered_input"]] = onnx.TensorProto.FLOAT
-    m.graph.output.extend([onnx.helper.make_tensor_value_info(n, t, None) for n, t in extra.items()])
-    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, feed))), m
+    m = with_outputs(model, extra)
+    return run_all(session(m, "default"), feed), m
 
 
 def accumulator_nodes(model, module):

@@ -173,14 +173,10 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
     import onnx
     from onnx import numpy_helper
 
-    from dgq_compiler.compile import example_feed
-    from dgq_compiler.verify import latent_size_of
+    from dgq_compiler import runtime
+    from dgq_compiler.verify.integer import latent_size_of
 
-    graph = Path(graph)
-    if graph.is_dir():
-        graph = graph / "unet.onnx"
-    if not graph.is_file():
-        raise DgqError(f"graph {str(graph)!r} not found (expected a compiled folder or its unet.onnx)")
+    graph = runtime.resolve_graph(graph, "a compiled folder or its unet.onnx")
     all_rows = _read_json(graph.parent / "lowering.json", "lowering report")
     rows = [r for r in all_rows if r["accumulators"] > 0]  # QLinear ops (fast variant): no accumulator to compare
     encodings = _read_json(graph.parent / "encodings.json", "encodings file")
@@ -205,14 +201,11 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
             if node.name in (prefix + "QuantizeLinear", prefix + "Clip"):
                 code_names[r["module"]] = node.output[0]  # the Clip (b < 8) comes after the Q: it wins
     wanted = sorted(set(inputs.values()) | set(code_names.values()) | {n for a in accs.values() for n in a.values()})
-    known = {o.name for o in model.graph.output}
     types = {**{n: onnx.TensorProto.FLOAT for n in inputs.values()},
              **{n: onnx.TensorProto.UINT8 for n in code_names.values()},
              **{n: onnx.TensorProto.INT32 for a in accs.values() for n in a.values()}}
-    model.graph.output.extend([onnx.helper.make_tensor_value_info(n, types[n], None) for n in wanted if n not in known])
-    import onnxruntime as ort
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    session = runtime.session(runtime.with_outputs(model, {n: types[n] for n in wanted}), "default",
+                              base_dir=graph.parent)
     size = latent_size_of(model, graph, latent_size)
     resolution = (size, size)
     if not timesteps:  # the first, middle and last calibrated step
@@ -220,8 +213,7 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
     results = {r["module"]: OpResult(r["module"], r["kernel"], r["axis"], r["accumulators"]) for r in rows}
     for k, t in enumerate(timesteps):
         step = int(np.argmin(np.abs(schedule - np.float32(t))))
-        feed = example_feed(model, resolution, batch, seed + k, float(t))
-        values = dict(zip(names, session.run(None, feed)))
+        values = runtime.run_all(session, runtime.example_feeds(model, resolution, batch, seed + k, float(t)))
         for r in rows:
             m = r["module"]
             res = results[m]
