@@ -149,7 +149,6 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     fp = statistics.median(results["fp32"]["times"])
     fp_again = statistics.median(again["times"])
-    fp_out = np.load(results["fp32"]["out"]) if Path(results["fp32"]["out"]).is_file() else None
     print(f"\nSD v1.4 architecture, random weights, latent {LATENT} (256 px), batch {BATCH}, {THREADS} threads, "
           f"default onnxruntime sessions, median of {args.runs} runs")
     print(f"{'graph':<14}{'step s':>9}{'x fp32':>8}{'startup s':>11}{'peak RSS GB':>13}")

@@ -16,6 +16,7 @@ as graph outputs and compare them with the simulator's integer kernels, bit for 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,22 @@ INT64_MAX = np.iinfo(np.int64).max
 
 def _i64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
+
+
+def add_report_row(ctx, row: dict) -> None:
+    rows = json.loads(ctx.artifacts.get(LOWERING_REPORT, "[]"))
+    rows.append(row)
+    ctx.artifacts[LOWERING_REPORT] = json.dumps(rows, indent=1, sort_keys=True)
+
+
+def product_meta(module: str, x: gs.Tensor, kernel: str, group: int, layout: str) -> dict:
+    return {LOWERED_MODULE: module, LOWERED_INPUT: x.name, LOWERED_KERNEL: kernel, LOWERED_GROUP: str(group),
+            LOWERED_LAYOUT: layout}
+
+
+def ones_scale(graph: gs.Graph, steps: int, step: gs.Tensor, name: str) -> gs.Tensor:
+    """A per-step scalar 1.0 (computed, so the rescale still fuses into the integer GEMM)."""
+    return step_row(graph, np.ones((max(steps, 2), 1), np.float32), step, name, [], np.float32)
 
 
 # ---------------------------------------------------------------- weights

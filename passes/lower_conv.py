@@ -21,6 +21,9 @@ import onnx_graphsurgeon as gs
 from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
 from passes.errors import PassError
 from passes.lower_common import (
+    add_report_row,
+    ones_scale,
+    product_meta,
     input_prefix,
     lowered_prefix,
     add_all,
@@ -40,7 +43,6 @@ from passes.lower_common import (
     zero_point_rows,
 )
 from passes.lower_conv_taps import pixel_groups_by_tap
-from passes.lower_linear import add_report_row, ones_scale, product_meta
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 

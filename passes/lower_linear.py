@@ -12,7 +12,6 @@ Per grouping of the input activation (the simulator's schedules, DESIGN.md secti
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -20,14 +19,11 @@ import onnx_graphsurgeon as gs
 from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
 from passes.errors import PassError
 from passes.lower_common import (
+    add_report_row,
+    ones_scale,
+    product_meta,
     input_prefix,
     lowered_prefix,
-    LOWERED_GROUP,
-    LOWERED_INPUT,
-    LOWERED_KERNEL,
-    LOWERED_LAYOUT,
-    LOWERED_MODULE,
-    LOWERING_REPORT,
     add_all,
     float_source,
     group_layout,
@@ -43,22 +39,6 @@ from passes.lower_common import (
     with_zero_point_columns,
     zero_point_rows,
 )
-
-
-def add_report_row(ctx: PassContext, row: dict) -> None:
-    rows = json.loads(ctx.artifacts.get(LOWERING_REPORT, "[]"))
-    rows.append(row)
-    ctx.artifacts[LOWERING_REPORT] = json.dumps(rows, indent=1, sort_keys=True)
-
-
-def product_meta(module: str, x: gs.Tensor, kernel: str, group: int, layout: str) -> dict:
-    return {LOWERED_MODULE: module, LOWERED_INPUT: x.name, LOWERED_KERNEL: kernel, LOWERED_GROUP: str(group),
-            LOWERED_LAYOUT: layout}
-
-
-def ones_scale(graph: gs.Graph, steps: int, step: gs.Tensor, name: str) -> gs.Tensor:
-    """A per-step scalar 1.0 (computed, so the rescale still fuses into the integer GEMM)."""
-    return step_row(graph, np.ones((max(steps, 2), 1), np.float32), step, name, [], np.float32)
 
 
 def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, zw: np.ndarray, tq, step: gs.Tensor,

@@ -14,8 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
-from passes.lower_common import float_source, input_prefix, lowered_prefix, quantize_codes, step_row, weight_of
-from passes.lower_linear import add_report_row
+from passes.lower_common import add_report_row, float_source, input_prefix, lowered_prefix, quantize_codes, step_row, weight_of
 
 KERNELS = {"Conv": "QLinearConv u8xs8 (requantized output)", "MatMul": "QLinearMatMul u8xs8 (requantized output)"}
 
