@@ -98,8 +98,6 @@ def main() -> None:
         print(json.dumps(time_graph(args.child, args.runs, args.profile_dir)))
         return
 
-    import numpy as np
-
     from dgq_compiler.compile import compile_graph
     from dgq_compiler.config import preset
     from tests.random_recipes import random_recipe
