@@ -140,9 +140,9 @@ def main() -> None:
                 fast_errors[name] = report["fast_extra_error"]
             results[name] = run_child(graphs[name], args.runs, work)
             r, fp_step = results[name], statistics.median(results["fp32"]["times"])
-            print(f"  {name}: step {statistics.median(r['times']):.3f} s = "
-                  f"{statistics.median(r['times']) / fp_step:.2f}x fp32 ({fp_step:.3f} s), start-up {r['startup']:.0f} s, "
-                  f"peak RSS {r['peak'] / 1e9:.2f} GB", flush=True)
+            step = statistics.median(r["times"])
+            print(f"  {name}: step {step:.3f} s = {step / fp_step:.2f}x fp32 ({fp_step:.3f} s), "
+                  f"start-up {r['startup']:.0f} s, peak RSS {r['peak'] / 1e9:.2f} GB", flush=True)
         print("timing fp32 again (drift) ...", flush=True)
         again = run_child(graphs["fp32"], args.runs, work)
     finally:
