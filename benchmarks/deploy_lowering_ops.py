@@ -37,7 +37,8 @@ def op_model(kind, dims, rng):
         c, co, k, hw = dims
         w = (rng.standard_normal((co, c, k, k)) * 0.05).astype(np.float32)
         node = helper.make_node("Conv", ["sample", "w", "b"], ["out"], name="/unet/m/Conv", pads=[k // 2] * 4)
-        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(rng.standard_normal(co).astype(np.float32), "b")]
+        bias = rng.standard_normal(co).astype(np.float32)
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")]
         shape, out_shape, n_channel, n_pixel = [2, c, hw, hw], [2, co, hw, hw], c, hw * hw
     else:
         n, k, co = dims
