@@ -30,9 +30,15 @@ def register(sub) -> None:
     p.add_argument("--check-points", choices=("auto", "yes", "no"), default="auto",
                    help="run the fake-quant point check at every calibrated step (auto: graphs under 300 MB)")
     p.add_argument("--target", default=None,
-                   help="adapt the recipe to a hardware target (preset: generic-npu, tensorrt-int8, onnxruntime-cpu, "
-                        "or a .json/.toml file) and print what it gave up; a target that takes only constant scales "
-                        "gets the static per-step graphs (check those)")
+                   help="compile for a hardware target (preset: generic-npu, tensorrt-int8, onnxruntime-cpu, "
+                        "onnxruntime-cpu-fast, or a .json/.toml file): the recipe is adapted to what the target "
+                        "supports and compile prints what it gave up; a target that takes only constant scales gets "
+                        "the static per-step graphs (check those). onnxruntime-cpu also lowers every quantized "
+                        "Conv/Linear to integer ops a default onnxruntime session runs on its integer kernels (u8 "
+                        "codes x s8 weights, int32 accumulators, float epilogue), exact against the simulator (check "
+                        "with dgq verify), and writes lowering.json; onnxruntime-cpu-fast = the same with per-tensor "
+                        "Convs/MatMuls as QLinearConv/QLinearMatMul, which requantize their output (an extra "
+                        "rounding; its extra error is printed)")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
@@ -73,6 +79,10 @@ def run(args) -> int:
         print()
         print(format_table(["gave up", "tensors", "recipe asked", "target gets"], report.gave_up or [["nothing", 0, "", ""]],
                            title=f"adapted to {report.target}"))
+    if report.kernels:
+        print()
+        print(format_table(["kernel", "ops", "accumulators"], report.kernels,
+                           title=f"lowered for {report.target} (per op: lowering.json)"))
     ratio = report.compiled_bytes / report.fp32_bytes if report.fp32_bytes else 0.0
     if report.point_check:
         rate, lsb = report.worst_mismatch
@@ -80,6 +90,8 @@ def run(args) -> int:
                  f"{report.tolerance:g}), max {lsb:g} LSB (max 1)")
     else:
         check = f"skipped (tolerance {report.tolerance:g}; --check-points yes to run it)"
+        if report.target:
+            check = f"replaced by the accumulator check: dgq verify {args.output} --target {report.target}"
     rows = [["graph", f"{args.output}/unet.onnx"],
             ["steps", f"{report.steps} ({', '.join(str(t) for t in report.timesteps[:6])}"
                       f"{', ...' if report.steps > 6 else ''})"],
@@ -92,6 +104,9 @@ def run(args) -> int:
         rows.append(["difference to fp32 graph", f"{report.fp_difference:.3g} (quantization noise, informational)"])
     if report.static_graphs:
         rows.append(["static variants", f"{len(report.static_graphs)} graphs sharing unet.onnx.data"])
+    if report.fast_extra_error:
+        rows.append(["fast variant vs exact", ", ".join(f"t={t}: {e:.3g}" for t, e in report.fast_extra_error.items())
+                     + " (max |fast - exact| / max |exact| of the output: the requantization's extra error)"])
     rows.append(["time", ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())])
     print()
     print(format_table(["compile", ""], rows))
