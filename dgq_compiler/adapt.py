@@ -162,7 +162,10 @@ def graphs_for_target(path, target, resolve) -> list[Path]:
 
     report = Path(path) / "compile.json"
     if Path(path).is_dir() and report.is_file() and needs_static(target):
-        doc = json.loads(report.read_text(encoding="utf-8"))
-        if doc.get("target") and doc.get("static_graphs"):
+        try:
+            doc = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # an unreadable compile.json: check the folder's one graph
+            doc = {}
+        if isinstance(doc, dict) and doc.get("target") and doc.get("static_graphs"):
             return [Path(path) / name for name in doc["static_graphs"]]
     return [resolve(path)]

@@ -50,8 +50,8 @@ class RunOptions:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
-        if self.guidance <= 1.0:
-            raise DgqError(f"--guidance must be > 1 (classifier-free guidance), got {self.guidance}")
+        if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
+            raise DgqError(f"--guidance must be a finite number > 1 (classifier-free guidance), got {self.guidance}")
 
 
 @dataclass
@@ -180,7 +180,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         prompts = read_prompts(options.prompts)
         if options.num_prompts:
             prompts = prompts[: options.num_prompts]
-        stats = calibrate(pipe, prompts, model_name=label, steps=options.steps, guidance=options.guidance,
+        stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, model_seed=options.seed if source == "tiny" else None, progress=True)
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")
