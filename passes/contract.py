@@ -12,8 +12,10 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
    and `group_map` (uint8, or int32 when G > 256; [T, N] per-step maps or [1, N] one shared map).
    Uniform: Gather(table, step) -> Reshape -> Gather(., group map) -> QuantizeLinear(axis) [-> Clip for
    b < 8 on uint8 storage] -> DequantizeLinear. Log2 (attention probabilities): `dgq.QuantizeLog` /
-   `dgq.DequantizeLog`, model-local functions of domain `dgq` (passes/log_functions.py), scale = ReduceMax
-   (dynamic) or the step's calibrated scale.
+   `dgq.DequantizeLog`, model-local functions of domain `dgq` (passes/log_functions.py), scale = each sample's
+   maximum (dynamic: `{prefix}/scale/*` nodes, ReduceMax per row then per sample, [B*heads, 1, 1]) or the step's
+   calibrated scale. Pixel/token group maps are defined on the calibrated grid and resampled to the run-time
+   size by `{prefix}/resample/*` nodes and `{prefix}/group_map/Resample` (passes/pixel_groups.py).
 3. **Quantizer metadata.** Every QuantizeLinear / QuantizeLog node carries `metadata_props`: `dgq.module`,
    `dgq.role`, `dgq.bits`, `dgq.axis`, `dgq.quantizer` (uniform | log2) and, for log2, `dgq.dynamic` (0/1):
    `QuantizerRecord.to_props()` writes them, `QuantizerRecord.from_node()` reads them.

@@ -184,15 +184,7 @@ def _reductions(model: onnx.ModelProto, info: GraphInfo, latent_size, batch) -> 
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        for node in m.graph.node:  # the log quantizer keeps its input's shape: an Identity for shape purposes
-            if node.domain == LOG_DOMAIN:
-                del node.input[1:]
-                del node.attribute[:]
-                node.op_type, node.domain = "Identity", ""
-        del m.functions[:]
-        _drop_dead_nodes(m.graph)  # the log scales' nodes now feed nothing (and symbolic inference trips on them)
+        m = shape_inference_view(model)
         for vi in m.graph.input:
             for d in vi.type.tensor_type.shape.dim:
                 if d.dim_param:
@@ -210,6 +202,21 @@ def _reductions(model: onnx.ModelProto, info: GraphInfo, latent_size, batch) -> 
         if shape and shape[-1] > 0:
             out[mm.node] = int(shape[-1])
     return out
+
+
+def shape_inference_view(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for shape inference: the log quantizer keeps its input's shape (an Identity), and the nodes that
+    computed its scales, now dead, are dropped (onnxruntime's symbolic inference has no ReduceMax)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for node in m.graph.node:
+        if node.domain == LOG_DOMAIN:
+            del node.input[1:]
+            del node.attribute[:]
+            node.op_type, node.domain = "Identity", ""
+    del m.functions[:]
+    _drop_dead_nodes(m.graph)
+    return m
 
 
 def _drop_dead_nodes(graph: onnx.GraphProto) -> None:

@@ -191,8 +191,10 @@ def infer_shapes(model) -> dict:
     """Tensor name -> concrete dims (None where unknown), after symbolic shape inference."""
     import onnx
 
+    from simulator.check import shape_inference_view
+
     dims = {init.name: list(init.dims) for init in model.graph.initializer}
-    model = _weights_as_inputs(model)
+    model = _weights_as_inputs(shape_inference_view(model))
     inferred = None
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
