@@ -62,3 +62,61 @@ def unet_from_config(config: dict, device: str = "meta", seed: int = 0):
         return UNet2DConditionModel.from_config(config).to(device).eval()
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         raise ModelError(f"UNet config cannot build a UNet2DConditionModel: {exc}") from None
+
+
+def stream_random_weights(config: dict, seed: int, write) -> list[str]:
+    """Build `unet_from_config(config, "cpu", seed)`'s weights one module at a time without holding the model.
+
+    Each parameter is handed to `write(index, tensor)` as soon as its module has finished initialising and
+    then dropped, so memory holds about one module. Returns the qualified parameter names by index.
+
+    The weights are bit for bit those of `unet_from_config`: construction runs unchanged under the same
+    seed; a global parameter-registration hook only notices that a module has finished (another module
+    registers a parameter) and takes its parameters out. This relies on every module initialising its own
+    parameters before another module registers one, which holds for the torch.nn layers a diffusers UNet
+    is made of (tested for equality).
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    pending: list = []   # (module, parameter name): registered, maybe not initialised yet
+    index: dict = {}     # (id(module), parameter name) -> the index it was written under
+    empty = torch.empty(0)
+
+    def take(keep_owner=None) -> None:
+        still = []
+        for owner, name in pending:
+            if owner is keep_owner:
+                still.append((owner, name))
+                continue
+            param = owner._parameters.get(name)
+            if param is not None:
+                index[(id(owner), name)] = len(index)
+                write(len(index) - 1, param.data)
+                param.data = empty  # the model keeps an empty placeholder; the values are written
+        pending[:] = still
+
+    def on_register(module, name, param):
+        if param is not None:
+            take(keep_owner=module)
+            pending.append((module, name))
+
+    state = torch.random.get_rng_state()
+    handle = register_module_parameter_registration_hook(on_register)
+    try:
+        torch.manual_seed(seed)
+        try:
+            unet = UNet2DConditionModel.from_config(config)
+        except (TypeError, ValueError, KeyError, AssertionError) as exc:
+            raise ModelError(f"UNet config cannot build a UNet2DConditionModel: {exc}") from None
+        take()
+    finally:
+        handle.remove()
+        torch.random.set_rng_state(state)
+    names = [""] * len(index)
+    for prefix, module in unet.named_modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                names[index[(id(module), name)]] = f"{prefix}.{name}" if prefix else name
+    return names

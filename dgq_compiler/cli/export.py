@@ -28,19 +28,16 @@ def register(sub) -> None:
 def run(args) -> int:
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.export import export_unet
+    from dgq_compiler.export import export_model
     from dgq_compiler.io import check_writable
-    from models.loader import get_unet
 
     if args.batch < 1:
         raise DgqError(f"--batch must be at least 1, got {args.batch}")
     if args.latent_size is not None and (args.latent_size < 8 or args.latent_size % 8):
         raise DgqError(f"--latent-size must be a positive multiple of 8, got {args.latent_size}")
     check_writable(args.output, overwrite=args.overwrite)  # before minutes of loading and tracing
-    unet = get_unet(args.model, seed=args.seed)
-    report = export_unet(unet, args.output, model_name=args.model, batch=args.batch,
-                         latent_size=args.latent_size, seed=args.seed, tolerance=args.tolerance,
-                         overwrite=args.overwrite)
+    report = export_model(args.model, args.output, batch=args.batch, latent_size=args.latent_size,
+                          seed=args.seed, tolerance=args.tolerance, overwrite=args.overwrite)
     rows = [["graph", f"{args.output}/{report.graph}"],
             ["parameters", f"{report.parameters / 1e6:.2f} M"],
             ["external data", "yes (unet.onnx.data)" if report.external_data else "no"],
@@ -48,6 +45,7 @@ def run(args) -> int:
             *[[f"max abs error @ t={t}", f"{e:.3g}"] for t, e in report.max_abs_error.items()],
             ["tolerance", f"{report.tolerance:g}  (passed)"],
             ["time (export / save / validate)",
-             " / ".join(f"{report.seconds[k]:.1f} s" for k in ("export", "save_and_check", "validate"))]]
+             " / ".join(f"{report.seconds[k]:.1f} s" for k in ("export", "save_and_check", "validate"))],
+            ["time (weights: generate or read, classify)", f"{report.seconds['weights']:.1f} s"]]
     print(format_table(["export", args.model], rows))
     return 0
