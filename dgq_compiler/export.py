@@ -22,6 +22,9 @@ REPORT_NAME = "export.json"
 TWO_GB = 2 * 1024**3
 DEFAULT_TOLERANCE = 1e-4
 VALIDATION_TIMESTEPS = (999.0, 1.0)
+# default trace/validation latent: the graph has dynamic spatial axes, and SDXL's 128 would make the
+# validation activations (4096-token attention) outgrow the weights
+MAX_DEFAULT_LATENT = 64
 
 
 @dataclass
@@ -137,7 +140,7 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
     from passes.module_map import build_module_map, save_module_map
 
     out_dir = check_writable(out_dir, overwrite=overwrite)
-    latent_size = latent_size or int(config["sample_size"])
+    latent_size = latent_size or min(int(config["sample_size"]), MAX_DEFAULT_LATENT)
     seconds = {}
     with atomic_path(out_dir, directory=True) as tmp:
         scratch = tmp / "scratch"
