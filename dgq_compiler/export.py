@@ -21,6 +21,7 @@ MODULE_MAP_NAME = "module_map.json"
 REPORT_NAME = "export.json"
 TWO_GB = 2 * 1024**3
 DEFAULT_TOLERANCE = 1e-4
+FLOAT16_TOLERANCE = 1e-2  # a float16 graph against the float32 torch model: half precision's own error
 VALIDATION_TIMESTEPS = (999.0, 1.0)
 # default trace/validation latent: the graph has dynamic spatial axes, and SDXL's 128 would make the
 # validation activations (4096-token attention) outgrow the weights
@@ -38,6 +39,7 @@ class ExportReport:
     batch: int
     latent_size: int
     tolerance: float
+    dtype: str = "float32"  # of the weights and the arithmetic inside the graph; inputs/output stay float32
     max_abs_error: dict = field(default_factory=dict)   # timestep -> error (relative to max(1, |ref|))
     seconds: dict = field(default_factory=dict)
 
@@ -47,9 +49,11 @@ class ExportReport:
 
 
 def _wrapper(unet):
+    """The UNet with the graph's positional inputs; a float16 UNet gets float32 inputs and output around it."""
     import torch
 
     sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"
+    half = next(unet.parameters()).dtype == torch.float16
 
     class UNetForExport(torch.nn.Module):
         def __init__(self):
@@ -57,9 +61,13 @@ def _wrapper(unet):
             self.unet = unet  # the attribute name is the scope root the module map strips
 
         def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+            if half:  # the graph keeps float32 inputs and output: a drop-in for the float32 graph
+                sample, encoder_hidden_states = sample.half(), encoder_hidden_states.half()
+                text_embeds = text_embeds.half() if text_embeds is not None else None
+                time_ids = time_ids.half() if time_ids is not None else None
             added = {"text_embeds": text_embeds, "time_ids": time_ids} if sdxl else None
-            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added,
-                             return_dict=False)[0]
+            out = self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+            return out.float() if half else out
 
     return UNetForExport().eval(), sdxl
 
@@ -122,7 +130,8 @@ def validate(graph_path: Path, cases: list) -> dict:
 
 
 def _export(config: dict, open_source, reference, out_dir, *, model_name: str, batch: int, latent_size: int | None,
-            seed: int, tolerance: float, overwrite: bool, external_data: bool | None, progress) -> ExportReport:
+            seed: int, tolerance: float | None, overwrite: bool, external_data: bool | None, float16: bool,
+            progress) -> ExportReport:
     """Trace the structure, write the weights tensor by tensor, validate; the folder appears only if all succeeded.
 
     `open_source(scratch)` gives the weights (it may spill generated ones into the scratch folder);
@@ -141,6 +150,8 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
 
     out_dir = check_writable(out_dir, overwrite=overwrite)
     latent_size = latent_size or min(int(config["sample_size"]), MAX_DEFAULT_LATENT)
+    if tolerance is None:
+        tolerance = FLOAT16_TOLERANCE if float16 else DEFAULT_TOLERANCE
     seconds = {}
     with atomic_path(out_dir, directory=True) as tmp:
         scratch = tmp / "scratch"
@@ -150,8 +161,8 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
         shapes = {name: source.shape(name) for name in source.names()}
         params = sum(_numel(s) for s in shapes.values())
         # protobuf cannot hold 2 GB; leave headroom for the graph itself
-        external = params * 4 > TWO_GB - 64 * 1024**2 if external_data is None else external_data
-        skeleton = placeholder_skeleton(config, content_classes(source, list(shapes)))
+        external = params * (2 if float16 else 4) > TWO_GB - 64 * 1024**2 if external_data is None else external_data
+        skeleton = placeholder_skeleton(config, content_classes(source, list(shapes)), float16=float16)
         skeleton.set_attn_processor(AttnProcessor())
         wrapper, _ = _wrapper(skeleton)
         inputs = example_inputs(skeleton, batch, latent_size, 500.0, seed)
@@ -166,7 +177,8 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
         model = onnx.load(str(traced))
         bindings = bind_initializers(model, list(inputs), shapes)
         graph = tmp / GRAPH_NAME
-        write_initializers(model, bindings, source, graph, external=external, weights_name=WEIGHTS_NAME)
+        write_initializers(model, bindings, source, graph, external=external, weights_name=WEIGHTS_NAME,
+                           float16=float16)
         del model
         seconds["save_and_check"] = time.perf_counter() - start
         entries = build_module_map(onnx.load(str(graph), load_external_data=False))
@@ -183,7 +195,8 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
         scratch.rmdir()
         report = ExportReport(model=model_name, graph=GRAPH_NAME, opset=OPSET, parameters=params,
                               external_data=external, inputs=list(inputs), batch=batch,
-                              latent_size=latent_size, tolerance=tolerance, max_abs_error=errors,
+                              latent_size=latent_size, tolerance=tolerance,
+                              dtype="float16" if float16 else "float32", max_abs_error=errors,
                               seconds={k: round(v, 3) for k, v in seconds.items()})
         if report.worst_error > tolerance:
             raise DgqError(f"exported graph does not match torch: max abs error {report.worst_error:.3g} "
@@ -200,13 +213,10 @@ def _numel(shape) -> int:
 
 
 def export_unet(unet, out_dir: str | Path, *, model_name: str = "unet", batch: int = 2,
-                latent_size: int | None = None, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE,
-                overwrite: bool = False, external_data: bool | None = None, progress=print) -> ExportReport:
-    """Export a UNet that is in memory (its config's architecture, its weights); see `export_model`.
-
-    `external_data` forces (True) or forbids (False) the single external weights file; by default it is
-    used exactly when the fp32 weights would not fit in one 2 GB protobuf.
-    """
+                latent_size: int | None = None, seed: int = 0, tolerance: float | None = None,
+                overwrite: bool = False, external_data: bool | None = None, float16: bool = False,
+                progress=print) -> ExportReport:
+    """Export a UNet that is in memory (its config's architecture, its weights); options as `export_model`."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
 
@@ -218,15 +228,20 @@ def export_unet(unet, out_dir: str | Path, *, model_name: str = "unet", batch: i
     unet.set_attn_processor(AttnProcessor())
     return _export(dict(unet.config), lambda _scratch: ModuleWeights(unet), lambda _source: unet, out_dir,
                    model_name=model_name, batch=batch, latent_size=latent_size, seed=seed, tolerance=tolerance,
-                   overwrite=overwrite, external_data=external_data, progress=progress)
+                   overwrite=overwrite, external_data=external_data, float16=float16, progress=progress)
 
 
 def export_model(name_or_path: str, out_dir: str | Path, *, batch: int = 2, latent_size: int | None = None,
-                 seed: int = 0, tolerance: float = DEFAULT_TOLERANCE, overwrite: bool = False,
-                 external_data: bool | None = None, progress=print) -> ExportReport:
+                 seed: int = 0, tolerance: float | None = None, overwrite: bool = False,
+                 external_data: bool | None = None, float16: bool = False, progress=print) -> ExportReport:
     """Export a zoo model (random weights from `seed`, generated tensor by tensor) or a local diffusers
     pipeline/UNet folder (its safetensors, read tensor by tensor) without ever holding two copies of the
-    weights: the peak is the torch reference or onnxruntime session of validation, one at a time."""
+    weights: the peak is the torch reference or onnxruntime session of validation, one at a time.
+
+    `float16` writes float16 weights and computes in float16 inside the graph (inputs and output stay
+    float32), halving the file; it is validated against the float32 torch model with tolerance 1e-2 unless
+    `tolerance` says otherwise. `external_data` forces (True) or forbids (False) the single external weights
+    file; by default it is used exactly when the weights would not fit in one 2 GB protobuf."""
     from dgq_compiler.export_weights import SafetensorsWeights, SpilledWeights, module_with_weights
     from models.loader import folder_kind, get_unet, quiet_libraries
     from models.zoo import ALIASES, ZOO_NAMES, read_unet_config, zoo_config
@@ -235,7 +250,7 @@ def export_model(name_or_path: str, out_dir: str | Path, *, batch: int = 2, late
     if name_or_path == "tiny":  # the embedded pipeline's own UNet (small): in memory, as everywhere else
         return export_unet(get_unet("tiny", seed=seed), out_dir, model_name=name_or_path, batch=batch,
                            latent_size=latent_size, seed=seed, tolerance=tolerance, overwrite=overwrite,
-                           external_data=external_data, progress=progress)
+                           external_data=external_data, float16=float16, progress=progress)
     check_writable(out_dir, overwrite=overwrite)
     if ALIASES.get(name_or_path, name_or_path) in ZOO_NAMES:
         config = zoo_config(name_or_path)
@@ -255,4 +270,5 @@ def export_model(name_or_path: str, out_dir: str | Path, *, batch: int = 2, late
             return SafetensorsWeights(folder)
     return _export(config, open_source, lambda source: module_with_weights(config, source), out_dir,
                    model_name=name_or_path, batch=batch, latent_size=latent_size, seed=seed,
-                   tolerance=tolerance, overwrite=overwrite, external_data=external_data, progress=progress)
+                   tolerance=tolerance, overwrite=overwrite, external_data=external_data, float16=float16,
+                   progress=progress)

@@ -31,8 +31,20 @@ class Binding:
     transpose: bool    # the initializer is the 2-D parameter transposed (else a reshape of its values)
 
 
-def placeholder_skeleton(config: dict, classes: dict[str, int]):
-    """A UNet whose parameters are broadcast scalars (class id / 1024): the structure, no weight memory."""
+def placeholder_value(class_id: int, float16: bool):
+    """A scalar distinct for every class id: id / 1024 in float32; in float16 (2048 integers at most) the
+    bit pattern of 1.0 plus the id, distinct up to 16383 ids."""
+    import torch
+
+    if not float16:
+        return torch.full((), class_id / 1024.0)
+    if not 0 < class_id < 0x7C00 - 0x3C00:
+        raise DgqError(f"too many distinct weights ({class_id}) for float16 placeholders")
+    return torch.tensor(0x3C00 + class_id, dtype=torch.int16).view(torch.float16)
+
+
+def placeholder_skeleton(config: dict, classes: dict[str, int], float16: bool = False):
+    """A UNet whose parameters are broadcast scalars (one per content class): the structure, no weight memory."""
     import torch
 
     from models.zoo import unet_from_config
@@ -43,7 +55,7 @@ def placeholder_skeleton(config: dict, classes: dict[str, int]):
             if param is None:
                 continue
             qualified = f"{prefix}.{name}" if prefix else name
-            value = torch.full((), classes[qualified] / 1024.0)
+            value = placeholder_value(classes[qualified], float16)
             module._parameters[name] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
     return unet.eval()
 

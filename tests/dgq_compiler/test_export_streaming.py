@@ -1,4 +1,5 @@
 """The weight-free trace + tensor-by-tensor binding give exactly the graph a whole-model export gives."""
+import json
 import warnings
 
 import onnx
@@ -113,3 +114,20 @@ def test_export_of_a_non_unet_folder_is_a_clear_error(tmp_path):
         export_model(str(tmp_path / "m"), tmp_path / "out", **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
+
+
+def test_float16_export_halves_the_weights_and_keeps_the_float32_interface(tmp_path, tiny_export_dir,
+                                                                          tiny_pipeline_dir):
+    report = export_model(str(tiny_pipeline_dir), tmp_path / "half", float16=True, **QUIET)
+    assert report.dtype == "float16" and report.tolerance == 1e-2
+    assert 1e-5 < report.worst_error <= 1e-2  # half precision's own error, far above float32's
+    half = onnx.load(str(tmp_path / "half" / "unet.onnx"))
+    assert {i.data_type for i in half.graph.initializer} == {onnx.TensorProto.FLOAT16}
+    assert [i.type.tensor_type.elem_type for i in half.graph.input] == [onnx.TensorProto.FLOAT] * 3
+    assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    fp32 = onnx.load(str(tiny_export_dir / "unet.onnx"))
+    assert len(half.graph.initializer) == len(fp32.graph.initializer)
+    assert 2 * sum(len(i.raw_data) for i in half.graph.initializer) == sum(len(i.raw_data) for i in fp32.graph.initializer)
+    modules = {(e["module"], e["kind"]) for e in json.loads((tmp_path / "half" / "module_map.json").read_text())["entries"]}
+    full = {(e["module"], e["kind"]) for e in json.loads((tiny_export_dir / "module_map.json").read_text())["entries"]}
+    assert modules == full
