@@ -93,3 +93,18 @@ def test_streamed_random_weights_leave_the_global_generator_alone():
     torch.manual_seed(123)
     stream_random_weights(zoo_config("tiny"), 0, lambda _i, _t: None)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_saved_random_unet_folder_loads_to_the_zoo_weights(tmp_path):
+    import torch
+
+    from models.loader import load_unet
+    from models.zoo import save_random_unet
+
+    config = dict(zoo_config("tiny"), **SDXL_LIKE)
+    save_random_unet(config, 2, tmp_path / "unet")
+    loaded = load_unet(tmp_path / "unet").state_dict()
+    reference = unet_from_config(config, device="cpu", seed=2).state_dict()
+    assert sorted(loaded) == sorted(reference)
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    assert read_unet_config(tmp_path / "unet")["addition_embed_type"] == "text_time"
