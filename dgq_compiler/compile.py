@@ -240,7 +240,7 @@ def compile_graph(graph_path: str | Path, recipe_path, out_path: str | Path, sta
     seconds = {}
     start = time.perf_counter()
     graph_path = resolve_graph(graph_path)
-    out_path = check_writable(out_path, overwrite=overwrite)
+    out_path = check_writable(out_path, overwrite=overwrite, kind="folder")
     recipe = recipe_path if isinstance(recipe_path, Recipe) else Recipe.load(recipe_path)
     fp_model = onnx.load(str(graph_path), load_external_data=False)
     fp_signature = graph_signature(fp_model)

@@ -148,7 +148,7 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
     from diffusers.models.attention_processor import AttnProcessor
     from passes.module_map import build_module_map, save_module_map
 
-    out_dir = check_writable(out_dir, overwrite=overwrite)
+    out_dir = check_writable(out_dir, overwrite=overwrite, kind="folder")
     latent_size = latent_size or min(int(config["sample_size"]), MAX_DEFAULT_LATENT)
     if tolerance is None:
         tolerance = FLOAT16_TOLERANCE if float16 else DEFAULT_TOLERANCE
@@ -251,7 +251,7 @@ def export_model(name_or_path: str, out_dir: str | Path, *, batch: int = 2, late
         return export_unet(get_unet("tiny", seed=seed), out_dir, model_name=name_or_path, batch=batch,
                            latent_size=latent_size, seed=seed, tolerance=tolerance, overwrite=overwrite,
                            external_data=external_data, float16=float16, progress=progress)
-    check_writable(out_dir, overwrite=overwrite)
+    check_writable(out_dir, overwrite=overwrite, kind="folder")
     if ALIASES.get(name_or_path, name_or_path) in ZOO_NAMES:
         config = zoo_config(name_or_path)
 

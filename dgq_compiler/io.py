@@ -1,45 +1,37 @@
-"""Atomic output: everything we write lands under a temporary name first, then is renamed into place."""
+"""Atomic output for the pipeline: the filesystem primitives of `models.files` with the pipeline's error type.
+
+Everything we write lands under a temporary name first and is renamed when complete; outputs are checked
+(folder writable, nothing there unless --overwrite, the right kind) before any work starts.
+"""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
+from models import files
+from models.files import remove_stale_temporaries, sha256_file, sigterm_as_interrupt  # noqa: F401 (re-exported)
 
 
-def check_writable(path: str | Path, overwrite: bool = False) -> Path:
-    """The output path, if its folder exists and is writable and (unless `overwrite`) nothing is there yet."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise DgqError(f"output folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise DgqError(f"output folder {str(parent)!r} is not writable")
-    if path.exists() and not overwrite:
-        raise DgqError(f"output {str(path)!r} already exists (pass --overwrite to replace it)")
-    return path
+@contextlib.contextmanager
+def _as_dgq_error():
+    try:
+        yield
+    except files.OutputPathError as exc:
+        raise DgqError(str(exc)) from None
+
+
+def check_writable(path: str | Path, overwrite: bool = False, kind: str = "file") -> Path:
+    """The output path, if a `kind` ("file" or "folder") output can be created there (see models.files)."""
+    with _as_dgq_error():
+        return files.check_writable(path, overwrite, kind)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, directory: bool = False):
     """Yield a temporary sibling path; on success it is renamed to `path`, on failure removed."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a kept output folder gets the usual mode
-    target = tmp if directory else tmp / path.name
-    try:
-        yield target
-        if directory and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # the caller checked overwrite permission (check_writable)
-        os.replace(target, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _as_dgq_error(), files.atomic_path(path, directory) as tmp:
+        yield tmp
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -57,11 +49,9 @@ def manifest_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def sha256_file(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def check_pair_writable(manifest: str | Path, overwrite: bool = False) -> Path:
+    """A manifest `.json` and its `.safetensors` beside it: both checked before either is written."""
+    manifest = Path(manifest)
+    check_writable(manifest, overwrite)
+    check_writable(manifest.with_suffix(".safetensors"), overwrite)
+    return manifest

@@ -104,7 +104,7 @@ def _image_prompts(options: RunOptions) -> list[str]:
 
 def run(options: RunOptions, output: str | Path, overwrite: bool = False, log=print) -> dict:
     """Run every stage into `output`; returns the summary that is also written as summary.json."""
-    output = check_writable(output, overwrite=overwrite)
+    output = check_writable(output, overwrite=overwrite, kind="folder")
     source, label = resolve_model(options.model)
     started = time.perf_counter()
     with atomic_path(output, directory=True) as out:

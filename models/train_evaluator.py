@@ -50,9 +50,9 @@ def train(out, seed: int = 0, steps: int = 1500, batch: int = 64, threads: int =
     import torch
     from tqdm import tqdm
 
-    from dgq_compiler.io import atomic_path, check_writable
+    from models.files import atomic_path, check_writable
 
-    check_writable(out, overwrite=overwrite)
+    check_writable(out, overwrite=overwrite, kind="folder")
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)

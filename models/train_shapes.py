@@ -176,9 +176,9 @@ def train(out: str | Path, seed: int = 0, vae_steps: int = 800, unet_steps: int 
     import torch
     from tqdm import tqdm
 
-    from dgq_compiler.io import atomic_path, check_writable
+    from models.files import atomic_path, check_writable
 
-    check_writable(out, overwrite=overwrite)  # before the training, not after it
+    check_writable(out, overwrite=overwrite, kind="folder")  # before the training, not after it
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(seed)

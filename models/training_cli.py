@@ -17,12 +17,18 @@ def training_parser(doc: str, out_help: str) -> argparse.ArgumentParser:
 
 
 def run_training(train, *args, **kwargs) -> int:
-    """train(*args, **kwargs) -> exit code: 0, or 2 with a one-line error for a user error."""
-    from dgq_compiler.errors import DgqError
+    """train(*args, **kwargs) -> exit code: 0, 2 with a one-line error for a user error, 130 when interrupted
+    (Ctrl-C or SIGTERM; the temporary output is removed either way)."""
+    from models.errors import ModelError
+    from models.files import sigterm_as_interrupt
 
+    sigterm_as_interrupt()
     try:
         train(*args, **kwargs)
-    except DgqError as exc:
+    except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0

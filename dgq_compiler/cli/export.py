@@ -38,7 +38,7 @@ def run(args) -> int:
         raise DgqError(f"--batch must be at least 1, got {args.batch}")
     if args.latent_size is not None and (args.latent_size < 8 or args.latent_size % 8):
         raise DgqError(f"--latent-size must be a positive multiple of 8, got {args.latent_size}")
-    check_writable(args.output, overwrite=args.overwrite)  # before minutes of loading and tracing
+    check_writable(args.output, overwrite=args.overwrite, kind="folder")  # before minutes of loading and tracing
     report = export_model(args.model, args.output, batch=args.batch, latent_size=args.latent_size,
                           seed=args.seed, tolerance=args.tolerance, overwrite=args.overwrite, float16=args.fp16)
     rows = [["graph", f"{args.output}/{report.graph}"],

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from dgq_compiler.errors import user_errors
+    from dgq_compiler.io import sigterm_as_interrupt
 
+    sigterm_as_interrupt()  # a killed run (SIGTERM) removes its temporaries like Ctrl-C does
     try:
         return int(args.run(args) or 0)
     except user_errors() as exc:

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from dgq_compiler.errors import DgqError
+from models.errors import ModelError
 from models.train_shapes import main, train
 
 SHORT = dict(seed=3, vae_steps=2, unet_steps=2, batch=4, pool_size=16, threads=1, quiet=True)
@@ -29,7 +29,7 @@ def test_existing_output_is_refused_before_training_unless_overwrite(tmp_path, c
     out = tmp_path / "model"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(DgqError, match="already exists"):
+    with pytest.raises(ModelError, match="already exists"):
         train(out, **SHORT)
     assert main(["--out", str(out), "--vae-steps", "1", "--unet-steps", "1"]) == 2
     err = capsys.readouterr().err.strip()

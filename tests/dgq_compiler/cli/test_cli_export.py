@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 
@@ -49,9 +50,12 @@ def test_unwritable_output(capsys, tmp_path):
 
 
 def test_read_only_output_folder(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    def refuse(path, mode=0o777, **kwargs):  # a read-only mount: creating anything fails (also for root)
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(os, "mkdir", refuse)
     err = _fail(capsys, ["export", "tiny", "-o", str(tmp_path / "out")])
-    assert err == f"dgq export: error: output folder '{tmp_path}' is not writable"
+    assert err == f"dgq export: error: output folder '{tmp_path}' cannot take new files (Read-only file system)"
 
 
 def test_non_unet_model(capsys, tmp_path, tiny_pipeline_dir):
