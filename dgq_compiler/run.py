@@ -213,7 +213,9 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         fp_latents = sample(pipe, torch_predictor(unet), image_prompts, seeds, options.steps, options.guidance,
                             latent_size=options.latent_size, on_step=lambda i, t, x, s, e: calls.append(analysis.UNetCall(i, t, x, s, e)))
         images = {"FP32": decode(pipe, fp_latents)}
-        probe_calls = [calls[i] for i in sorted({0, len(calls) // 2, len(calls) - 1})]
+        # every layer's output is held for each probe call (GBs at 512 px): --quick probes the middle call only
+        probe = [len(calls) // 2] if options.quick else [0, len(calls) // 2, len(calls) - 1]
+        probe_calls = [calls[i] for i in sorted(set(probe))]
         layers = [name for name, m in unet.named_modules()
                   if type(m).__name__ in ("Conv2d", "Linear", "LoRACompatibleConv", "LoRACompatibleLinear")]
         fp_layers = analysis.layer_outputs(unet, probe_calls, layers)
