@@ -6,7 +6,9 @@ so the probabilities are a tensor the passes can quantize and split.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,7 +161,7 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
         start = time.perf_counter()
         source = open_source(scratch)
         shapes = {name: source.shape(name) for name in source.names()}
-        params = sum(_numel(s) for s in shapes.values())
+        params = sum(math.prod(s) for s in shapes.values())
         # protobuf cannot hold 2 GB; leave headroom for the graph itself
         external = params * (2 if float16 else 4) > TWO_GB - 64 * 1024**2 if external_data is None else external_data
         skeleton = placeholder_skeleton(config, content_classes(source, list(shapes)), float16=float16)
@@ -185,7 +187,7 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
         save_module_map(entries, tmp / MODULE_MAP_NAME)
         progress(f"validating in onnxruntime at timesteps {', '.join(str(t) for t in VALIDATION_TIMESTEPS)} ...")
         start = time.perf_counter()
-        cases = _reference_outputs(lambda: reference(source), batch, latent_size, seed)
+        cases = _reference_outputs(functools.partial(reference, source), batch, latent_size, seed)
         del source
         gc.collect()
         errors = validate(graph, cases)
@@ -203,13 +205,6 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
                            f"> tolerance {tolerance:g}")
         (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n")
     return report
-
-
-def _numel(shape) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count
 
 
 def export_unet(unet, out_dir: str | Path, *, model_name: str = "unet", batch: int = 2,

@@ -14,6 +14,7 @@ shape, transposed when the shape is reversed.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,9 @@ def placeholder_skeleton(config: dict, classes: dict[str, int], float16: bool = 
             if param is None:
                 continue
             qualified = f"{prefix}.{name}" if prefix else name
+            if qualified not in classes:
+                raise DgqError(f"the weights have no {qualified!r}: expected the state dict of a diffusers "
+                               "UNet2DConditionModel with this config (saved by a current diffusers)")
             value = placeholder_value(classes[qualified], float16)
             module._parameters[name] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
     return unet.eval()
@@ -110,9 +114,8 @@ def bind_initializers(model, data_inputs: list[str], shapes: dict[str, tuple]) -
             continue
         module, op_type = _reading_scope(value.name, consumers)
         wanted = {"Mul": ("weight",), "Add": ("bias",)}.get(op_type, ("weight", "bias"))
-        numel = _numel(shape)
         candidates = [f"{module}.{role}" for role in wanted
-                      if f"{module}.{role}" in shapes and _numel(shapes[f"{module}.{role}"]) == numel]
+                      if f"{module}.{role}" in shapes and math.prod(shapes[f"{module}.{role}"]) == math.prod(shape)]
         if len(candidates) != 1:
             raise DgqError(f"traced graph: cannot tell which parameter of {module or 'the UNet'!r} the folded "
                            f"initializer {value.name!r} {shape} holds (candidates: {candidates or 'none'})")
@@ -125,9 +128,3 @@ def bind_initializers(model, data_inputs: list[str], shapes: dict[str, tuple]) -
         bindings.append(Binding(value.name, parameter, shape, transpose))
     return bindings
 
-
-def _numel(shape: tuple) -> int:
-    count = 1
-    for d in shape:
-        count *= d
-    return count

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ class ModuleWeights:
         return tuple(self._params[name].shape)
 
     def tensor(self, name: str):
-        return self._params[name].detach().float().contiguous()
+        return self._params[name].detach().cpu().float().contiguous()
 
 
 class SafetensorsWeights:
@@ -96,7 +97,7 @@ class SpilledWeights:
         import torch
 
         offset, shape = self._index[name]
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         data = np.fromfile(self.path, dtype=np.float32, count=count, offset=offset)
         return torch.from_numpy(data.reshape(shape))
 
