@@ -17,7 +17,7 @@ def register(sub) -> None:
                    help="output folder to create: unet.onnx, module_map.json, export.json")
     p.add_argument("--batch", type=int, default=2, help="batch used to trace and validate (2 = CFG)")
     p.add_argument("--latent-size", type=int, default=None,
-                   help="latent height/width used to trace and validate (default: the UNet's sample_size, at most 64)")
+                   help="latent height/width used to trace and validate (default: the UNet's sample_size, at most 32)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and validation inputs")
     p.add_argument("--tolerance", type=float, default=None,
                    help="largest allowed |onnxruntime - torch| / max(1, max|torch|); None: 1e-4, or 1e-2 with --fp16")
