@@ -31,8 +31,8 @@ def register(sub) -> None:
     p.add_argument("--device", default=None,
                    help="torch device of calibration (default: cuda when present, else cpu); the ONNX stages run on CPU")
     p.add_argument("--quick", action="store_true",
-                   help="try-out budget for real-size models: 2 prompts, 4 steps, 1 image, dgq-w8a8-g8 only, "
-                        "1 verify timestep (options given explicitly are kept); the report lists what was shortened")
+                   help="try-out budget for real-size models: 2 prompts, 4 steps, 1 image, dgq-w8a8-g8 only, verify at "
+                        "1 timestep and latent 32 (options given explicitly are kept); the report lists what was shortened")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
 
