@@ -17,6 +17,8 @@ import statistics
 import numpy as np
 import torch
 
+from passes.contract import FP_MODULES
+
 
 def _reduce_max_abs(x: torch.Tensor, conv: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel and per-pixel (or per-token) max |x| of one call's input."""
@@ -41,7 +43,7 @@ class Recorder:
 
         unet.set_attn_processor(AttnProcessor())  # explicit softmax probabilities we can observe
         for name, module in unet.named_modules():
-            if name in ("conv_in", "conv_out"):
+            if name in FP_MODULES:
                 continue
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
                 self.handles.append(module.register_forward_pre_hook(self._input_hook(name, module)))

@@ -12,39 +12,13 @@ import argparse
 import gc
 import json
 import shutil
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-
-class RssSampler:
-    """Peak resident memory of this process, sampled every 50 ms from /proc/self/status."""
-
-    def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def rss() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.peak = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: shared benchmark and test helpers
+from benchmarks.rss import PeakRss  # noqa: E402
 
 
 def main() -> None:
@@ -56,7 +30,7 @@ def main() -> None:
     from dgq_compiler.compile import compile_graph
     from dgq_compiler.config import preset
     from dgq_compiler.export import export_unet
-    from dgq_compiler.recipe import random_recipe
+    from tests.random_recipes import random_recipe
     from models.loader import get_unet
     from models.zoo import zoo_config
     from simulator.cost.bits import parse_bits
@@ -67,7 +41,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = {}
     try:
-        with RssSampler() as mem:
+        with PeakRss() as mem:
             unet = get_unet("sd-v1.4", seed=0)
             start = time.perf_counter()
             export_unet(unet, work / "export", model_name="sd-v1.4", progress=lambda m: print("  " + m))
@@ -81,7 +55,7 @@ def main() -> None:
             qconfig = preset(name)
             recipe = random_recipe(config, qconfig, timesteps, seed=0, model_name="sd-v1.4")
             gc.collect()
-            with RssSampler() as mem:
+            with PeakRss() as mem:
                 start = time.perf_counter()
                 report = compile_graph(work / "export", recipe, work / name, validate=(name == "dgq-w8a8-g8"),
                                        progress=lambda m: print("  " + m))

@@ -16,44 +16,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-
-class PeakRss:
-    def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def rss() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.05)
-
-    def __enter__(self):
-        self.peak = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: shared benchmark and test helpers
+from benchmarks.rss import PeakRss  # noqa: E402
 
 
 def compile_random(model_name: str, preset_name: str, work: Path, export_dir: Path | None = None) -> Path:
     from dgq_compiler.compile import compile_graph
     from dgq_compiler.config import preset
     from dgq_compiler.export import export_unet
-    from dgq_compiler.recipe import random_recipe
+    from tests.random_recipes import random_recipe
     from models.loader import get_unet
     from models.zoo import zoo_config
 
@@ -74,18 +50,12 @@ def _ort_worker(graph: str, latent: int, repeats: int, threads: int, out: str, q
     """onnxruntime timing in a child process, so its memory is gone before the simulator runs."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
-    from dgq_compiler.verify import _feeds
+    from dgq_compiler import runtime
 
-    feeds = _feeds(onnx.load(graph, load_external_data=False), latent, 2, 0, 500.0)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    with PeakRss() as mem:
-        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    feeds = runtime.example_feeds(onnx.load(graph, load_external_data=False), latent, 2, 0, 500.0)
+    with PeakRss() as mem:  # verify's onnxruntime reference mode
+        session = runtime.session(graph, "basic", threads=threads, log_severity=3)
         y = session.run(None, feeds)[0]  # warm-up
         times = []
         for _ in range(repeats):
@@ -102,7 +72,7 @@ def time_step(graph: Path, latent: int, repeats: int, threads: int) -> dict:
     import numpy as np
     import onnx
 
-    from dgq_compiler.verify import _feeds
+    from dgq_compiler.runtime import example_feeds
     from simulator.executor import Simulator
 
     row = {}
@@ -115,7 +85,7 @@ def time_step(graph: Path, latent: int, repeats: int, threads: int) -> dict:
         row["ort"], row["ort_median"] = min(ort_times), statistics.median(ort_times)
         child.join()
         ort_out = np.load(f"{tmp}/y.npy")
-    feeds = _feeds(onnx.load(str(graph), load_external_data=False), latent, 2, 0, 500.0)
+    feeds = example_feeds(onnx.load(str(graph), load_external_data=False), latent, 2, 0, 500.0)
     with PeakRss() as mem:
         sim = Simulator(str(graph), "generic-npu")
         times = []

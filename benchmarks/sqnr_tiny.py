@@ -65,6 +65,7 @@ def main():
 
     from dgq_compiler.calibrate.points import quantizable_layers
     from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, sample_latents
+    from passes.contract import FP_MODULES
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.config import preset
     from dgq_compiler.fakequant import apply_recipe
@@ -78,7 +79,7 @@ def main():
                .read_text(encoding="utf-8").splitlines() if p.strip()][: args.eval_prompts]
     calls, fp_latents = record_calls(pipe, heldout, args.steps, args.seed)
     unet = pipe.unet
-    names = list(quantizable_layers(unet)) + ["conv_in", "conv_out"]
+    names = list(quantizable_layers(unet)) + list(FP_MODULES)
     configs = args.configs.split(",")
     results = {}  # config -> {layer: (signal, noise)}
     for name in configs:
@@ -111,7 +112,7 @@ def main():
         parts = layer.split(".")
         return ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
 
-    layers = [n for n in names if n not in ("conv_in", "conv_out")] + ["conv_out"]
+    layers = [n for n in names if n not in FP_MODULES] + ["conv_out"]
     rows = []
     if args.all_layers:
         for n in layers:

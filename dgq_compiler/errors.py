@@ -7,16 +7,8 @@ class DgqError(Exception):
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Every package's user-input error type, for the CLI to catch (imported lazily: passes/simulator are optional here)."""
-    kinds: list[type[Exception]] = [DgqError, ModelError]
-    try:
-        from passes.errors import PassError
-        kinds.append(PassError)
-    except ImportError:
-        pass
-    try:
-        from simulator.errors import SimulatorError
-        kinds.append(SimulatorError)
-    except ImportError:
-        pass
-    return tuple(kinds)
+    """Every package's user-input error type, for the CLI to catch."""
+    from passes.errors import PassError
+    from simulator.errors import SimulatorError
+
+    return (DgqError, ModelError, PassError, SimulatorError)

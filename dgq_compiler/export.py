@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.runtime import SDXL_TIME_IDS
 
 OPSET = 21
 GRAPH_NAME = "unet.onnx"
@@ -91,12 +92,14 @@ def example_inputs(unet, batch: int, latent_size: int, timestep: float, seed: in
     if cfg.addition_embed_type == "text_time":
         text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
         inputs["text_embeds"] = torch.randn(batch, text_dim, generator=gen)
-        inputs["time_ids"] = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * batch)
+        inputs["time_ids"] = torch.tensor([list(SDXL_TIME_IDS)] * batch)
     return inputs
 
 
 def _dynamic_axes(names: list[str]) -> dict:
+    # timestep: 1-D of dynamic length, as optimum declares it (pipelines feed [1] or [batch])
     axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "out_sample": {0: "batch", 2: "height", 3: "width"},
+            "timestep": {0: "steps"},
             "encoder_hidden_states": {0: "batch"}, "text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
     return {n: axes[n] for n in names + ["out_sample"] if n in axes}
 
@@ -118,13 +121,11 @@ def _reference_outputs(reference, batch: int, latent_size: int, seed: int) -> li
 def validate(graph_path: Path, cases: list) -> dict:
     """Max abs error of onnxruntime against torch, per timestep, scaled by max(1, max|torch output|)."""
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
-    options.enable_cpu_mem_arena = False  # activations are freed, not kept in an arena beside the weights
-    session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+    from dgq_compiler import runtime
+
+    # no second (prepacked) copy of the weights; activations freed, not kept in an arena beside the weights
+    session = runtime.session(graph_path, "reference", prepacking=False, arena=False)
     errors = {}
     for t, (inputs, ref) in zip(VALIDATION_TIMESTEPS, cases):
         got = session.run(["out_sample"], inputs)[0]

@@ -12,7 +12,7 @@ checked against it.
 from __future__ import annotations
 
 from dgq_compiler.calibrate.attention import tapped_attention
-from dgq_compiler.calibrate.observer import StepTracker
+from dgq_compiler.calibrate.schedule import StepTracker
 from dgq_compiler.calibrate.points import quantizable_layers
 from dgq_compiler.errors import DgqError
 

@@ -126,7 +126,8 @@ def _image_prompts(options: RunOptions) -> list[str]:
 
 
 def run(options: RunOptions, output: str | Path, overwrite: bool = False, log=print) -> dict:
-    """Run every stage into `output`; returns the summary that is also written as summary.json."""
+    """Run every stage into `output`; returns the summary that is also written as summary.json. Paths in the
+    folder's JSON reports are relative to the folder, so it can be moved as a whole."""
     output = check_writable(output, overwrite=overwrite, kind="folder")
     options, quick = shortened(options)
     source, label = resolve_model(options.model)
@@ -139,16 +140,7 @@ def run(options: RunOptions, output: str | Path, overwrite: bool = False, log=pr
 
         write_report(summary, out)
         (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=_json) + "\n")
-        _retarget_paths(out, output.resolve())
     return summary
-
-
-def _retarget_paths(tmp: Path, final: Path) -> None:
-    """The stages wrote paths under the temporary folder into their JSON reports; point them at the final one."""
-    for path in sorted(tmp.rglob("*.json")):
-        text = path.read_text(encoding="utf-8")
-        if str(tmp) in text:
-            path.write_text(text.replace(str(tmp), str(final)), encoding="utf-8")
 
 
 def _json(value):
@@ -157,17 +149,27 @@ def _json(value):
     return str(value)
 
 
-def _stage(log, seconds: dict, name: str):
-    class Stage:
-        def __enter__(self):
-            log(f"[{len(seconds) + 1}] {name} ...")
-            self.start = time.perf_counter()
-            return self
+@dataclass
+class Shared:
+    """What every configuration's stage reads: made once by the earlier stages, kept in memory."""
+    pipe: object
+    export_dir: Path
+    out: Path
+    options: RunOptions
+    calls: list                 # every UNet call of the FP reference sampling (analysis.UNetCall)
+    probe_calls: list           # three of them, for per-layer SQNR
+    layers: list                # Conv/Linear module names
+    fp_layers: dict             # their FP outputs on the probe calls
+    image_prompts: list
+    seeds: list
+    images: dict                # label -> uint8 images; each configuration adds its own
+    inventory: object           # the fp32 graph's cost inventory (the same for every configuration)
+    recipes: dict = field(default_factory=dict)   # preset -> Recipe
 
-        def __exit__(self, *exc):
-            seconds[name] = round(time.perf_counter() - self.start, 1)
 
-    return Stage()
+def _stage(timer, name: str):
+    """A stage of the run, announced with its number and timed under its name."""
+    return timer.stage(name, f"{name} ...")
 
 
 def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> dict:
@@ -180,7 +182,11 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     from dgq_compiler.report import analysis, figures
     from dgq_compiler.sampling import decode, sample, torch_predictor
 
-    seconds: dict = {}
+    from dgq_compiler.timing import StageTimer
+    from simulator.cost.macs_from_graph import inventory_from_graph
+
+    timer = StageTimer(log, digits=1, numbered=True)
+    seconds = timer.seconds
     calibration_file, image_file = default_prompt_files(label)
     options = replace(options, prompts=options.prompts or calibration_file,
                       image_prompts=options.image_prompts or image_file)
@@ -190,10 +196,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     use_pndm(pipe)
     unet = pipe.unet
 
-    with _stage(log, seconds, "export the fp32 UNet to ONNX"):
+    with _stage(timer, "export the fp32 UNet to ONNX"):
         export = export_unet(unet, out / "export", model_name=label, seed=options.seed, progress=lambda _m: None)
 
-    with _stage(log, seconds, "calibrate (FP sampling, streaming statistics)"):
+    with _stage(timer, "calibrate (FP sampling, streaming statistics)"):
         prompts = read_prompts(options.prompts)
         if options.num_prompts:
             prompts = prompts[: options.num_prompts]
@@ -209,7 +215,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")
 
-    with _stage(log, seconds, "FP reference images and UNet calls"):
+    with _stage(timer, "FP reference images and UNet calls"):
         image_prompts = _image_prompts(options)
         seeds = [options.seed + i for i in range(len(image_prompts))]
         calls: list[analysis.UNetCall] = []
@@ -223,23 +229,26 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                   if type(m).__name__ in ("Conv2d", "Linear", "LoRACompatibleConv", "LoRACompatibleLinear")]
         fp_layers = analysis.layer_outputs(unet, probe_calls, layers)
 
+    shared = Shared(pipe, out / "export", out, options, calls, probe_calls, layers, fp_layers, image_prompts, seeds,
+                    images, inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
+                                                 resolution=stats.resolution[0] * 8, model="export/unet.onnx"))
     results: list[ConfigResult] = []
     for name in options.presets:
-        with _stage(log, seconds, f"{name}: quantize, compile, verify, check"):
-            results.append(_one_config(name, preset(name), stats, pipe, export, out, options, calls,
-                                       probe_calls, layers, fp_layers, image_prompts, seeds, images))
+        with _stage(timer, f"{name}: quantize, compile, verify, check"):
+            results.append(_one_config(name, preset(name), stats, shared))
 
-    with _stage(log, seconds, "cost model"):
-        cost = _cost_tables(out / "export" / "unet.onnx", options)
+    with _stage(timer, "cost model"):
+        cost = _cost_tables(shared.inventory, options)
 
-    with _stage(log, seconds, "figures"):
+    with _stage(timer, "figures"):
         figs = {}
         figs["image_grid"] = figures.image_grid(images, image_prompts, figures_dir / "image_grid.png").name
         figs["layer_sqnr"] = figures.layer_sqnr({r.preset: r.layer_sqnr for r in results},
                                                 figures_dir / "layer_sqnr.png",
                                                 "Per-layer output SQNR against FP (torch fake-quant of each recipe)").name
         figs["step_snr"] = figures.step_snr({r.preset: r.step_snr for r in results}, figures_dir / "step_snr.png").name
-        figs["ranges"] = _range_figures(stats, out, results, figures_dir)
+        dgq = next((r.preset for r in results if r.preset.startswith("dgq")), None)
+        figs["ranges"] = figures.range_figures(stats, shared.recipes.get(dgq), dgq, figures_dir)
         bos, rest = analysis.cross_attention_probs(unet, calls[len(calls) // 2])
         attention = {}
         if bos.size:
@@ -258,57 +267,57 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 
-def _one_config(name, config, stats, pipe, export, out, options, calls, probe_calls, layers, fp_layers,
-                image_prompts, seeds, images) -> ConfigResult:
-
-    from dgq_compiler.compile import compile_graph
+def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
+    """quantize -> compile -> verify / check -> images and fidelity -> cost, for one configuration."""
+    from dgq_compiler.compile import CompileOptions, compile_graph
     from dgq_compiler.fakequant import apply_recipe
     from dgq_compiler.quantize import quantize_stats
     from dgq_compiler.report import analysis
     from dgq_compiler.sampling import decode, onnx_predictor, sample
     from dgq_compiler.verify import verify_graph
+    from dgq_compiler.timing import StageTimer
     from simulator.check import check_graph
-    from simulator.cost.macs_from_graph import inventory_from_graph
     from simulator.cost.report import cost_row
 
-    seconds = {}
-    start = time.perf_counter()
-    unet = pipe.unet
-    recipe, _summary = quantize_stats(stats, config, unet)
-    (out / "recipes").mkdir(exist_ok=True)
-    recipe_path = recipe.save(out / "recipes" / f"{name}.json")
-    seconds["quantize"] = round(time.perf_counter() - start, 2)
+    out, options, pipe = shared.out, shared.options, shared.pipe
+    timer = StageTimer(digits=2)
+    with timer.stage("quantize"):
+        recipe, _summary = quantize_stats(stats, config, pipe.unet)
+        (out / "recipes").mkdir(exist_ok=True)
+        recipe_path = recipe.save(out / "recipes" / f"{name}.json")
+        shared.recipes[name] = recipe
 
-    start = time.perf_counter()
-    (out / "graphs").mkdir(exist_ok=True)
-    graph_dir = out / "graphs" / name
-    report = compile_graph(out / "export", recipe_path, graph_dir, progress=lambda *_: None)
-    graph = graph_dir / "unet.onnx"
-    seconds["compile"] = round(time.perf_counter() - start, 2)
+    with timer.stage("compile"):
+        (out / "graphs").mkdir(exist_ok=True)
+        graph_dir = out / "graphs" / name
+        report = compile_graph(shared.export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out)),
+                               progress=lambda *_: None)
+        graph = graph_dir / "unet.onnx"
 
-    start = time.perf_counter()
-    verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed,
-                          latent_size=min(stats.resolution[0], options.verify_latent_size or stats.resolution[0]),
-                          timesteps=_spread(stats.timesteps, options.verify_timesteps))
-    (graph_dir / "verify.json").write_text(verify.to_json() + "\n")
-    check = check_graph(graph, CHECK_TARGET)
-    (graph_dir / "check.json").write_text(json.dumps(
-        {"target": CHECK_TARGET, "violations": [asdict(v) for v in check.violations]}, indent=1, sort_keys=True) + "\n")
-    seconds["verify_check"] = round(time.perf_counter() - start, 2)
+    with timer.stage("verify_check"):
+        verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed,
+                              latent_size=min(stats.resolution[0], options.verify_latent_size or stats.resolution[0]),
+                              timesteps=_spread(stats.timesteps, options.verify_timesteps))
+        verify.graph = str(graph.relative_to(out))
+        (graph_dir / "verify.json").write_text(verify.to_json() + "\n")
+        check = check_graph(graph, CHECK_TARGET)
+        (graph_dir / "check.json").write_text(json.dumps(
+            {"target": CHECK_TARGET, "violations": [asdict(v) for v in check.violations]}, indent=1,
+            sort_keys=True) + "\n")
 
-    start = time.perf_counter()
-    predictor = onnx_predictor(graph)
-    step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states))) for c in calls]
-    latents = sample(pipe, predictor, image_prompts, seeds, options.steps, options.guidance,
-                     latent_size=options.latent_size)
-    images[name] = decode(pipe, latents)
-    with apply_recipe(unet, recipe):
-        quantized_layers = analysis.layer_outputs(unet, probe_calls, layers)
-    layer_sqnr = analysis.per_layer_sqnr(fp_layers, quantized_layers, layers)
-    seconds["images_and_fidelity"] = round(time.perf_counter() - start, 2)
+    with timer.stage("images_and_fidelity"):
+        predictor = onnx_predictor(graph)
+        step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states)))
+                    for c in shared.calls]
+        latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
+                         latent_size=options.latent_size)
+        shared.images[name] = decode(pipe, latents)
+        with apply_recipe(pipe.unet, recipe):
+            quantized_layers = analysis.layer_outputs(pipe.unet, shared.probe_calls, shared.layers)
+        layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
+    seconds = timer.seconds
 
-    inventory = inventory_from_graph(out / "export" / "unet.onnx", model="export/unet.onnx")
-    row = cost_row(inventory, f"W{config.weight_bits}A{config.act_bits}", groups=config.groups,
+    row = cost_row(shared.inventory, f"W{config.weight_bits}A{config.act_bits}", groups=config.groups,
                    steps=len(stats.timesteps), convention="exact", shared_group_map=config.shared_group_map)
     worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
     return ConfigResult(
@@ -333,34 +342,9 @@ def _spread(timesteps, count: int) -> list[float]:
     return [float(timesteps[i]) for i in idx]
 
 
-def _cost_tables(graph: Path, options: RunOptions) -> dict:
-    from simulator.cost.macs_from_graph import inventory_from_graph
+def _cost_tables(inventory, options: RunOptions) -> dict:
     from simulator.cost.report import load_inventory, standard_rows
 
-    inventories = {"this model (from its ONNX graph)": inventory_from_graph(graph, model="export/unet.onnx")}
+    inventories = {"this model (from its ONNX graph)": inventory}
     inventories.update({f"{model} (from its config)": load_inventory(model) for model in COST_MODELS})
     return {title: [asdict(r) for r in standard_rows(inv, steps=options.steps)] for title, inv in inventories.items()}
-
-
-def _range_figures(stats, out: Path, results, figures_dir: Path) -> list[dict]:
-    from dgq_compiler.recipe import Recipe
-    from dgq_compiler.report import analysis, figures
-
-    dgq = next((r for r in results if r.preset.startswith("dgq")), None)
-    recipe = Recipe.load(out / dgq.recipe) if dgq else None
-    rows = []
-    for k, (module, role, dim, ratio, step) in enumerate(analysis.outlier_points(stats)):
-        point = stats.point(module, role)
-        lo, hi = stats.get(point, f"{dim}_min")[step], stats.get(point, f"{dim}_max")[step]
-        groups, chosen = None, None
-        tq = recipe.tensors.get((module, role)) if recipe else None
-        if tq is not None:
-            chosen = tq.axis
-            if tq.axis == dim and tq.group_map is not None:
-                groups = tq.group_map[min(step, tq.group_map.shape[0] - 1)]
-        t = stats.timesteps[step]
-        title = f"{module} input, per {dim} (t={t}); {dgq.preset if dgq else 'DGQ'} chose: {chosen or 'n/a'}"
-        path = figures.ranges(lo, hi, groups, dim, title, figures_dir / f"ranges_{k}_{dim}.png")
-        rows.append({"module": module, "dimension": dim, "outlier_ratio": ratio, "timestep": int(t),
-                     "dgq_axis": chosen, "figure": path.name})
-    return rows

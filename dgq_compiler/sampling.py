@@ -24,24 +24,11 @@ def torch_predictor(unet) -> NoisePredictor:
     return predict
 
 
-def ort_session(graph_path, threads: int | None = None):
-    """An onnxruntime CPU session for our graphs, fp32 or compiled.
-
-    onnxruntime 1.31 fuses DequantizeLinear -> MatMul into MatMulIntegerToFloat even when the activation
-    zero point is per channel (DGQ channel groups), which that kernel then rejects at run time; the
-    QDQ fusions are switched off so the graph runs as written (all other optimizations stay on).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.disable_quant_qdq", "1")
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
-
-
 def onnx_predictor(graph_path, threads: int | None = None) -> NoisePredictor:
-    session = ort_session(graph_path, threads)
+    """A default onnxruntime session of a graph, fp32 or compiled (as a client would open it)."""
+    from dgq_compiler import runtime
+
+    session = runtime.session(graph_path, "default", threads=threads)
 
     def predict(sample: np.ndarray, t: float, states: np.ndarray) -> np.ndarray:
         feeds = {"sample": sample.astype(np.float32), "timestep": np.array([t], dtype=np.float32),

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from models.errors import ModelError
+from models.libraries import quiet_libraries
 
 UNET_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 
@@ -22,15 +23,6 @@ def _read_json(path: Path, what: str) -> dict:
 def _class_name(config: dict) -> str:
     """The class a diffusers (`_class_name`) or transformers (`architectures`) config describes."""
     return config.get("_class_name") or (config.get("architectures") or ["an unknown model"])[0]
-
-
-def quiet_libraries() -> None:
-    """diffusers/transformers log optional-dependency notices on import; our users need none of them."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def folder_kind(path: str | Path) -> str:

@@ -25,7 +25,7 @@ def build_tiny_pipeline(seed: int = 0):
     """A random-weight StableDiffusionPipeline; the same seed gives the same weights, bit for bit."""
     import torch
 
-    from models.loader import quiet_libraries
+    from models.libraries import quiet_libraries
 
     quiet_libraries()
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -54,5 +54,11 @@ def build_tiny_pipeline(seed: int = 0):
 
 
 def save_tiny_pipeline(path, seed: int = 0) -> None:
-    """Write the embedded pipeline as a diffusers folder (safetensors), loadable with `from_pretrained`."""
+    """Write the embedded pipeline as a diffusers folder (safetensors), loadable with `from_pretrained`, with the
+    tokenizer files every CLIP tokenizer loader reads (transformers 4.x too)."""
+    from pathlib import Path
+
+    from models.tokenizer import write_legacy_files
+
     build_tiny_pipeline(seed).save_pretrained(str(path), safe_serialization=True)
+    write_legacy_files(Path(path) / "tokenizer")

@@ -6,12 +6,18 @@ cross-attention <start> column behaves as in Stable Diffusion 1.x.
 """
 from __future__ import annotations
 
+import json
 import re
 from importlib import resources
+from pathlib import Path
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 MAX_LENGTH = 77
+# What CLIP tokenizer loaders other than `tokenizers` read (transformers 4.x's CLIPTokenizer, optimum, older
+# diffusers); transformers 5 saves only tokenizer.json + tokenizer_config.json.
+LEGACY_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json")
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 def _byte_alphabet() -> list[str]:
@@ -66,3 +72,20 @@ def build_tokenizer(words: list[str] | None = None):
 
     vocab, merges = build_vocab_and_merges(project_words() if words is None else sorted(set(words)))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+
+
+def write_legacy_files(folder: str | Path) -> list[Path]:
+    """Write vocab.json, merges.txt and special_tokens_map.json beside a saved tokenizer.json, derived from it
+    (its vocabulary by id, its merges in rank order, the special tokens of tokenizer_config.json)."""
+    folder = Path(folder)
+    model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    vocab = dict(sorted(model["vocab"].items(), key=lambda item: item[1]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    specials = {key: config[key] for key in SPECIAL_TOKEN_KEYS if key in config}
+    texts = {"vocab.json": json.dumps(vocab, ensure_ascii=False) + "\n",
+             "merges.txt": "#version: 0.2\n" + "".join(m + "\n" for m in merges),
+             "special_tokens_map.json": json.dumps(specials, indent=2, sort_keys=True) + "\n"}
+    for name, text in texts.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return [folder / name for name in LEGACY_FILES]

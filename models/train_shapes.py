@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from models.shapes_dataset import IMAGE_SIZE, caption, render_batch, vocabulary
-from models.tokenizer import MAX_LENGTH, build_tokenizer
+from models.tokenizer import MAX_LENGTH, build_tokenizer, write_legacy_files
 from models.training_cli import run_training, training_parser
 
 TEXT_WIDTH = 64
@@ -215,6 +215,7 @@ def train(out: str | Path, seed: int = 0, vae_steps: int = 800, unet_steps: int 
     pipe = build_pipeline(tokenizer, text_encoder, unet, vae)
     with atomic_path(out, directory=True) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
+        write_legacy_files(tmp / "tokenizer")  # the files transformers 4.x / optimum read
     summary = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "batch": batch,
                "pool_size": pool_size, "threads": threads, "vae_mse": round(vae_mse, 6),
                "latent_scaling_factor": round(scale, 6), "final_diffusion_loss": round(loss, 6),

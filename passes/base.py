@@ -3,7 +3,7 @@
 A pass is one file with one job: a class with a verb-object `name` and `run(graph, ctx) -> graph` over an
 onnx-graphsurgeon graph. Passes never import dgq_compiler; the recipe arrives duck-typed in the context
 (`timesteps`, `tensors[(module, role)]` -> entries with quantizer, bits, axis, scale, zero_point, group_map,
-dynamic, exclude_bos; see notes/recipe_contract.md).
+dynamic, exclude_bos). What the passes write into the graph is the contract of passes/contract.py.
 """
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from passes.contract import STEP_INDEX
 from passes.errors import PassError
 from passes.module_map import ModuleEntry
-
-STEP_INDEX = "dgq.step_index"
-SCHEDULE = "dgq.schedule"
 
 
 @dataclass
@@ -79,10 +77,6 @@ class Pass:
 
 def nodes_by_name(graph: gs.Graph) -> dict[str, gs.Node]:
     return {n.name: n for n in graph.nodes}
-
-
-def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
-    return graph.tensors()
 
 
 def constant(name: str, values: np.ndarray) -> gs.Constant:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from passes.base import SCHEDULE, Pass, PassContext, nodes_by_name
+from passes.base import Pass, PassContext, nodes_by_name
+from passes.contract import SCHEDULE
 from passes.errors import PassError
 
 ATTENTION_ROLES = ("q", "k", "v", "attn_probs")

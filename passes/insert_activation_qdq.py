@@ -10,8 +10,9 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, nodes_by_name, step_index_tensor
+from passes.contract import QKV_ROLES, node_prefix
 from passes.errors import PassError
-from passes.patterns import match_attention, match_weighted_op
+from passes.patterns import attention_matches, match_weighted_op
 from passes.qdq import INT64_MAX, slice_axis, uniform_qdq
 
 LAYOUT_OF_OP = {"Conv": "nchw", "Gemm": "nc", "MatMul": "nlc"}
@@ -30,31 +31,13 @@ def rewire_consumers(tensor: gs.Tensor, new: gs.Tensor, skip: set) -> int:
     return count
 
 
-def attention_matches(graph: gs.Graph, ctx: PassContext) -> dict:
-    """module -> AttentionMatch for every attention module the module map lists (matched once, then cached)."""
-    if ctx.attention is not None:
-        return ctx.attention
-    by_name = nodes_by_name(graph)
-    pairs: dict[str, dict] = {}
-    for e in ctx.module_map:
-        if e.kind in ("attn_qk", "attn_av"):
-            pairs.setdefault(e.module, {})[e.kind] = by_name.get(e.node)
-    out = {}
-    for module, pair in pairs.items():
-        if pair.get("attn_qk") is None or pair.get("attn_av") is None:
-            raise PassError(f"attention {module}: the module map lists its matmuls but the graph lacks them")
-        out[module] = match_attention(graph, pair["attn_qk"], pair["attn_av"], module)
-    ctx.attention = out
-    return out
-
-
 class InsertActivationQdq(Pass):
     name = "insert_activation_qdq"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         step = step_index_tensor(graph)
         by_name = nodes_by_name(graph)
-        wanted = {m for (m, r) in ctx.recipe.tensors if r in ("q", "k", "v")}
+        wanted = {m for (m, r) in ctx.recipe.tensors if r in QKV_ROLES}
         matches = attention_matches(graph, ctx) if wanted else {}  # before any rewiring
         for entry in ctx.module_map:
             tq = ctx.entry(entry.module, "input")
@@ -74,7 +57,7 @@ class InsertActivationQdq(Pass):
                 raise PassError(f"recipe quantizes q/k/v of {module}, but the graph has no MatMul -> Softmax -> MatMul "
                                 "attention there (exported with fused attention?)")
             match = matches[module]
-            for role in ("q", "k", "v"):
+            for role in QKV_ROLES:
                 tq = ctx.entry(module, role)
                 if tq is None:
                     continue
@@ -82,7 +65,7 @@ class InsertActivationQdq(Pass):
                 if tq.exclude_bos and role in ("k", "v"):
                     if not match.cross:
                         raise PassError(f"recipe ({module}, {role}) has exclude_bos, but {module} is a self-attention")
-                    prefix = f"dgq/{module}/{role}"
+                    prefix = node_prefix(module, role)
                     head = slice_axis(graph, x, 1, 0, 1, f"{prefix}/Slice_bos")
                     rest = slice_axis(graph, x, 1, 1, INT64_MAX, f"{prefix}/Slice_rest")
                     dq, record, meta = uniform_qdq(graph, rest, tq, "nlc", step)
@@ -92,7 +75,7 @@ class InsertActivationQdq(Pass):
                     rewire_consumers(x, joined, mine)
                 else:
                     dq, record, meta = uniform_qdq(graph, x, tq, "nlc", step)
-                    mine = {id(n) for n in graph.nodes if n.name.startswith(f"dgq/{module}/{role}/")}
+                    mine = {id(n) for n in graph.nodes if n.name.startswith(node_prefix(module, role) + "/")}
                     rewire_consumers(x, dq, mine)
                 ctx.records.append(record)
                 ctx.node_metadata.update(meta)

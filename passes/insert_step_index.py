@@ -1,7 +1,9 @@
 """Compute the step index in the graph: the calibrated timestep nearest to the `timestep` input.
 
-dgq.schedule [T] -> Sub(schedule, timestep) -> Abs -> ArgMin(axis 0, first minimum) -> dgq.step_index int64 [1].
-The compiled graph keeps the FP graph's inputs, so it drops into an existing ONNX pipeline.
+timestep (a scalar, [1] or [batch]: pipelines feed all three) -> Reshape [-1] -> Slice [0:1] (every entry is
+the same step in a sampling loop, so the first decides) -> dgq.schedule [T] - t -> Abs -> ArgMin(axis 0, first
+minimum) -> dgq.step_index int64 [1]. The compiled graph keeps the FP graph's inputs, so it drops into an
+existing ONNX Stable Diffusion pipeline.
 """
 from __future__ import annotations
 
@@ -9,10 +11,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import SCHEDULE, STEP_INDEX, Pass, PassContext, add_node, constant
+from passes.base import Pass, PassContext, add_node, constant
+from passes.contract import SCHEDULE, STEP_INDEX, STEP_PREFIX, TIMESTEP_INPUT
 from passes.errors import PassError
-
-TIMESTEP_INPUT = "timestep"
 
 
 class InsertStepIndex(Pass):
@@ -25,11 +26,17 @@ class InsertStepIndex(Pass):
         if timestep is None:
             raise PassError(f"the graph has no {TIMESTEP_INPUT!r} input (inputs: "
                             f"{', '.join(t.name for t in graph.inputs)}); expected an exported UNet")
-        if timestep.dtype is not None and np.dtype(timestep.dtype) != np.float32:
-            timestep = add_node(graph, "Cast", "dgq/step/Cast", [timestep], attrs={"to": onnx.TensorProto.FLOAT})
+        dtype = np.dtype(timestep.dtype) if timestep.dtype is not None else np.dtype(np.float32)
+        flat = add_node(graph, "Reshape", f"{STEP_PREFIX}/Reshape",
+                        [timestep, constant(f"{STEP_PREFIX}/flat", np.array([-1], np.int64))], dtype=dtype)
+        timestep = add_node(graph, "Slice", f"{STEP_PREFIX}/Slice",
+                            [flat, constant(f"{STEP_PREFIX}/starts", np.array([0], np.int64)),
+                             constant(f"{STEP_PREFIX}/ends", np.array([1], np.int64))], dtype=dtype)
+        if dtype != np.float32:
+            timestep = add_node(graph, "Cast", f"{STEP_PREFIX}/Cast", [timestep], attrs={"to": onnx.TensorProto.FLOAT})
         schedule = constant(SCHEDULE, np.asarray(ctx.recipe.timesteps, dtype=np.float32))
-        diff = add_node(graph, "Sub", "dgq/step/Sub", [schedule, timestep])
-        dist = add_node(graph, "Abs", "dgq/step/Abs", [diff])
-        add_node(graph, "ArgMin", "dgq/step/ArgMin", [dist], STEP_INDEX, dtype=np.int64,
+        diff = add_node(graph, "Sub", f"{STEP_PREFIX}/Sub", [schedule, timestep])
+        dist = add_node(graph, "Abs", f"{STEP_PREFIX}/Abs", [diff])
+        add_node(graph, "ArgMin", f"{STEP_PREFIX}/ArgMin", [dist], STEP_INDEX, dtype=np.int64,
                  attrs={"axis": 0, "keepdims": 1, "select_last_index": 0})
         return graph

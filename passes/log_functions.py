@@ -15,10 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-DOMAIN = "dgq"
+from passes.contract import DEQUANTIZE_LOG, LOG_DOMAIN, QUANTIZE_LOG
+
 DOMAIN_VERSION = 1
-QUANTIZE_LOG = "QuantizeLog"
-DEQUANTIZE_LOG = "DequantizeLog"
 # float32(1/sqrt(2)) rounded toward zero: r <= 2^-k * C  <=>  r <= 2^-(k + 1/2) for every float32 r (no subnormals)
 INV_SQRT2_DOWN = float(np.frombuffer(np.array([0x3F3504F3], np.uint32).tobytes(), np.float32)[0])
 _OPSET = [helper.make_opsetid("", 21)]
@@ -59,7 +58,7 @@ def quantize_log_function() -> onnx.FunctionProto:
         helper.make_node("Clip", ["q2", "zero", "hi"], ["q3"]),
         helper.make_node("Cast", ["q3"], ["Q"], to=TensorProto.UINT8),
     ]
-    return helper.make_function(DOMAIN, QUANTIZE_LOG, ["X", "S"], ["Q"], nodes, _OPSET, attributes=["bits"],
+    return helper.make_function(LOG_DOMAIN, QUANTIZE_LOG, ["X", "S"], ["Q"], nodes, _OPSET, attributes=["bits"],
                                 doc_string="q = clamp(round(-log2(X / S)), 0, 2^bits - 1), uint8 codes")
 
 
@@ -71,7 +70,7 @@ def dequantize_log_function() -> onnx.FunctionProto:
         helper.make_node("Pow", ["two", "neg_q"], ["p"]),
         helper.make_node("Mul", ["S", "p"], ["Y"]),
     ]
-    return helper.make_function(DOMAIN, DEQUANTIZE_LOG, ["Q", "S"], ["Y"], nodes, _OPSET,
+    return helper.make_function(LOG_DOMAIN, DEQUANTIZE_LOG, ["Q", "S"], ["Y"], nodes, _OPSET,
                                 doc_string="y = S * 2^(-q)")
 
 

@@ -10,7 +10,8 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import STEP_INDEX, Pass, PassContext
+from passes.base import Pass, PassContext
+from passes.contract import STEP_INDEX
 from passes.errors import PassError
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from passes.errors import PassError
+from passes.graph_query import GraphIndex
 
 MODULE_MAP_VERSION = 1
 SCOPE_ROOT = "unet"  # the export wrapper's attribute name, dropped from module paths
@@ -37,12 +38,12 @@ def module_path(node_name: str) -> str:
     return ".".join(parts[:-1])
 
 
-def _attention_kind(node, producers: dict, consumers: dict) -> str:
+def _attention_kind(node, index: GraphIndex) -> str:
     frontier = [node.output[0]]
     for _ in range(4):  # QK^T -> (Mul scale) -> (Add mask) -> (Cast) -> Softmax
         nxt = []
         for tensor in frontier:
-            for user in consumers.get(tensor, []):
+            for user in index.users(tensor):
                 if user.op_type == "Softmax":
                     return "attn_qk"
                 if user.op_type in _PASS_THROUGH:
@@ -50,7 +51,7 @@ def _attention_kind(node, producers: dict, consumers: dict) -> str:
         frontier = nxt
     tensor = node.input[0]
     for _ in range(3):  # Softmax -> (Cast) -> A.V
-        producer = producers.get(tensor)
+        producer = index.producer.get(tensor)
         if producer is None:
             break
         if producer.op_type == "Softmax":
@@ -64,12 +65,7 @@ def _attention_kind(node, producers: dict, consumers: dict) -> str:
 def build_module_map(model: onnx.ModelProto) -> list[ModuleEntry]:
     """One entry per Conv/Gemm/MatMul node, in graph order."""
     graph = model.graph
-    weights = {init.name for init in graph.initializer}
-    producers = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    index = GraphIndex(graph)
     entries = []
     for n in graph.node:
         if n.op_type not in ("Conv", "Gemm", "MatMul"):
@@ -77,8 +73,8 @@ def build_module_map(model: onnx.ModelProto) -> list[ModuleEntry]:
         if not n.name:
             raise PassError(f"a {n.op_type} node has no name: the module map needs scoped node names")
         module = module_path(n.name)
-        if n.op_type == "MatMul" and n.input[1] not in weights:
-            kind = _attention_kind(n, producers, consumers)
+        if n.op_type == "MatMul" and n.input[1] not in index.initializers:
+            kind = _attention_kind(n, index)
             roles = ({"q": n.input[0], "k": n.input[1]} if kind == "attn_qk"
                      else {"attn_probs": n.input[0], "v": n.input[1]} if kind == "attn_av"
                      else {"a": n.input[0], "b": n.input[1]})

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.errors import PatternMismatch
+from passes.base import PassContext, nodes_by_name
+from passes.contract import is_compiler_node
+from passes.errors import PassError, PatternMismatch
 from passes.module_map import module_path
 
 LAYOUT_OPS = ("Reshape", "Transpose", "Identity", "Cast", "Squeeze", "Unsqueeze")  # move data, never change values
@@ -98,7 +100,7 @@ def _source(tensor: gs.Tensor) -> gs.Tensor:
     """The tensor behind layout ops and inserted QDQ (what a projection really reads)."""
     for _ in range(12):
         node = _producer(tensor)
-        inserted_qdq = node is not None and node.name.startswith("dgq/") and node.op in QDQ_OPS
+        inserted_qdq = node is not None and is_compiler_node(node.name) and node.op in QDQ_OPS
         if node is None or (node.op not in LAYOUT_OPS and not inserted_qdq):
             break
         tensor = node.inputs[0]
@@ -145,3 +147,31 @@ def match_attention(graph: gs.Graph, qk: gs.Node, av: gs.Node, module: str) -> A
     k_source, q_source = _source(_linear_of(k).inputs[0]), _source(_linear_of(q).inputs[0])
     cross = k_source is not q_source and k_source.name in {t.name for t in graph.inputs}
     return AttentionMatch(module, qk, softmax, av, probs, av.inputs[1], q, k, v, cross)
+
+
+def attention_matches(graph: gs.Graph, ctx: PassContext) -> dict:
+    """module -> AttentionMatch for every attention module the module map lists (matched once, then cached in
+    the context, so passes that rewire an attention later still see its FP structure)."""
+    if ctx.attention is not None:
+        return ctx.attention
+    by_name = nodes_by_name(graph)
+    pairs: dict[str, dict] = {}
+    for e in ctx.module_map:
+        if e.kind in ("attn_qk", "attn_av"):
+            pairs.setdefault(e.module, {})[e.kind] = by_name.get(e.node)
+    out = {}
+    for module, pair in pairs.items():
+        if pair.get("attn_qk") is None or pair.get("attn_av") is None:
+            raise PassError(f"attention {module}: the module map lists its matmuls but the graph lacks them")
+        out[module] = match_attention(graph, pair["attn_qk"], pair["attn_av"], module)
+    ctx.attention = out
+    return out
+
+
+def matched_attention(graph: gs.Graph, ctx: PassContext, module: str) -> AttentionMatch:
+    """The attention of `module` whose probabilities the recipe quantizes."""
+    matches = attention_matches(graph, ctx)
+    if module not in matches:
+        raise PassError(f"recipe quantizes the attention probabilities of {module}, but the graph has no "
+                        "MatMul -> Softmax -> MatMul attention there (exported with fused attention?)")
+    return matches[module]

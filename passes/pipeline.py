@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from passes.base import Pass
 from passes.check_recipe import CheckRecipe
+from passes.fold_attention_scale import FoldAttentionScale
 from passes.insert_activation_qdq import InsertActivationQdq
+from passes.insert_fusion_barriers import InsertFusionBarriers
 from passes.insert_step_index import InsertStepIndex
 from passes.quantize_attention_probs import QuantizeAttentionProbs
 from passes.quantize_weights import QuantizeWeights
@@ -12,5 +14,5 @@ from passes.write_encodings import WriteEncodings
 
 
 def compile_passes() -> list[Pass]:
-    return [CheckRecipe(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(), QuantizeAttentionProbs(),
-            SplitCrossAttention(), WriteEncodings()]
+    return [CheckRecipe(), FoldAttentionScale(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(),
+            QuantizeAttentionProbs(), SplitCrossAttention(), InsertFusionBarriers(), WriteEncodings()]

@@ -10,9 +10,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes.base import QuantRecord, add_node, constant
+from passes.base import PassContext, QuantRecord, add_node, constant, step_index_tensor
+from passes.contract import (DEQUANTIZE_LOG, GROUP_MAP, LOG_DOMAIN, QUANTIZE_LOG, SCALE_TABLE, ZERO_POINT_TABLE,
+                              QuantizerRecord, node_prefix, table_name)
 from passes.errors import PassError
-from passes.log_functions import DEQUANTIZE_LOG, DOMAIN, QUANTIZE_LOG, log_functions
+from passes.log_functions import log_functions
+from passes.patterns import matched_attention
 
 # Where the channel and pixel axes of an activation are, by layout:
 #   nchw: conv input [B, C, H, W]       channel 1, pixels flattened to one axis (h*W + w)
@@ -34,10 +37,10 @@ def step_gather(graph: gs.Graph, table: gs.Constant, step: gs.Tensor, prefix: st
                     dtype=dtype)
 
 
-def group_params(graph: gs.Graph, tq, prefix: str, init_prefix: str, step: gs.Tensor):
+def group_params(graph: gs.Graph, tq, prefix: str, step: gs.Tensor):
     """(scale, zero point) tensors for one quantization point: scalars (G = 1, axis tensor) or per-index [N]."""
-    scale_table = constant(f"{init_prefix}/scale_table", tq.scale.astype(np.float32))
-    zero_table = constant(f"{init_prefix}/zero_point_table", tq.zero_point.astype(np.uint8))
+    scale_table = constant(table_name(prefix, SCALE_TABLE), tq.scale.astype(np.float32))
+    zero_table = constant(table_name(prefix, ZERO_POINT_TABLE), tq.zero_point.astype(np.uint8))
     if tq.axis == "tensor":
         return (step_gather(graph, scale_table, step, prefix, "scale", [], np.float32),
                 step_gather(graph, zero_table, step, prefix, "zero_point", [], np.uint8))
@@ -45,7 +48,7 @@ def group_params(graph: gs.Graph, tq, prefix: str, init_prefix: str, step: gs.Te
     zero_g = step_gather(graph, zero_table, step, prefix, "zero_point", [-1], np.uint8)
     # group maps are stored as uint8 (G <= 256; 1/8 of int64 on disk) and cast to int64 indices in the graph
     map_dtype = np.uint8 if tq.scale.shape[1] <= 256 else np.int32
-    group_map = constant(f"{init_prefix}/group_map", tq.group_map.astype(map_dtype))
+    group_map = constant(table_name(prefix, GROUP_MAP), tq.group_map.astype(map_dtype))
     if tq.group_map.shape[0] == 1:  # one map shared by all steps
         row = add_node(graph, "Reshape", f"{prefix}/group_map/Reshape",
                        [group_map, constant(f"{prefix}/group_map/shape", _i64([-1]))], dtype=map_dtype)
@@ -62,11 +65,10 @@ def group_params(graph: gs.Graph, tq, prefix: str, init_prefix: str, step: gs.Te
 def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor, prefix: str | None = None
                 ) -> tuple[gs.Variable, QuantRecord, dict]:
     """Q (-> Clip) -> DQ of `x`; returns (dequantized tensor, record, Q node metadata)."""
-    prefix = prefix or f"dgq/{tq.module}/{tq.role}"
-    init_prefix = prefix[len("dgq/"):] if prefix.startswith("dgq/") else prefix
+    prefix = prefix or node_prefix(tq.module, tq.role)
     if tq.axis == "pixel" and layout == "nc":
         raise PassError(f"({tq.module}, {tq.role}): pixel groups on a [B, C] tensor {x.name!r}, which has no pixel axis")
-    scale, zero = group_params(graph, tq, prefix, init_prefix, step)
+    scale, zero = group_params(graph, tq, prefix, step)
     src, axis = x, None
     if tq.axis == "channel":
         axis = CHANNEL_AXIS[layout]
@@ -87,8 +89,7 @@ def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor,
     if src is not x:
         shape = add_node(graph, "Shape", f"{prefix}/Shape", [x], dtype=np.int64)
         out = add_node(graph, "Reshape", f"{prefix}/Reshape_out", [out, shape])
-    meta = {"dgq.module": tq.module, "dgq.role": tq.role, "dgq.bits": str(tq.bits), "dgq.axis": tq.axis,
-            "dgq.quantizer": "uniform"}
+    meta = QuantizerRecord(tq.module, tq.role, "uniform", tq.bits, tq.axis).to_props()
     record = QuantRecord(tq.module, tq.role, "uniform", tq.bits, tq.axis, int(tq.scale.shape[1]), x.name, q_name,
                          axis, tq)
     return out, record, {q_name: meta}
@@ -106,21 +107,38 @@ def ensure_log_functions(graph: gs.Graph) -> None:
 def log_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | None = None
             ) -> tuple[gs.Variable, QuantRecord, dict]:
     """dgq.DequantizeLog(dgq.QuantizeLog(A, S), S); S = max(A) (dynamic) or the step's calibrated scale."""
-    prefix = prefix or f"dgq/{tq.module}/{tq.role}"
-    init_prefix = prefix[len("dgq/"):]
+    prefix = prefix or node_prefix(tq.module, tq.role)
     ensure_log_functions(graph)
     if tq.dynamic:
         s = add_node(graph, "ReduceMax", f"{prefix}/ReduceMax", [a], attrs={"keepdims": 0})
     else:
-        table = constant(f"{init_prefix}/scale_table", tq.scale.astype(np.float32))
+        table = constant(table_name(prefix, SCALE_TABLE), tq.scale.astype(np.float32))
         s = step_gather(graph, table, step, prefix, "scale", [], np.float32)
     q_name = f"{prefix}/QuantizeLog"
-    codes = add_node(graph, QUANTIZE_LOG, q_name, [a, s], dtype=np.uint8, attrs={"bits": tq.bits}, domain=DOMAIN)
-    out = add_node(graph, DEQUANTIZE_LOG, f"{prefix}/DequantizeLog", [codes, s], domain=DOMAIN)
-    meta = {"dgq.module": tq.module, "dgq.role": tq.role, "dgq.bits": str(tq.bits), "dgq.axis": "tensor",
-            "dgq.quantizer": "log2", "dgq.dynamic": str(int(tq.dynamic))}
+    codes = add_node(graph, QUANTIZE_LOG, q_name, [a, s], dtype=np.uint8, attrs={"bits": tq.bits}, domain=LOG_DOMAIN)
+    out = add_node(graph, DEQUANTIZE_LOG, f"{prefix}/DequantizeLog", [codes, s], domain=LOG_DOMAIN)
+    meta = QuantizerRecord(tq.module, tq.role, "log2", tq.bits, "tensor", bool(tq.dynamic)).to_props()
     record = QuantRecord(tq.module, tq.role, "log2", tq.bits, "tensor", 1, a.name, q_name, None, tq)
     return out, record, {q_name: meta}
+
+
+def probs_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | None = None
+              ) -> tuple[gs.Variable, QuantRecord, dict]:
+    """Quantize attention probabilities: log2 (DGQ), or per-tensor uniform (the baselines)."""
+    if tq.quantizer == "log2":
+        return log_qdq(graph, a, tq, step, prefix)
+    if tq.axis != "tensor":
+        raise PassError(f"recipe ({tq.module}, attn_probs): uniform probabilities must be per tensor, got {tq.axis!r}")
+    return uniform_qdq(graph, a, tq, "nlc", step, prefix)
+
+
+def attention_targets(graph: gs.Graph, ctx: PassContext, split: bool) -> tuple[gs.Tensor | None, list]:
+    """(the step index, [(attn_probs entry, its AttentionMatch)]) for the recipe's attention probabilities with
+    (split=True) or without a <start>-token split; (None, []) when there are none."""
+    entries = [tq for tq in ctx.entries("attn_probs") if bool(tq.exclude_bos) == split]
+    if not entries:
+        return None, []
+    return step_index_tensor(graph), [(tq, matched_attention(graph, ctx, tq.module)) for tq in entries]
 
 
 def slice_axis(graph: gs.Graph, x: gs.Tensor, axis: int, start: int, end: int, name: str) -> gs.Variable:

@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from passes.base import Pass, PassContext, QuantRecord, add_node, nodes_by_name
+from passes.contract import weight_names
 from passes.errors import PassError
 from passes.patterns import match_weighted_op
 
@@ -67,15 +68,16 @@ class QuantizeWeights(Pass):
             w = values.load() if isinstance(values, LazyValues) else values
             codes = quantize_weight_array(w, tq.scale, tq.zero_point, tq.bits, op.out_axis)
             base = op.weight.name
-            q = integer_constant(f"{base}_quantized", codes, storage_bits)
-            s = gs.Constant(f"{base}_scale", tq.scale.astype(np.float32))
-            z = integer_constant(f"{base}_zero_point", tq.zero_point.astype(np.int8), storage_bits)
-            dq = add_node(graph, "DequantizeLinear", f"{base}_DequantizeLinear", [q, s, z], f"{base}_dequantized",
+            names = weight_names(base)
+            q = integer_constant(names["quantized"], codes, storage_bits)
+            s = gs.Constant(names["scale"], tq.scale.astype(np.float32))
+            z = integer_constant(names["zero_point"], tq.zero_point.astype(np.int8), storage_bits)
+            dq = add_node(graph, "DequantizeLinear", names["node"], [q, s, z], names["dequantized"],
                           attrs={"axis": op.out_axis})
             dq.shape = list(w.shape)
             node.inputs[1] = dq
             del w, codes
             ctx.records.append(QuantRecord(entry.module, "weight", "uniform", tq.bits, "out_channel", op.out_channels,
-                                           base, f"{base}_DequantizeLinear", op.out_axis, tq,
+                                           base, names["node"], op.out_axis, tq,
                                            storage="int4" if storage_bits == 4 else "int8"))
         return graph

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import SCHEDULE, STEP_INDEX, Pass, PassContext
+from passes.base import Pass, PassContext
+from passes.contract import SCHEDULE, STEP_INDEX, weight_names
 
 ENCODINGS_NAME = "encodings.json"
 FORMAT = "dgq-encodings"
@@ -28,7 +29,7 @@ def encodings_document(ctx: PassContext) -> dict:
         common = {"module": r.module, "role": r.role, "tensor": r.tensor, "node": r.node, "quantizer": r.quantizer,
                   "bits": r.bits, "axis": r.axis, "onnx_axis": r.onnx_axis}
         if r.role == "weight":
-            weights.append({**common, "quantized_tensor": f"{r.tensor}_quantized", "storage": r.storage,
+            weights.append({**common, "quantized_tensor": weight_names(r.tensor)["quantized"], "storage": r.storage,
                             "channels": r.groups, "symmetric": False,
                             "scale": _list(tq.scale.astype(np.float32)), "zero_point": _list(tq.zero_point)})
             continue

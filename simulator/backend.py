@@ -13,10 +13,8 @@ import onnx
 from onnx.backend.base import Backend as _OnnxBackend
 from onnx.backend.base import BackendRep, namedtupledict
 
+from passes.contract import NARROW_BITS, SIGNED_TYPES
 from simulator.executor import Simulator
-
-_NARROW = {onnx.TensorProto.INT4: (np.int8, 4), onnx.TensorProto.UINT4: (np.uint8, 4),
-           onnx.TensorProto.INT2: (np.int8, 2), onnx.TensorProto.UINT2: (np.uint8, 2)}
 
 
 def _elem_type(vi: onnx.ValueInfoProto) -> int:
@@ -39,16 +37,16 @@ class SimulatorRep(BackendRep):
                 inputs = [inputs]
             feeds = {vi.name: x for vi, x in zip(self.inputs, inputs)}
         for vi in self.inputs:  # 4-/2-bit inputs arrive as ml_dtypes arrays: hold them widened
-            narrow = _NARROW.get(_elem_type(vi))
-            if narrow and vi.name in feeds:
-                feeds[vi.name] = np.asarray(feeds[vi.name]).astype(narrow[0])
-                self.sim.narrow_bits[vi.name] = narrow[1]
+            elem = _elem_type(vi)
+            if elem in NARROW_BITS and vi.name in feeds:
+                feeds[vi.name] = np.asarray(feeds[vi.name]).astype(np.int8 if elem in SIGNED_TYPES else np.uint8)
+                self.sim.narrow_bits[vi.name] = NARROW_BITS[elem]
         result = self.sim.run(feeds)
         values = []
         for vi in self.outputs:
             value = result.outputs[vi.name]
             elem = _elem_type(vi)
-            if elem in _NARROW:
+            if elem in NARROW_BITS:
                 value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(elem))
             values.append(value)
         return namedtupledict("Outputs", [vi.name for vi in self.outputs])(*values)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from passes.contract import LOG_DOMAIN
 from simulator.errors import SimulatorError
 from simulator.graph_info import GraphInfo, Quantizer, analyse
 from simulator.targets import Target, load_target
@@ -186,7 +187,7 @@ def _reductions(model: onnx.ModelProto, info: GraphInfo, latent_size, batch) -> 
         m = onnx.ModelProto()
         m.CopyFrom(model)
         for node in m.graph.node:  # the log quantizer keeps its input's shape: an Identity for shape purposes
-            if node.domain == "dgq":
+            if node.domain == LOG_DOMAIN:
                 del node.input[1:]
                 del node.attribute[:]
                 node.op_type, node.domain = "Identity", ""

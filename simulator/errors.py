@@ -3,3 +3,7 @@
 
 class SimulatorError(Exception):
     """A graph, op, target file or cost query we cannot handle; the message names the node/field and why."""
+
+
+class Unsupported(Exception):
+    """An integer path cannot take this operand layout; the op runs on dequantized floats instead."""

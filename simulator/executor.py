@@ -10,60 +10,25 @@ layout-only ops carry it along, and Conv/MatMul/Gemm whose operands both have on
 accumulations (simulator.qmatmul / simulator.qconv). Their float value is computed only if some
 float op asks for it (Lazy), which is what keeps whole-UNet simulation affordable.
 
-Large activations (attention maps, ~1 GB at SD resolution) are recycled like an arena allocator:
-an elementwise op may write into an input that dies at that node and that nothing else references
-(ctx.reusable), and a dying buffer is kept for the next op that asks for one of the same shape
-(ctx.empty). Fresh memory costs page faults; on a VM a fresh GB can cost seconds.
+Large activations are recycled (environment.py): an elementwise op may write into an input that dies at
+that node and that nothing else references (ctx.reusable), and a dying buffer is kept for the next op that
+asks for one of the same shape (ctx.empty).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from passes.contract import NARROW_BITS
+from simulator.environment import Environment, Lazy
 from simulator.epilogue import Epilogue
 from simulator.errors import SimulatorError
+from simulator.nodes import Node, attribute_value, make_node, to_numpy
 from simulator.qtensor import QTensor
 from simulator.targets import Target, load_target
-
-
-class Lazy:
-    """A value computed on first use (the float view of integer codes)."""
-    __slots__ = ("fn",)
-
-    def __init__(self, fn):
-        self.fn = fn
-
-
-POOL_MIN_BYTES = 1 << 25   # buffers below this are cheap to allocate: not recycled
-POOL_LIMIT_BYTES = 1 << 31  # most memory kept in freed buffers at a time
-
-
-class BufferPool:
-    """Freed large activation buffers, handed to the next op that needs the same shape and type."""
-
-    def __init__(self):
-        self.free: list[np.ndarray] = []
-
-    def take(self, shape, dtype) -> np.ndarray:
-        shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
-        for i, buf in enumerate(self.free):
-            if buf.shape == shape and buf.dtype == dtype:
-                return self.free.pop(i)
-        return np.empty(shape, dtype)
-
-    def give(self, buf: np.ndarray) -> None:
-        self.free.append(buf)
-        while sum(b.nbytes for b in self.free) > POOL_LIMIT_BYTES:
-            self.free.pop(0)
-
-
-class Unsupported(Exception):
-    """An integer path cannot take this operand layout; the op runs on dequantized floats instead."""
 
 
 @dataclass
@@ -92,63 +57,12 @@ class SimulationResult:
     stats: RunStats
 
 
-@dataclass(frozen=True)
-class Node:
-    name: str
-    op_type: str
-    domain: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    attrs: dict
-
-    @property
-    def key(self) -> str:
-        return self.op_type if self.domain in ("", "ai.onnx") else f"{self.domain}.{self.op_type}"
-
-
-def _attr_value(a: onnx.AttributeProto):
-    v = onnx.helper.get_attribute_value(a)
-    if isinstance(v, onnx.TensorProto):
-        return numpy_helper.to_array(v)
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if isinstance(v, list) and v and isinstance(v[0], bytes):
-        return [x.decode("utf-8") for x in v]
-    return v
-
-
-_NARROW_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
-                onnx.TensorProto.INT2: 2, onnx.TensorProto.UINT2: 2}
-
-
-def to_numpy(t: onnx.TensorProto) -> np.ndarray:
-    """Initializer -> numpy; 4-bit and other ml_dtypes integers are widened to int8/uint8 codes."""
-    arr = numpy_helper.to_array(t)
-    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.INT2):
-        return arr.astype(np.int8)
-    if t.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.UINT2):
-        return arr.astype(np.uint8)
-    return arr
-
-
-def make_node(n: onnx.NodeProto, index: int, ref_attrs: dict | None = None) -> Node:
-    attrs = {}
-    for a in n.attribute:
-        if a.ref_attr_name:  # inside a function body: the caller's attribute
-            if ref_attrs is not None and a.ref_attr_name in ref_attrs:
-                attrs[a.name] = ref_attrs[a.ref_attr_name]
-            continue
-        attrs[a.name] = _attr_value(a)
-    return Node(name=n.name or f"{n.op_type}_{index}", op_type=n.op_type, domain=n.domain,
-                inputs=tuple(n.input), outputs=tuple(n.output), attrs=attrs)
-
-
 class NodeContext:
     """What an op sees: its node, its inputs (float values or QTensors) and the target."""
 
     __slots__ = ("_quant_out", "env", "epilogue", "integer", "node", "opset", "sim", "target")
 
-    def __init__(self, sim: "Simulator", env: "_Env", node: Node, opset: int):
+    def __init__(self, sim: "Simulator", env: "Environment", node: Node, opset: int):
         self.sim, self.env, self.node, self.opset = sim, env, node, opset
         self.target: Target = sim.target
         self.epilogue: Epilogue = sim.epilogue
@@ -208,12 +122,12 @@ class NodeContext:
         from simulator.integer import apply_accumulator_width
 
         bits = self.target.log_quantizer.accumulator_bits if log else self.target.accumulator_bits
-        acc, count, peak = apply_accumulator_width(acc, bits, self.target.accumulator_overflow, bound)
+        result = apply_accumulator_width(acc, bits, self.target.accumulator_overflow, bound)
         stat = self.stat()
-        stat.overflows += count
-        stat.peak = max(stat.peak, peak)
+        stat.overflows += result.overflows
+        stat.peak = max(stat.peak, result.peak)
         stat.acc_bits = bits
-        return acc
+        return result.acc
 
     def stat(self) -> NodeStat:
         stats = self.env.stats.nodes
@@ -224,41 +138,6 @@ class NodeContext:
     def mark(self, path: str, groups: int = 1) -> None:
         stat = self.stat()
         stat.path, stat.groups = path, groups
-
-
-class _Env:
-    def __init__(self, stats: RunStats, pool: BufferPool | None = None, protected: frozenset = frozenset()):
-        self.vals: dict[str, object] = {}
-        self.quant: dict[str, QTensor] = {}
-        self.stats = stats
-        self.pool = pool or BufferPool()
-        self.protected = protected   # never overwritten or recycled: initializers, graph inputs, captures
-        self.dying: set[str] = set()  # inputs of the running node that die at it
-
-    def get(self, name: str):
-        v = self.vals.get(name)
-        if v is None and name not in self.vals:
-            raise SimulatorError(f"tensor {name!r} is used before it is produced")
-        if isinstance(v, Lazy):
-            v = v.fn()
-            self.vals[name] = v
-        return v
-
-    def drop(self, name: str) -> None:
-        v = self.vals.get(name)
-        if self.exclusive(name, v) and sys.getrefcount(v) <= 3:  # env, v, the call: no one outside holds it
-            self.pool.give(v)
-        self.vals.pop(name, None)
-        self.quant.pop(name, None)
-
-    def exclusive(self, name: str, v) -> bool:
-        """Whether v is a large buffer of its own that no other live value can see (recyclable)."""
-        if name in self.protected or not isinstance(v, np.ndarray) or v.nbytes < POOL_MIN_BYTES:
-            return False
-        if v.base is not None or not v.flags.writeable or not v.flags.c_contiguous:
-            return False
-        return not any(isinstance(other, np.ndarray) and np.may_share_memory(v, other)
-                       for key, other in self.vals.items() if key != name and key not in self.protected)
 
 
 class Simulator:
@@ -282,8 +161,8 @@ class Simulator:
         graph = model.graph
         self.initializers = {t.name: to_numpy(t) for t in graph.initializer}
         # 4-/2-bit tensors are held widened to int8/uint8; their true grid bounds the integer proofs
-        self.narrow_bits = {t.name: _NARROW_BITS[t.data_type] for t in graph.initializer
-                            if t.data_type in _NARROW_BITS}
+        self.narrow_bits = {t.name: NARROW_BITS[t.data_type] for t in graph.initializer
+                            if t.data_type in NARROW_BITS}
         self.nodes = [make_node(n, i) for i, n in enumerate(graph.node)]
         self.input_names = [i.name for i in graph.input if i.name not in self.initializers]
         self.output_names = [o.name for o in graph.output]
@@ -332,7 +211,7 @@ class Simulator:
         stats = RunStats()
         capture = set(capture)
         keep = set(self.output_names) | (capture if observer is None else set())
-        env = _Env(stats, protected=frozenset(set(self.initializers) | set(self.input_names) | keep | capture))
+        env = Environment(stats, protected=frozenset(set(self.initializers) | set(self.input_names) | keep | capture))
         env.vals.update(self.initializers)
         for name in self.input_names:
             env.vals[name] = np.asarray(feeds[name])
@@ -358,7 +237,7 @@ class Simulator:
                 captured[name] = np.asarray(env.get(name))
         return SimulationResult(outputs, captured, stats)
 
-    def _run_node(self, node: Node, env: _Env, opset: int, op=None) -> None:
+    def _run_node(self, node: Node, env: Environment, opset: int, op=None) -> None:
         """Run one node (`op`: its REGISTRY entry when the caller has it at hand)."""
         if op is None:
             from simulator.ops import REGISTRY
@@ -383,11 +262,11 @@ class Simulator:
                 if j in ctx._quant_out:
                     env.quant[name] = ctx._quant_out[j]
 
-    def _run_function(self, fn: onnx.FunctionProto, call: Node, env: _Env) -> None:
+    def _run_function(self, fn: onnx.FunctionProto, call: Node, env: Environment) -> None:
         """Expand a model-local function: run its body with the caller's inputs and attributes."""
-        attrs = {a.name: _attr_value(a) for a in fn.attribute_proto}
+        attrs = {a.name: attribute_value(a) for a in fn.attribute_proto}
         attrs.update(call.attrs)
-        inner = _Env(env.stats, env.pool, env.protected | set(env.vals))  # nothing of the caller is recycled
+        inner = Environment(env.stats, env.pool, env.protected | set(env.vals))  # nothing of the caller is recycled
         for formal, actual in zip(fn.input, call.inputs):
             if actual:
                 inner.vals[formal] = env.vals[actual] if not isinstance(env.vals.get(actual), Lazy) else env.get(actual)
@@ -404,8 +283,3 @@ class Simulator:
                 env.vals[actual] = inner.get(formal)
                 if formal in inner.quant:
                     env.quant[actual] = inner.quant[formal]
-
-
-def run_graph(model, feeds: dict, target="generic-npu") -> dict[str, np.ndarray]:
-    """One-shot convenience: outputs of `model` on `feeds`."""
-    return Simulator(model, target).run(feeds).outputs

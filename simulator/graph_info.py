@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from passes.contract import (NARROW_BITS, SIGNED_TYPES, GROUP_MAP, SCALE_TABLE, ZERO_POINT_TABLE,
+                              QuantizerRecord, is_dequantizer_node, is_quantizer_node, is_split_add)
+from passes.graph_query import GraphIndex
 
 LAYOUT_OPS = {"Reshape", "Transpose", "Slice", "Concat", "Identity", "Cast", "Unsqueeze", "Squeeze", "Flatten"}
-_NARROW = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT2: 2, onnx.TensorProto.UINT2: 2}
-_SIGNED = {onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.INT16, onnx.TensorProto.INT2}
 
 
 @dataclass
@@ -66,40 +67,16 @@ class GraphInfo:
     pixel_kxk: dict = field(default_factory=dict)            # quantizer node -> kxk conv nodes it feeds (pixel groups)
 
 
-class _Graph:
-    def __init__(self, model: onnx.ModelProto):
-        g = model.graph
-        self.inits = {t.name: t for t in g.initializer}
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list] = {}
-        for n in g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self.constants = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
+_TABLE_PATH = ("Gather", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Cast")
 
-    def array(self, name):
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
-        node = self.constants.get(name)
-        if node is not None:
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-        return None
+
+class _Graph(GraphIndex):
+    """The graph index plus the two walks the contract needs: back to a table, back to a dequantizer."""
 
     def find_table(self, name, suffix, depth=8):
         """Walk back from a scale/zero-point tensor through Gather/Reshape to a `*suffix` initializer."""
-        frontier = [name]
-        for _ in range(depth):
-            nxt = []
-            for t in frontier:
-                if t in self.inits and t.endswith(suffix):
-                    return t
-                p = self.producer.get(t)
-                if p is not None and p.op_type in ("Gather", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Cast"):
-                    nxt.extend(x for x in p.input if x)
-            frontier = nxt
-        return None
+        return next((t for t in self.walk_back(name, _TABLE_PATH, depth)
+                     if t in self.initializers and t.endswith(suffix)), None)
 
     def source(self, tensor, depth=16):
         """Follow layout-only ops back to a DequantizeLinear / dgq.DequantizeLog; (node, fp_mixed) or (None, False)."""
@@ -108,7 +85,7 @@ class _Graph:
             p = self.producer.get(tensor)
             if p is None:
                 return None, False
-            if p.op_type == "DequantizeLinear" or (p.domain == "dgq" and p.op_type == "DequantizeLog"):
+            if is_dequantizer_node(p):
                 return p, mixed
             if p.op_type not in LAYOUT_OPS:
                 return None, False
@@ -123,35 +100,22 @@ class _Graph:
         return None, False
 
 
-def _meta(node) -> dict:
-    return {p.key: p.value for p in node.metadata_props}
-
-
-def _elem_type(g: _Graph, tensor: str, default: int) -> int:
-    if tensor in g.inits:
-        return g.inits[tensor].data_type
-    arr = g.array(tensor)
-    if arr is not None:
-        return onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
-    return default
-
-
 def analyse(model: onnx.ModelProto) -> GraphInfo:
     g = _Graph(model)
     info = GraphInfo()
     by_dq: dict[str, Quantizer | WeightQuant] = {}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in g.inits:
+        if node.op_type == "DequantizeLinear" and node.input[0] in g.initializers:
             w = _weight(g, node)
             info.weights.append(w)
             by_dq[node.name] = w
-        elif node.op_type == "QuantizeLinear" or (node.domain == "dgq" and node.op_type == "QuantizeLog"):
+        elif is_quantizer_node(node):
             q = _quantizer(g, node)
             if q is not None:
                 info.quantizers.append(q)
                 if q.dequantizer:
                     by_dq[q.dequantizer] = q
-        elif node.op_type == "Add" and node.name.endswith("/split/Add"):
+        elif node.op_type == "Add" and is_split_add(node.name):
             info.split_adds.append(node.name)
     for node in model.graph.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm"):
@@ -165,7 +129,7 @@ def analyse(model: onnx.ModelProto) -> GraphInfo:
             continue
         mm = QuantMatmul(node.name, node.op_type, operands, fp_branch=fp)
         w = g.array(g.producer[node.input[1]].input[0]) if node.input[1] in g.producer and \
-            g.producer[node.input[1]].input[0] in g.inits else None
+            g.producer[node.input[1]].input[0] in g.initializers else None
         if node.op_type == "Conv" and w is not None:
             mm.reduction = int(np.prod(w.shape[1:]))
             mm.kernel = (int(w.shape[2]), int(w.shape[3]))
@@ -180,45 +144,44 @@ def analyse(model: onnx.ModelProto) -> GraphInfo:
 
 
 def _weight(g: _Graph, dq) -> WeightQuant:
-    t = g.inits[dq.input[0]]
-    bits = _NARROW.get(t.data_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
+    t = g.initializers[dq.input[0]]
+    bits = NARROW_BITS.get(t.data_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
     zp = g.array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
     scale = g.array(dq.input[1])
-    return WeightQuant(dq.name, dq.input[0], bits, t.data_type in _SIGNED,
+    return WeightQuant(dq.name, dq.input[0], bits, t.data_type in SIGNED_TYPES,
                        symmetric=zp is None or not np.any(np.asarray(zp).astype(np.int64)),
                        per_channel=scale is not None and np.size(scale) > 1)
 
 
 def _quantizer(g: _Graph, node) -> Quantizer | None:
-    meta = _meta(node)
+    record = QuantizerRecord.from_node(node)
     is_log = node.op_type == "QuantizeLog"
     code = node.output[0]
     clip_bits = None
-    users = g.consumers.get(code, [])
+    users = g.users(code)
     if len(users) == 1 and users[0].op_type == "Clip":
         hi = g.array(users[0].input[2]) if len(users[0].input) > 2 else None
         if hi is not None:
             clip_bits = int(np.ceil(np.log2(int(np.asarray(hi).reshape(-1)[0]) + 1)))
         code = users[0].output[0]
-    deq = next((u for u in g.consumers.get(code, [])
-                if u.op_type == "DequantizeLinear" or u.op_type == "DequantizeLog"), None)
+    deq = next((u for u in g.users(code) if is_dequantizer_node(u)), None)
     if is_log:
         attr_bits = next((a.i for a in node.attribute if a.name == "bits"), 8)
         s_prod = g.producer.get(node.input[1])
         source = "dynamic" if s_prod is not None and s_prod.op_type == "ReduceMax" else \
             ("constant" if g.array(node.input[1]) is not None else "computed")
-        return Quantizer(node.name, "log2", meta.get("dgq.module", ""), meta.get("dgq.role", "attn_probs"),
-                         int(meta.get("dgq.bits", attr_bits)), "tensor", 1, False, code, onnx.TensorProto.UINT8,
+        return Quantizer(node.name, "log2", record.module if record else "", record.role if record else "attn_probs",
+                         record.bits if record else int(attr_bits), "tensor", 1, False, code, onnx.TensorProto.UINT8,
                          source, True, dequantizer=deq.name if deq is not None else "")
     zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-    code_type = _elem_type(g, zp_name, onnx.TensorProto.UINT8) if zp_name else onnx.TensorProto.UINT8
-    storage_bits = _NARROW.get(code_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code_type)).itemsize)
-    bits = int(meta.get("dgq.bits", clip_bits or storage_bits))
-    scale_table = g.find_table(node.input[1], "scale_table")
-    zp_table = g.find_table(zp_name, "zero_point_table") if zp_name else None
+    code_type = g.elem_type(zp_name, onnx.TensorProto.UINT8) if zp_name else onnx.TensorProto.UINT8
+    storage_bits = NARROW_BITS.get(code_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code_type)).itemsize)
+    bits = record.bits if record else int(clip_bits or storage_bits)
+    scale_table = g.find_table(node.input[1], SCALE_TABLE)
+    zp_table = g.find_table(zp_name, ZERO_POINT_TABLE) if zp_name else None
     steps, groups = 1, 1
     if scale_table is not None:
-        shape = list(g.inits[scale_table].dims)
+        shape = list(g.initializers[scale_table].dims)
         steps, groups = (shape + [1, 1])[:2] if len(shape) == 2 else (shape[0], 1)
         source = "computed"
     else:
@@ -227,12 +190,12 @@ def _quantizer(g: _Graph, node) -> Quantizer | None:
         groups = 1 if scale is None else int(np.unique(np.asarray(scale)).size)
     zp = g.array(zp_table) if zp_table else (g.array(zp_name) if zp_name else None)
     symmetric = zp is None or not np.any(np.asarray(zp).astype(np.int64))
-    gmap_name = g.find_table(node.input[1], "group_map")
+    gmap_name = g.find_table(node.input[1], GROUP_MAP)
     per_step = False
     if gmap_name is not None:
         gmap = g.array(gmap_name)
         per_step = gmap.shape[0] > 1 and not np.all(gmap == gmap[:1])
-    axis = meta.get("dgq.axis") or ("tensor" if groups == 1 else "channel")
-    return Quantizer(node.name, "uniform", meta.get("dgq.module", ""), meta.get("dgq.role", ""), bits, axis,
-                     int(groups), code_type in _SIGNED, code, code_type, source, symmetric, int(steps), per_step,
+    axis = (record.axis if record else "") or ("tensor" if groups == 1 else "channel")
+    return Quantizer(node.name, "uniform", record.module if record else "", record.role if record else "", bits, axis,
+                     int(groups), code_type in SIGNED_TYPES, code, code_type, source, symmetric, int(steps), per_step,
                      dequantizer=deq.name if deq is not None else "")

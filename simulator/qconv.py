@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.executor import Unsupported
+from simulator.errors import Unsupported
 from simulator.integer import (
     accumulation_bound,
     int_conv2d,

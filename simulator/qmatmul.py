@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.executor import Unsupported
+from simulator.errors import Unsupported
 from simulator.integer import (
     INT8_MAX_K,
     accumulate_dtype,

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dgq_compiler.errors import DgqError
-
-FP_MODULES = ("conv_in", "conv_out")
-ATTN_ROLES = ("q", "k", "v", "attn_probs")
+from passes.contract import FP_MODULES
 
 
 @dataclass(frozen=True)

@@ -133,3 +133,26 @@ def _wrap(text: str, width: int) -> str:
             line = f"{line} {w}".strip()
     lines.append(line)
     return "\n".join(lines[:3]) + ("..." if len(lines) > 3 else "")
+
+
+def range_figures(stats, recipe, preset: str | None, figures_dir: Path) -> list[dict]:
+    """Per-channel / per-pixel ranges at the points with the strongest outliers, with the groups `recipe` (a DGQ
+    configuration's, made by `preset`) chose there; one figure each, and a row describing it."""
+    from dgq_compiler.report import analysis
+
+    rows = []
+    for k, (module, role, dim, ratio, step) in enumerate(analysis.outlier_points(stats)):
+        point = stats.point(module, role)
+        lo, hi = stats.get(point, f"{dim}_min")[step], stats.get(point, f"{dim}_max")[step]
+        groups, chosen = None, None
+        tq = recipe.tensors.get((module, role)) if recipe else None
+        if tq is not None:
+            chosen = tq.axis
+            if tq.axis == dim and tq.group_map is not None:
+                groups = tq.group_map[min(step, tq.group_map.shape[0] - 1)]
+        t = stats.timesteps[step]
+        title = f"{module} input, per {dim} (t={t}); {preset or 'DGQ'} chose: {chosen or 'n/a'}"
+        path = ranges(lo, hi, groups, dim, title, figures_dir / f"ranges_{k}_{dim}.png")
+        rows.append({"module": module, "dimension": dim, "outlier_ratio": ratio, "timestep": int(t),
+                     "dgq_axis": chosen, "figure": path.name})
+    return rows

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from passes.contract import FP_MODULES
+
 KINDS = ("conv", "linear", "attn_qk", "attn_av", "other")  # "other": a dynamic matmul outside attention
-FULL_PRECISION_MODULES = ("conv_in", "conv_out")  # DGQ keeps these FP (weights and activations)
+FULL_PRECISION_MODULES = FP_MODULES  # DGQ keeps these FP (weights and activations): the compiled-graph contract
 LATENT_FACTOR = 8  # image pixels per latent pixel (the SD / SDXL VAE)
 
 
@@ -21,6 +23,9 @@ class CountedOp:
     full_precision: bool = False  # kept FP32 by the method (conv_in, conv_out)
     cross: bool = False    # attention over the text tokens: key 0 is the <start> token
     keys: int = 0          # attention: keys per query (the A.V / QK^T contraction length)
+    a_elements: int = 0    # first operand: the activation input (conv/linear), q (QK^T), the probabilities (A.V)
+    b_elements: int = 0    # second operand: the weight (conv/linear, once), k (QK^T), v (A.V)
+    slices: int = 1        # independent matmuls a batched matmul is made of (batch x heads); 1 for conv/linear
 
 
 @dataclass(frozen=True)

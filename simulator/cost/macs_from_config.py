@@ -104,7 +104,8 @@ class _Counter:
                       else module.in_features)
             channels = module.in_channels if kind == "conv" else module.in_features
             fp = name in FULL_PRECISION_MODULES
-            self.ops.append(CountedOp(name, kind, output.numel() * reduce, output.numel(), full_precision=fp))
+            self.ops.append(CountedOp(name, kind, output.numel() * reduce, output.numel(), full_precision=fp,
+                                      a_elements=args[0].numel(), b_elements=module.weight.numel()))
             if name not in self.layers and not fp:
                 self.points.append(QuantPoint(name, "input", channels))
             self.layers[name] = module
@@ -124,18 +125,21 @@ class _Counter:
         reduce = a.shape[-1]
         macs = out.numel() * reduce
         if not self.attention:
-            self.ops.append(CountedOp("", "other", macs, out.numel()))
+            self.ops.append(CountedOp("", "other", macs, out.numel(), a_elements=a.numel(), b_elements=b.numel(),
+                                      slices=math.prod(a.shape[:-2])))
             return
         frame = self.attention[-1]
         name, cross, seen = frame
         frame[2] += 1
         heads_batch = math.prod(a.shape[:-2])
         if seen % 2 == 0:   # QK^T: a = q [.., Nq, d], b = k^T [.., d, Nk]
-            self.ops.append(CountedOp(name, "attn_qk", macs, out.numel(), cross=cross, keys=b.shape[-1]))
+            self.ops.append(CountedOp(name, "attn_qk", macs, out.numel(), cross=cross, keys=b.shape[-1],
+                                      a_elements=a.numel(), b_elements=b.numel(), slices=heads_batch))
             self.points.append(QuantPoint(name, "q", heads_batch // self.batch * a.shape[-1]))
             self.points.append(QuantPoint(name, "k", heads_batch // self.batch * b.shape[-2]))
         else:               # A.V: a = probabilities [.., Nq, Nk], b = v [.., Nk, dv]
-            self.ops.append(CountedOp(name, "attn_av", macs, out.numel(), cross=cross, keys=reduce))
+            self.ops.append(CountedOp(name, "attn_av", macs, out.numel(), cross=cross, keys=reduce,
+                                      a_elements=a.numel(), b_elements=b.numel(), slices=heads_batch))
             self.points.append(QuantPoint(name, "v", heads_batch // self.batch * b.shape[-1]))
 
 

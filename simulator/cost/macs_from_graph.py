@@ -1,12 +1,13 @@
 """MACs of one UNet forward counted from an ONNX graph (fp32 export or compiled), by shape inference.
 
 The graph's dynamic input dims (`batch`, `height`, `width` of `sample`, and every other input's batch)
-are fixed to concrete values, shapes are inferred (onnxruntime's symbolic shape inference, which
+are fixed to the values the caller gives (a dynamic batch defaults to 2; a dynamic height/width without a
+resolution is an error: what `dgq export` traced is the CLI's to read, from export.json), shapes are inferred (onnxruntime's symbolic shape inference, which
 propagates the Shape->Gather->Concat->Reshape chains the exporter emits; plain `onnx.shape_inference`
 with data propagation as the fallback), then every node is counted:
 - Conv:    MACs = output elements x (W.shape[1] x kh x kw)              -> conv
 - Gemm:    MACs = M x N x K                                               -> linear
-- MatMul:  MACs = output elements x K (A's last dim); `linear` when B is a constant weight (an
+- MatMul:  MACs = output elements x K (A's last dim); operand sizes and batch x head slices are recorded; `linear` when B is a constant weight (an
            initializer, possibly through DequantizeLinear/Transpose/...), else an attention matmul:
            `attn_qk` if its output reaches a Softmax, `attn_av` if its A operand comes from one, else `other`.
 Cross-attention = the K operand is projected (reshapes, a constant-weight MatMul, Q/DQ) straight from the
@@ -18,16 +19,17 @@ external weights file (SD: 3.4 GB) is never read.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from simulator.cost.inventory import FULL_PRECISION_MODULES, LATENT_FACTOR, CountedOp, Inventory, QuantPoint
+from passes.contract import FP_MODULES, NAMESPACE
+from passes.graph_query import GraphIndex, attribute
+from simulator.cost.inventory import LATENT_FACTOR, CountedOp, Inventory, QuantPoint
 from simulator.errors import SimulatorError
 
 SCOPE_ROOT = "unet"
-COMPILER_SCOPE = "dgq"
-EXPORT_REPORT = "export.json"  # written beside the graph by `dgq export`: batch, latent_size
+COMPILER_SCOPE = NAMESPACE   # compiler-added nodes are named dgq/<module path>/...
+DEFAULT_GRAPH_BATCH = 2  # a dynamic batch: cond + uncond (classifier-free guidance)
 _VALUE_NEEDED_MAX = 64  # initializers larger than this are weights, never shape data
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _WEIGHT_PATH = {"DequantizeLinear", "Transpose", "Reshape", "Cast", "Identity", "Unsqueeze", "Squeeze", "Clip"}
@@ -62,7 +64,8 @@ def _merge_split_attention(ops: list, points: list) -> tuple:
         first = merged[seen[key]]
         merged[seen[key]] = CountedOp(first.module, first.kind, first.macs + op.macs,
                                       max(first.outputs, op.outputs), cross=first.cross or op.cross,
-                                      keys=first.keys + op.keys)
+                                      keys=first.keys + op.keys, a_elements=first.a_elements + op.a_elements,
+                                      b_elements=first.b_elements + op.b_elements, slices=first.slices)
     unique = {}
     for point in points:
         unique.setdefault((point.module, point.role), point)
@@ -112,16 +115,11 @@ def graph_downsamples(graph) -> int:
 
 
 def _resolve_dims(graph, path: Path, batch: int | None, resolution: int | None) -> tuple:
-    """(batch, (h, w)): flags, else the graph's own concrete dims, else export.json beside it."""
+    """(batch, (h, w)): the arguments, else the graph's own concrete dims; a dynamic batch defaults to 2 (CFG).
+    Reading the reports `dgq export` / `dgq compile` write beside a graph is the caller's business."""
     from simulator.cost.macs_from_config import check_latent, latent_from_resolution
 
     dims = _dims(_sample_input(graph))
-    report = {}
-    if (path.parent / EXPORT_REPORT).is_file():
-        try:
-            report = json.loads((path.parent / EXPORT_REPORT).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            report = {}
     downsamples = graph_downsamples(graph)
     what = f"the graph {path.name!r}"
     if resolution is not None:
@@ -132,14 +130,12 @@ def _resolve_dims(graph, path: Path, batch: int | None, resolution: int | None) 
                                  f"({fixed[0] * LATENT_FACTOR} px): --resolution {resolution} does not match")
     elif all(isinstance(d, int) for d in dims[2:]):
         latent = tuple(dims[2:])
-    elif isinstance(report.get("latent_size"), int):
-        latent = (report["latent_size"],) * 2
     else:
-        raise SimulatorError(f"graph {path.name!r} has dynamic height/width and no {EXPORT_REPORT} beside it: "
-                             "pass --resolution")
+        raise SimulatorError(f"graph {path.name!r} has dynamic height/width: pass the resolution "
+                             "(--resolution PX)")
     check_latent(latent, downsamples, what)
     if batch is None:
-        batch = dims[0] if isinstance(dims[0], int) else report.get("batch", 2)
+        batch = dims[0] if isinstance(dims[0], int) else DEFAULT_GRAPH_BATCH
     elif isinstance(dims[0], int) and dims[0] != batch:
         raise SimulatorError(f"graph {path.name!r} has a fixed batch {dims[0]}: --batch {batch} does not match")
     if not isinstance(batch, int) or batch < 1:
@@ -216,17 +212,8 @@ def infer_shapes(model) -> dict:
     return shapes
 
 
-class _Graph:
-    """Producer/consumer indexes for the structural questions the classifier asks."""
-
-    def __init__(self, graph):
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.constants = {n.output[0] for n in graph.node if n.op_type == "Constant"}
-        self.producer = {out: n for n in graph.node for out in n.output}
-        self.consumers: dict[str, list] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+class _Graph(GraphIndex):
+    """The structural questions the classifier asks, on the shared producer/consumer index."""
 
     def reads_text(self, tensor: str) -> bool:
         """Whether an attention K/V operand is projected from `encoder_hidden_states` (cross-attention):
@@ -308,13 +295,6 @@ def _known(shape, node, what: str) -> list:
     return shape
 
 
-def _attr(node, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return a.i if a.type == a.INT else list(a.ints)
-    return default
-
-
 def inventory_from_graph(path: str | Path, *, batch: int | None = None, resolution: int | None = None,
                          model: str | None = None) -> Inventory:
     """Count one forward of the graph at `batch` and `resolution` px (defaults: the graph's or its export's)."""
@@ -335,12 +315,13 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
         outputs = math.prod(out)
         a_shape = shapes.get(node.input[0])
         if node.op_type == "Conv":
+            a_shape = _known(a_shape, node, "input")
             w = _known(shapes.get(node.input[1]), node, "weight")
             reduce, kind = w[1] * math.prod(w[2:]), "conv"
-            channels = w[1] * _attr(node, "group", 1)
+            channels = w[1] * attribute(node, "group", 1)
         elif node.op_type == "Gemm":
             a_shape = _known(a_shape, node, "input")
-            reduce, kind = a_shape[0] if _attr(node, "transA", 0) else a_shape[1], "linear"
+            reduce, kind = a_shape[0] if attribute(node, "transA", 0) else a_shape[1], "linear"
             channels = reduce
         else:
             a_shape = _known(a_shape, node, "input")
@@ -350,9 +331,11 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
                 "attn_av" if index.from_softmax(node.input[0]) else "other")
             channels = reduce
         macs = outputs * reduce
+        b_shape = _known(shapes.get(node.input[1]), node, "second operand")
+        sizes = {"a_elements": math.prod(a_shape), "b_elements": math.prod(b_shape)}
         if kind in ("conv", "linear"):
-            fp = module in FULL_PRECISION_MODULES
-            ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp))
+            fp = module in FP_MODULES
+            ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp, **sizes))
             root = index.weight_root(node.input[1])
             if root is None:
                 raise SimulatorError(f"node {node.name!r}: its weight is not an initializer of the graph")
@@ -361,20 +344,20 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
             elif root.name not in quantized_roots:
                 quantized_roots[root.name] = root
                 w = shapes.get(node.input[1])
-                weight_channels += (w[0] if node.op_type == "Conv" or _attr(node, "transB", 0) else w[-1])
+                weight_channels += (w[0] if node.op_type == "Conv" or attribute(node, "transB", 0) else w[-1])
                 points.append(QuantPoint(module, "input", channels))
             continue
-        b_shape = _known(shapes.get(node.input[1]), node, "second operand")
         cross = index.reads_text(node.input[1])
+        sizes["slices"] = math.prod(a_shape[:-2])
         heads = math.prod(a_shape[:-2]) // batch
         if kind == "attn_qk":
-            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=b_shape[-1]))
+            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=b_shape[-1], **sizes))
             points += [QuantPoint(module, "q", heads * a_shape[-1]), QuantPoint(module, "k", heads * b_shape[-2])]
         elif kind == "attn_av":
-            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=reduce))
+            ops.append(CountedOp(module, kind, macs, outputs, cross=cross, keys=reduce, **sizes))
             points.append(QuantPoint(module, "v", heads * b_shape[-1]))
         else:
-            ops.append(CountedOp(module, kind, macs, outputs))
+            ops.append(CountedOp(module, kind, macs, outputs, **sizes))
     ops, points = _merge_split_attention(ops, points)
     quantized = sum(math.prod(t.dims) for t in quantized_roots.values())
     fp_params = sum(math.prod(t.dims) * index.copies(name) for name, t in index.initializers.items()

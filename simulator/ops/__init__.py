@@ -3,6 +3,7 @@
 One op per module; `run` receives a NodeContext (inputs as float values or integer QTensors,
 attributes, the target) and returns the list of outputs.
 """
+from passes.contract import DEQUANTIZE_LOG, LOG_DOMAIN, QUANTIZE_LOG
 from simulator.ops import (abs, add, arg_min, cast, clip, concat, constant, constant_of_shape, conv,
                            conv_integer, cos, dequantize_linear, dequantize_log, div, equal, erf, exp,
                            expand, flatten, floor, gather, gelu, gemm, greater, greater_or_equal, identity,
@@ -38,5 +39,5 @@ REGISTRY = {
     "MatMulInteger": matmul_integer.run, "ConvInteger": conv_integer.run,
     "QLinearMatMul": qlinear_matmul.run, "QLinearConv": qlinear_conv.run,
     # the DGQ log quantizer (model-local functions recognised by name, run as hardware would)
-    "dgq.QuantizeLog": quantize_log.run, "dgq.DequantizeLog": dequantize_log.run,
+    f"{LOG_DOMAIN}.{QUANTIZE_LOG}": quantize_log.run, f"{LOG_DOMAIN}.{DEQUANTIZE_LOG}": dequantize_log.run,
 }

@@ -1,7 +1,7 @@
 """Conv: integer accumulation when input and weight are DequantizeLinear outputs, else float32."""
 import numpy as np
 
-from simulator.executor import Unsupported
+from simulator.errors import Unsupported
 from simulator.integer import conv2d
 from simulator.ops._conv_attrs import conv_params, lift
 from simulator.qconv import quantized_conv

@@ -1,7 +1,7 @@
 """Gemm: alpha * op(A) @ op(B) + beta * C; integer accumulation when A and B are dequantized codes."""
 import numpy as np
 
-from simulator.executor import Unsupported
+from simulator.errors import Unsupported
 from simulator.qmatmul import quantized_matmul
 
 

@@ -2,7 +2,7 @@
 dequantized codes, else float32."""
 import numpy as np
 
-from simulator.executor import Unsupported
+from simulator.errors import Unsupported
 from simulator.qmatmul import quantized_matmul
 from simulator.qtensor import LOG
 

@@ -4,12 +4,13 @@ x / s is a float32 division, as in onnxruntime; the codes are what an accelerato
 produces from the same float input.
 """
 import numpy as np
+from onnx import TensorProto
 
+from passes.contract import NARROW_BITS
 from simulator.errors import SimulatorError
 from simulator.ops._common import np_dtype
 from simulator.ops._qparams import broadcast_param, code_range
 
-_NARROW = {21: 4, 22: 4, 25: 2, 26: 2}  # UINT4, INT4, UINT2, INT2 -> bits
 
 
 def run(ctx):
@@ -17,14 +18,14 @@ def run(ctx):
     zp = ctx.value(2)
     axis, block = ctx.attr("axis", 1), ctx.attr("block_size", 0)
     out_type = ctx.attr("output_dtype", 0)
-    bits = _NARROW.get(out_type)
+    bits = NARROW_BITS.get(out_type)
     if zp is not None:
         dtype = zp.dtype
         bits = bits or ctx.sim.narrow_bits.get(ctx.node.inputs[2])
     elif out_type:
         dtype = np_dtype(out_type)
         if bits:
-            dtype = np.dtype(np.int8 if out_type in (22, 26) else np.uint8)
+            dtype = np.dtype(np.int8 if out_type in (TensorProto.INT4, TensorProto.INT2) else np.uint8)
     else:
         dtype = np.dtype(np.uint8)
     if not np.issubdtype(dtype, np.integer):

@@ -1,7 +1,9 @@
 """The hardware-target schema: what integer arithmetic an accelerator offers (DESIGN.md section 7).
 
 A target is a JSON (or TOML) file. Every field is validated; a malformed file raises SimulatorError
-naming the field (`activations.max_groups`) and what was expected.
+naming the field (`activations.max_groups`) and what was expected. The optional `hardware` section
+(peak rates, bandwidths, buffer, energies; `simulator/targets/hardware.py`) feeds the cost model's
+roofline latency and energy estimates.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from simulator.errors import SimulatorError
 from simulator.rounding import RoundingMode
+from simulator.targets.hardware import HardwareSpec, hardware_from_dict
 
 GRANULARITIES = ("tensor", "channel", "pixel")
 SCALE_SOURCES = ("constant", "computed")    # computed = gathered per step / dynamic in the graph
@@ -74,6 +77,7 @@ class Target:
     log_quantizer: LogQuantizerSpec = LogQuantizerSpec()
     fp_side_branch: bool = False              # the cross-attention <start> branch may run in floating point
     verify: VerifyTolerance = VerifyTolerance()
+    hardware: HardwareSpec | None = None      # performance numbers for `dgq cost` (None: no estimates)
 
     @property
     def rounding(self) -> RoundingMode:
@@ -178,6 +182,7 @@ _TOP = {
     "accumulator_bits": lambda v, f: _int(f, v, 8, 64),
     "accumulator_overflow": lambda v, f: _choice(f, v, OVERFLOW_MODES),
     "fp_side_branch": lambda v, f: _bool(f, v),
+    "hardware": lambda v, f: hardware_from_dict(v, f),
 }
 
 

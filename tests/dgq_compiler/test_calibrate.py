@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from dgq_compiler.calibrate.reference_stats import tensor_partials
 from dgq_compiler.calibrate.run import calibrate, read_prompts, shard_indices
 from dgq_compiler.calibrate.stats import CalibrationStats, merge_stats
 from dgq_compiler.errors import DgqError
@@ -206,7 +207,7 @@ def test_observer_matches_the_reference_definition_exactly(pipe):
 
     class ReferenceTap(PassThroughTap):
         def qkv(self, name, role, tensor, cross):
-            current[(name, role)] = StatsObserver._partials(role, tensor, cross)
+            current[(name, role)] = tensor_partials(role, tensor, cross)
             return tensor
 
         def attend(self, name, probs, value, cross):
@@ -219,7 +220,7 @@ def test_observer_matches_the_reference_definition_exactly(pipe):
 
     def input_hook(name):
         def hook(_module, args):
-            current[(name, "input")] = StatsObserver._partials("input", args[0], False)
+            current[(name, "input")] = tensor_partials("input", args[0], False)
         return hook
 
     reference_calls, reference_out = [], []
@@ -286,8 +287,8 @@ def test_observer_follows_a_layer_that_stops_sharing_its_input_and_refuses_a_new
     calls = []
     for x, share in zip(xs, shares):
         second = x if share else x * 2 - 1
-        calls.append({("a", "input"): StatsObserver._partials("input", x, False),
-                      ("b", "input"): StatsObserver._partials("input", second, False)})
+        calls.append({("a", "input"): tensor_partials("input", x, False),
+                      ("b", "input"): tensor_partials("input", second, False)})
     expected = _reference_arrays(calls, timesteps)
     assert sorted(got) == sorted(expected) == ["a/input/channel_max", "a/input/channel_min",
                                                "b/input/channel_max", "b/input/channel_min"]

@@ -1,7 +1,6 @@
 """dgq compile on the tiny export: checker, onnxruntime, FP signature, fake-quant equality, sizes, bad inputs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -9,13 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
-from dgq_compiler.compile import DEFAULT_TOLERANCE, compile_graph, example_feed, graph_signature
+from dgq_compiler.compile import DEFAULT_TOLERANCE, compile_graph, graph_signature
 from dgq_compiler.config import preset
 from dgq_compiler.errors import user_errors
-from dgq_compiler.recipe import random_recipe
+from tests.random_recipes import random_recipe
+from dgq_compiler.runtime import example_feeds as example_feed
+from dgq_compiler.runtime import session
 
 TIMESTEPS = (901, 501, 101)
-HAVE_FAKEQUANT = importlib.util.find_spec("dgq_compiler.fakequant") is not None
 
 
 def _config(tiny_pipeline_dir):
@@ -28,10 +28,7 @@ def _recipe(tiny_pipeline_dir, name="dgq-w8a8-g8", seed=0, timesteps=TIMESTEPS, 
 
 
 def _session(path):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session(path, "reference")
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +76,6 @@ def test_static_variants_share_one_weights_file_and_equal_the_dynamic_graph(comp
                                       dynamic.run(None, feed)[0])
 
 
-@pytest.mark.skipif(not HAVE_FAKEQUANT, reason="dgq_compiler.fakequant (the calibration stage's torch reference) "
-                                                "is missing")
 @pytest.mark.parametrize("name", ["dgq-w4a6-g4-shared", "tfmq-w8a8"])  # (dgq-w4a6-g8, w8a6-g4: checked below)
 def test_every_point_equals_torch_fake_quant_at_every_calibrated_step(tmp_path, tiny_export_dir, tiny_pipeline_dir,
                                                                        name):
@@ -96,7 +91,7 @@ def test_every_point_equals_torch_fake_quant_at_every_calibrated_step(tmp_path, 
 
 
 def test_point_check_catches_a_graph_that_quantizes_differently(tmp_path, tiny_export_dir, tiny_pipeline_dir):
-    from dgq_compiler.compile import point_errors
+    from dgq_compiler.verify.fakequant import point_errors
     recipe = _recipe(tiny_pipeline_dir, "dgq-w8a8-g8", seed=4)
     compile_graph(tiny_export_dir, recipe, tmp_path / "out", validate=False, check_points=False,
                   progress=lambda _m: None)
@@ -207,3 +202,13 @@ def test_cli_compiles_and_reports_errors_in_one_line(tmp_path, tiny_export_dir, 
     code = main(["compile", str(tmp_path), "--recipe", str(recipe_path), "-o", str(tmp_path / "out2")])
     err = capsys.readouterr().err
     assert code == 2 and "not found" in err and not (tmp_path / "out2").exists()
+
+
+def test_options_come_as_a_record_or_as_keywords_not_both(tmp_path):
+    from dgq_compiler.compile import CompileOptions
+
+    with pytest.raises(TypeError, match="not both"):
+        compile_graph(tmp_path, "recipe.json", tmp_path / "out", CompileOptions(), static=True)
+    with pytest.raises(TypeError):
+        compile_graph(tmp_path, "recipe.json", tmp_path / "out", stattic=True)  # a misspelt option is no option
+    assert not (tmp_path / "out").exists()

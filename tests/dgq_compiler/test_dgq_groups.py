@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dgq_compiler.calibrate.observer import StatsObserver
+from dgq_compiler.calibrate.reference_stats import tensor_partials
 from dgq_compiler.calibrate.points import QuantPoint
 from dgq_compiler.config import QuantConfig, preset
 from dgq_compiler.fakequant import quantize_uniform
@@ -31,7 +31,7 @@ def activations(kind: str, seed: int = 0) -> list[torch.Tensor]:
 
 def features(xs) -> Features:
     """The statistics exactly as the calibration observer computes them."""
-    parts = [dict((s, (lo, hi)) for s, lo, hi in StatsObserver._partials("input", x, False)) for x in xs]
+    parts = [dict((s, (lo, hi)) for s, lo, hi in tensor_partials("input", x, False)) for x in xs]
     stack = lambda stat, i: np.stack([p[stat][i].numpy() for p in parts])  # noqa: E731
     return Features(stack("channel", 0), stack("channel", 1), stack("pixel", 0), stack("pixel", 1))
 

@@ -2,12 +2,12 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 from dgq_compiler.errors import DgqError
 from dgq_compiler.export import example_inputs, export_unet
+from dgq_compiler.runtime import session
 from models.loader import load_unet
 from models.zoo import unet_from_config, zoo_config
 from passes.module_map import load_module_map
@@ -16,8 +16,7 @@ QUIET = {"progress": lambda _msg: None}
 
 
 def _run(graph, inputs):
-    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    return session.run(["out_sample"], {k: v.numpy() for k, v in inputs.items()})[0]
+    return session(graph, "default").run(["out_sample"], {k: v.numpy() for k, v in inputs.items()})[0]
 
 
 def test_tiny_export_validates_within_1e_4(tiny_export_dir):

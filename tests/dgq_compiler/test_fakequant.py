@@ -6,7 +6,7 @@ import torch
 from dgq_compiler.config import preset
 from dgq_compiler.fakequant import apply_recipe, quantize_log2, quantize_uniform
 from dgq_compiler.quantize.weights import fake_quant_weight, quantize_weight
-from dgq_compiler.recipe import random_recipe
+from tests.random_recipes import random_recipe
 from models.zoo import unet_from_config, zoo_config
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from dgq_compiler.config import preset
 from dgq_compiler.errors import DgqError
-from dgq_compiler.recipe import Recipe, TensorQuant, config_fingerprint, random_recipe
+from dgq_compiler.recipe import Recipe, TensorQuant, config_fingerprint
+from tests.random_recipes import random_recipe
 from models.zoo import unet_from_config, zoo_config
 
 TIMESTEPS = (961, 921, 881, 841)

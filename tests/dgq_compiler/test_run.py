@@ -62,6 +62,17 @@ def test_every_configuration_was_compiled_verified_and_checked(two_runs):
                                     "sdxl-base (from its config)"}
 
 
+
+def test_reports_name_files_relative_to_the_report_folder(two_runs):
+    out, _ = two_runs
+    compiled = json.loads((out / "graphs" / "tfmq-w8a8" / "compile.json").read_text())
+    assert (compiled["graph"], compiled["output"]) == ("export/unet.onnx", "graphs/tfmq-w8a8")
+    verified = json.loads((out / "graphs" / "tfmq-w8a8" / "verify.json").read_text())
+    assert verified["graph"] == "graphs/tfmq-w8a8/unet.onnx"
+    for path in out.rglob("*.json"):  # no temporary (or any absolute) folder left in a report
+        assert str(out.parent) not in path.read_text(), path
+
+
 def test_two_runs_give_the_same_numbers_and_byte_identical_graphs(two_runs):
     a, b = two_runs
     for rel in ("export/unet.onnx", "graphs/dgq-w4a6-g16/unet.onnx", "graphs/tfmq-w8a8/unet.onnx",

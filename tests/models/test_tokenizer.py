@@ -28,3 +28,73 @@ def test_vocabulary_is_deterministic():
     words = project_words()
     assert build_vocab_and_merges(words) == build_vocab_and_merges(list(reversed(words))[::-1])
     assert "lighthouse" in words and "a" in words
+
+
+def _slow_clip_ids(folder, text):
+    """transformers 4.x's slow CLIPTokenizer, re-implemented from vocab.json + merges.txt alone (no ftfy):
+    lowercase, CLIP's regex, byte-to-unicode, rank-ordered BPE with `</w>` word ends, <start> ... <end>."""
+    import json
+
+    import regex
+
+    from models.tokenizer import _byte_alphabet
+
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("#version")
+    ranks = {tuple(line.split()): i for i, line in enumerate(lines[1:])}
+    specials = json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8"))
+    alphabet = _byte_alphabet()
+    pattern = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+                            regex.IGNORECASE)
+    ids = [vocab[specials["bos_token"]]]
+    for token in pattern.findall(" ".join(text.split()).lower()):
+        if token in specials.values():  # added tokens are split off before BPE
+            ids.append(vocab[token])
+            continue
+        chars = "".join(alphabet[b] for b in token.encode("utf-8"))
+        word = list(chars[:-1]) + [chars[-1] + "</w>"]
+        while len(word) > 1:
+            pairs = [(ranks.get((a, b), float("inf")), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
+            rank, i = min(pairs)
+            if rank == float("inf"):
+                break
+            word[i:i + 2] = [word[i] + word[i + 1]]
+        ids += [vocab[w] for w in word]
+    return ids + [vocab[specials["eos_token"]]]
+
+
+def test_shipped_legacy_files_agree_with_tokenizer_json(tmp_path):
+    """vocab.json / merges.txt / special_tokens_map.json (what transformers 4.x and optimum read) tokenize every
+    shipped prompt and odd text exactly as tokenizer.json does; writing them again gives the same bytes."""
+    from transformers import CLIPTokenizer
+
+    from models.tokenizer import LEGACY_FILES, write_legacy_files
+    from models.trained import shapes_prompts_file, trained_pipeline_dir
+
+    shipped = trained_pipeline_dir() / "tokenizer"
+    tok = CLIPTokenizer.from_pretrained(str(shipped))
+    texts = shapes_prompts_file("shapes_heldout.txt").read_text().splitlines()
+    texts += shapes_prompts_file("shapes_calibration.txt").read_text().splitlines()
+    texts += ["A  RED circle!", "zqxj ünïcode 42!", "it's two blue squares", "<|endoftext|> odd"]
+    for text in texts:
+        assert _slow_clip_ids(shipped, text) == tok(text).input_ids, text
+    copy = tmp_path / "tokenizer"
+    copy.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (copy / name).write_bytes((shipped / name).read_bytes())
+    write_legacy_files(copy)
+    for name in LEGACY_FILES:
+        assert (copy / name).read_bytes() == (shipped / name).read_bytes(), name
+    # the reference really reads merges.txt: without merges, words fall apart into bytes
+    (copy / "merges.txt").write_text("#version: 0.2\n")
+    assert _slow_clip_ids(copy, "a red circle") != tok("a red circle").input_ids
+
+
+def test_saved_tiny_pipeline_has_the_legacy_tokenizer_files(tiny_pipeline_dir):
+    from transformers import CLIPTokenizer
+
+    folder = tiny_pipeline_dir / "tokenizer"
+    tok = CLIPTokenizer.from_pretrained(str(folder))
+    for text in ("a red bicycle", "lighthouse at night, 3 boats"):
+        assert _slow_clip_ids(folder, text) == tok(text).input_ids

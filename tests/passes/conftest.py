@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dgq_compiler.config import QuantConfig
 from dgq_compiler.recipe import Recipe, TensorQuant
+from dgq_compiler.runtime import session
 from passes.base import PassContext
 from passes.graph_io import export_model
 from passes.manager import run_passes
@@ -161,10 +161,7 @@ def compile_model(model, recipe, passes):
 
 
 def run(model, feed):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feed)
+    return session(model, "reference").run(None, feed)
 
 
 def ops(model) -> list[str]:

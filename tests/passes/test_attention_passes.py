@@ -6,7 +6,7 @@ from onnx import numpy_helper
 from dgq_compiler.recipe import TensorQuant
 from passes.errors import PassError
 from passes.insert_step_index import InsertStepIndex
-from passes.log_functions import DOMAIN
+from passes.contract import LOG_DOMAIN as DOMAIN
 from passes.manager import run_passes
 from passes.quantize_attention_probs import QuantizeAttentionProbs
 from passes.split_cross_attention import SplitCrossAttention

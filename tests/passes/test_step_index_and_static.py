@@ -23,11 +23,20 @@ def test_step_index_is_the_nearest_calibrated_timestep_ties_to_lower_index(tg):
     graph.outputs.append(step)  # expose it (unused, cleanup would drop the subgraph)
     out = export_model(graph)
     onnx.checker.check_model(out, full_check=True)
-    assert [n.op_type for n in out.graph.node if n.name.startswith("dgq/step/")] == ["Sub", "Abs", "ArgMin"]
+    assert [n.op_type for n in out.graph.node if n.name.startswith("dgq/step/")] == \
+        ["Reshape", "Slice", "Sub", "Abs", "ArgMin"]
     sample = np.zeros((1, 4, 4, 4), np.float32)
     for t, want in ((950, 0), (700, 0), (699, 1), (400, 1), (399, 3), (200, 2), (0, 2), (300, 3)):
         got = tg.run(out, {"sample": sample, "timestep": np.array([t], np.float32)})[-1]
         assert int(got[0]) == want == recipe.step_index(t)
+    # pipelines feed the timestep as [1], as [batch] (every entry the same step) or as a scalar: the first decides
+    for dims, t in ((["steps"], np.array([699, 699, 699], np.float32)), (["steps"], np.array([699, 950], np.float32)),
+                    ([], np.array(699, np.float32))):
+        declared = tg.layers_model()
+        declared.graph.input[1].CopyFrom(onnx.helper.make_tensor_value_info("timestep", onnx.TensorProto.FLOAT, dims))
+        graph = InsertStepIndex().run(gs.import_onnx(declared), PassContext(recipe, []))
+        graph.outputs.append(graph.tensors()["dgq.step_index"])
+        assert int(tg.run(export_model(graph), {"sample": sample, "timestep": t})[-1][0]) == 1
     with pytest.raises(PassError, match="already has a 'dgq.step_index'"):
         InsertStepIndex().run(gs.import_onnx(out), PassContext(recipe, []))
 

@@ -306,10 +306,9 @@ def test_torch_conv_float32_and_float64_paths_equal_int64_on_worst_case(bits_x, 
 def test_int8_dot_product_path_equals_int64(monkeypatch, worst):
     """int_conv2d / int8_matmul on the int8 engine: 8-bit codes minus zero points ([-255, 255]) split as
     2 * (v >> 1) + (v & 1) into int8 parts; int32 dot products, combined in int64, equal int64 arithmetic."""
-    from simulator import integer
-    from simulator.integer import INT8_MAX_K, int8_engine, int8_matmul, int8_parts
+    from simulator.integer import INT8_MAX_K, int8, int8_engine, int8_matmul, int8_parts
 
-    monkeypatch.setattr(integer, "INT8_MIN_WORK", 0)  # small test convolutions take the int8 path too
+    monkeypatch.setattr(int8, "INT8_MIN_WORK", 0)  # small test convolutions take the int8 path too
     if not int8_engine():
         pytest.skip("no VNNI/AMX int8 dot products on this CPU: the float paths are used (tested above)")
     rng = np.random.default_rng(15 + worst)
@@ -331,9 +330,9 @@ def test_int8_dot_product_path_equals_int64(monkeypatch, worst):
 @pytest.mark.parametrize("int8", [False, True])
 def test_pixel_group_conv_with_stride_and_dilation_equals_masked_convolutions(monkeypatch, int8):
     """Both engines of the pixel-group convolution (float scatter-add, int8 products) against masked convolutions."""
-    from simulator import integer
+    from simulator.integer import int8 as int8_engine_module
 
-    monkeypatch.setattr(integer, "INT8_MIN_WORK", 0 if int8 else 1 << 62)
+    monkeypatch.setattr(int8_engine_module, "INT8_MIN_WORK", 0 if int8 else 1 << 62)
     rng = np.random.default_rng(13)
     x = rng.integers(-255, 256, (2, 3, 9, 8))
     w = rng.integers(-255, 256, (4, 3, 3, 3))

@@ -2,26 +2,18 @@
 paths taken, outputs equal up to float32 rounding, codes equal, unknown ops named."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from dgq_compiler.runtime import run_all, session, with_outputs
 from simulator.errors import SimulatorError
 from simulator.executor import Simulator
 from simulator.ops.quantize_log import log_codes
 
 
 def _ort(model, feeds, extra=()):
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for name in extra:
-        m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.UINT8, None))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, feeds)))
+    m = with_outputs(model, {name: TensorProto.UINT8 for name in extra})
+    return run_all(session(m, "basic", log_severity=3), feeds)
 
 
 def _check(model, feeds, expect_paths):
@@ -91,5 +83,5 @@ def test_exported_fp32_unet_matches_onnxruntime(tiny_export_dir):
              "timestep": np.array([321.0], np.float32),
              "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32)}
     ours = Simulator(model).run(feeds).outputs["out_sample"]
-    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    ref = session(model, "default").run(None, feeds)[0]
     np.testing.assert_allclose(ours, ref, atol=1e-5)

@@ -88,3 +88,79 @@ def test_malformed_configs(tmp_path, capsys):
 
 def test_groups_without_bits_is_an_error(capsys):
     assert "--groups needs --bits" in _error(capsys, "--model", "tiny", "--groups", "4")
+
+
+def test_every_configuration_carries_latency_and_energy_on_the_target(capsys):
+    npu = _run_json(capsys, "--model", "tiny")
+    trt = _run_json(capsys, "--model", "tiny", "--target", "tensorrt-int8")
+    assert npu["target"]["name"] == "generic-npu" and trt["target"]["name"] == "tensorrt-int8"
+    for doc in (npu, trt):
+        for row in doc["configurations"]:
+            e = row["estimate"]
+            assert e["step_latency_s"] > 0 and e["image_latency_s"] == pytest.approx(25 * e["step_latency_s"])
+            assert e["step_energy_j"] == pytest.approx(e["step_compute_j"] + e["step_data_j"])
+            assert (e["bits"], e["groups"]) == (row["bits"], row["groups"])
+    fp, w4 = npu["configurations"][0]["estimate"], npu["configurations"][-1]["estimate"]
+    assert fp["step_dram_bytes"] > w4["step_dram_bytes"] and fp["step_latency_s"] > w4["step_latency_s"]
+    # a faster target (T4-class GPU against an edge NPU) predicts a shorter step for the same work
+    assert trt["configurations"][1]["estimate"]["step_latency_s"] < npu["configurations"][1]["estimate"]["step_latency_s"]
+
+
+def test_one_configuration_lists_every_op_with_bytes_and_intensity(capsys):
+    doc = _run_json(capsys, "--model", "tiny", "--bits", "W4A6", "--groups", "16")
+    ops, e = doc["ops"], doc["estimate"]
+    assert len(ops) == len(_run_json(capsys, "--model", "tiny", "--bits", "W8A8")["ops"])
+    assert sum(op["latency_s"] for op in ops) == pytest.approx(e["step_latency_s"])
+    assert sum(op["dram_bytes"] for op in ops) == e["step_dram_bytes"]
+    assert all(op["intensity"] == pytest.approx(op["macs"] / op["dram_bytes"]) for op in ops)
+    assert e["step_bytes"]["start_token"] > 0 and e["step_bytes"]["partial_sums"] > 0 and e["step_bytes"]["weights"] > 0
+
+
+def test_table_prints_latency_energy_and_a_per_kind_breakdown(capsys):
+    assert main(["cost", "--model", "tiny", "--bits", "W4A6", "--steps", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "step ms" in out and "image J" in out and "roofline on target generic-npu" in out
+    assert "attention QK^T" in out and "MAC/byte" in out
+
+
+def _measured(monkeypatch):
+    from simulator.targets import load_target, measure
+
+    hw = load_target("generic-npu").hardware.to_dict()
+    monkeypatch.setattr(measure, "measure_hardware", lambda repeats=5, progress=None: dict(hw, sources={}))
+
+
+def test_measure_target_writes_a_loadable_file_and_never_a_preset(tmp_path, capsys, monkeypatch):
+    from simulator.targets import load_target
+
+    _measured(monkeypatch)
+    out = tmp_path / "box.json"
+    assert main(["cost", "--measure-target", "-o", str(out)]) == 0
+    target = load_target(out)
+    assert target.name == "box" and target.hardware.buffer_bytes == 1 << 22
+    assert target.activations == load_target("onnxruntime-cpu").activations   # onnxruntime's arithmetic
+    assert "measured target written" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["box.json"]   # no temporary files left behind
+    doc = _run_json(capsys, "--model", "tiny", "--bits", "W8A8", "--target", str(out))
+    assert doc["target"]["name"] == "box"
+    assert "already exists" in _error(capsys, "--measure-target", "-o", str(out))
+    assert main(["cost", "--measure-target", "-o", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert "shipped preset" in _error(capsys, "--measure-target", "-o", str(tmp_path / "generic-npu.json"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--measure-target"], "needs -o"),
+    (["--measure-target", "-o", "t.toml"], "expected a .json path"),
+    (["--model", "tiny", "-o", "x.json"], "go with --measure-target"),
+    ([], "--model is required"),
+    (["--model", "tiny", "--target", "no-such-npu"], "neither a preset"),
+])
+def test_bad_target_flags_are_one_line_errors(capsys, argv, message):
+    assert message in _error(capsys, *argv)
+
+
+def test_target_without_hardware_section_is_a_one_line_error(tmp_path, capsys):
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"name": "bare"}))
+    assert "no `hardware` section" in _error(capsys, "--model", "tiny", "--target", str(bare))

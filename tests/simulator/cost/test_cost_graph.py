@@ -14,14 +14,15 @@ from simulator.errors import SimulatorError
 
 
 def _ops(inventory):
-    return sorted((o.module, o.kind, o.macs, o.outputs, o.full_precision, o.cross, o.keys) for o in inventory.ops)
+    return sorted((o.module, o.kind, o.macs, o.outputs, o.full_precision, o.cross, o.keys, o.a_elements,
+                   o.b_elements, o.slices) for o in inventory.ops)
 
 
-@pytest.mark.parametrize("batch, resolution", [(None, None), (1, 256)])
+@pytest.mark.parametrize("batch, resolution", [(None, 128), (1, 256)])
 def test_tiny_export_counts_like_its_config(tiny_export_dir, batch, resolution):
     graph = inventory_from_graph(tiny_export_dir / "unet.onnx", batch=batch, resolution=resolution)
     config = inventory_from_config(zoo_config("tiny"), batch=batch or 2, resolution=resolution)
-    assert graph.batch == config.batch and graph.latent == config.latent  # defaults from export.json: 2, 16
+    assert graph.batch == config.batch and graph.latent == config.latent  # a dynamic batch defaults to 2 (CFG)
     assert graph.macs() == config.macs()
     assert graph.macs()["attn_qk"] > 0 and graph.macs()["attn_av"] > 0 and graph.macs()["other"] == 0
     assert _ops(graph) == _ops(config)   # per module: kind, MACs, FP, cross-attention, keys
@@ -83,6 +84,15 @@ def test_hand_built_graph_counts(tmp_path):
         inventory_from_graph(tmp_path / "g.onnx", resolution=128)
 
 
+def test_dynamic_graph_needs_a_resolution_the_cost_model_does_not_guess(tmp_path, tiny_export_dir, capsys):
+    (tmp_path / "unet.onnx").write_bytes((tiny_export_dir / "unet.onnx").read_bytes())   # no export.json beside
+    with pytest.raises(SimulatorError, match="dynamic height/width"):
+        inventory_from_graph(tmp_path / "unet.onnx")
+    assert main(["cost", "--model", str(tmp_path / "unet.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "--resolution" in err and err.count("\n") == 1
+
+
 def test_unreadable_graph_is_a_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00not an onnx model\xff" * 10)
@@ -93,13 +103,13 @@ def test_unreadable_graph_is_a_one_line_error(tmp_path, capsys):
 
 def test_compiled_graph_counts_like_its_config(tmp_path, tiny_export_dir):
     """A DGQ-compiled graph (Q/DQ weights, [T, G] tables, split <start> A.V) costs the same as the config."""
-    compile_module = pytest.importorskip("dgq_compiler.compile")
+    from dgq_compiler.compile import compile_graph
     from dgq_compiler.config import preset
-    from dgq_compiler.recipe import random_recipe
+    from tests.random_recipes import random_recipe
 
     config = zoo_config("tiny")
     recipe = random_recipe(config, preset("dgq-w4a6-g8"), (901, 501, 101), seed=0, model_name="tiny")
-    compile_module.compile_graph(tiny_export_dir, recipe, tmp_path / "w4a6", validate=False,
+    compile_graph(tiny_export_dir, recipe, tmp_path / "w4a6", validate=False,
                                  progress=lambda _m: None)
     graph = inventory_from_graph(tmp_path / "w4a6" / "unet.onnx", batch=2, resolution=128)
     reference = inventory_from_config(config, batch=2, resolution=128)
@@ -109,3 +119,7 @@ def test_compiled_graph_counts_like_its_config(tmp_path, tiny_export_dir):
     assert abs(graph.fp_param_elements - reference.fp_param_elements) <= 8  # + the calibrated-timestep table
     assert sorted((p.module, p.role, p.channels) for p in graph.points) == \
         sorted((p.module, p.role, p.channels) for p in reference.points)
+    # the CLI finds the traced size through compile.json -> the fp32 graph -> its export.json (latent 16)
+    from dgq_compiler.cli.cost import graph_dims
+
+    assert graph_dims(str(tmp_path / "w4a6"), None, None) == (2, 128)

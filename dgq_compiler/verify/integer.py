@@ -13,21 +13,21 @@ changes everything after it, so the free-running figure measures the network's s
 the arithmetic (a float32 numpy re-execution of the same QDQ graph drifts from onnxruntime as much).
 A run passes when every figure is within the target's `verify` tolerance and no accumulator overflowed.
 
-onnxruntime runs with basic graph optimisations only: its extended QDQ fusions (DequantizeLinear ->
-MatMul -> MatMulNBits) change the numerics of asymmetric per-channel int8/int4 weights by ~0.5% of
-the output, so they would not be a reference for the QDQ semantics.
+onnxruntime runs in the "basic" mode of dgq_compiler/runtime.py (basic graph optimisations only): its
+extended QDQ fusions change the numerics of asymmetric per-channel weights, so they would not be a
+reference for the QDQ semantics.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dgq_compiler import runtime
 from dgq_compiler.errors import DgqError
+from passes.contract import MODEL_NAME, MODEL_TIMESTEPS, node_props
 
 
 @dataclass
@@ -88,12 +88,7 @@ class VerifyReport:
 
 
 def resolve_graph(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "unet.onnx"
-    if not path.is_file():
-        raise DgqError(f"graph {str(path)!r} not found (expected a compiled folder or its unet.onnx)")
-    return path
+    return runtime.resolve_graph(path, "a compiled folder or its unet.onnx")
 
 
 def latent_size_of(model, graph: Path, given: int | None) -> int:
@@ -119,7 +114,7 @@ def latent_size_of(model, graph: Path, given: int | None) -> int:
             dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
             if len(dims) == 4 and dims[2]:
                 return int(dims[2])
-    name = {p.key: p.value for p in model.metadata_props}.get("dgq.model")
+    name = node_props(model).get(MODEL_NAME)
     from models.zoo import ZOO_NAMES, zoo_config
 
     if name in ZOO_NAMES and zoo_config(name).get("sample_size"):
@@ -130,60 +125,13 @@ def latent_size_of(model, graph: Path, given: int | None) -> int:
 def _timesteps(model, given) -> list[float]:
     if given:
         return [float(t) for t in given]
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "dgq.timesteps" in meta:
-        steps = json.loads(meta["dgq.timesteps"])
+    meta = node_props(model)
+    if MODEL_TIMESTEPS in meta:
+        steps = json.loads(meta[MODEL_TIMESTEPS])
         if steps:
             picks = sorted({0, len(steps) // 2, len(steps) - 1})
             return [float(steps[i]) for i in picks]
     return [999.0, 500.0, 1.0]
-
-
-def _feeds(model, latent: int, batch: int, seed: int, timestep: float) -> dict:
-    rng = np.random.default_rng(seed)
-    import onnx
-
-    feed = {}
-    for vi in model.graph.input:
-        dims = [d.dim_value or None for d in vi.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        if vi.name == "timestep":
-            feed[vi.name] = np.full([d or 1 for d in dims], timestep, dtype=dtype)
-        elif vi.name == "sample":
-            feed[vi.name] = rng.standard_normal([batch, dims[1] or 4, latent, latent]).astype(dtype)
-        elif vi.name == "time_ids":
-            feed[vi.name] = np.tile(np.array([[1024, 1024, 0, 0, 1024, 1024]], dtype=dtype), (batch, 1))
-        else:
-            feed[vi.name] = rng.standard_normal([d if d is not None else batch for d in dims]).astype(dtype)
-    return feed
-
-
-def _ort_session(graph: Path, model, extra_outputs: dict[str, int]):
-    """onnxruntime session of `model` with the code tensors added as graph outputs."""
-    import onnx
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name, elem in extra_outputs.items():
-        if name not in have:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.log_severity_level = 3
-    external = {t.external_data[0].value for t in m.graph.initializer
-                if t.data_location == onnx.TensorProto.EXTERNAL and t.external_data}
-    if not external:
-        return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory(prefix="dgq-verify-") as tmp:  # the weights stay where they are: symlinks
-        for rel in external:
-            link = Path(tmp) / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink((graph.parent / rel).resolve(), link)
-        path = Path(tmp) / "graph.onnx"
-        onnx.save(m, str(path))
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _relative_rms(y, ref) -> float:
@@ -217,7 +165,8 @@ def verify_graph(graph: str | Path, target="generic-npu", timesteps=None, batch:
                for q in info.quantizers}
     code_types = {q.code_tensor: q.code_type for q in info.quantizers}
     start = time.perf_counter()
-    session = _ort_session(graph, model, code_types)
+    session = runtime.session(runtime.with_outputs(model, code_types), "basic", base_dir=graph.parent,
+                              log_severity=3)
     full = onnx.load(str(graph))  # with weights, for the simulator
     sim = Simulator(full, target)
     del full
@@ -227,10 +176,9 @@ def verify_graph(graph: str | Path, target="generic-npu", timesteps=None, batch:
     report.seconds.update(ort=0.0, simulator=0.0)
     for t in steps:
         progress(f"t={t:g}: onnxruntime ...")
-        feeds = _feeds(model, latent, batch, seed, t)
+        feeds = runtime.example_feeds(model, latent, batch, seed, t)
         start = time.perf_counter()
-        names = [o.name for o in session.get_outputs()]
-        ort_values = dict(zip(names, session.run(None, feeds)))
+        ort_values = runtime.run_all(session, feeds)
         report.seconds["ort"] += time.perf_counter() - start
         progress(f"t={t:g}: simulator ...")
 

@@ -1,0 +1,177 @@
+"""The compiled-graph contract: every name, key and table the compiler writes and the simulator, verifier and
+reports read back. Writers build with these functions and readers parse with them; no other module spells them.
+
+What a compiled graph holds (fp32 export + recipe -> passes -> this):
+
+1. **Step index.** `dgq/step/*` nodes compute `dgq.step_index` (int64 [1]) = argmin |dgq.schedule - t| with t
+   the first entry of `timestep` (a scalar, [1] or [batch]: 1-D of dynamic length as optimum declares it): the
+   nearest calibrated timestep, so the compiled graph has exactly the fp32 graph's inputs and outputs.
+2. **Activation quantizers.** For (module, role) the nodes are named `dgq/{module}/{role}/{Op}` (e.g.
+   `dgq/down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q/input/QuantizeLinear`); their initializers
+   `{module}/{role}/{suffix}` with the suffixes `scale_table` (float32 [T, G]), `zero_point_table` (uint8 [T, G])
+   and `group_map` (uint8, or int32 when G > 256; [T, N] per-step maps or [1, N] one shared map).
+   Uniform: Gather(table, step) -> Reshape -> Gather(., group map) -> QuantizeLinear(axis) [-> Clip for
+   b < 8 on uint8 storage] -> DequantizeLinear. Log2 (attention probabilities): `dgq.QuantizeLog` /
+   `dgq.DequantizeLog`, model-local functions of domain `dgq` (passes/log_functions.py), scale = ReduceMax
+   (dynamic) or the step's calibrated scale.
+3. **Quantizer metadata.** Every QuantizeLinear / QuantizeLog node carries `metadata_props`: `dgq.module`,
+   `dgq.role`, `dgq.bits`, `dgq.axis`, `dgq.quantizer` (uniform | log2) and, for log2, `dgq.dynamic` (0/1):
+   `QuantizerRecord.to_props()` writes them, `QuantizerRecord.from_node()` reads them.
+4. **<start> split.** Cross-attention with the BOS token kept FP: `dgq/{module}/split/*` nodes, summed by
+   `dgq/{module}/split/Add` (FP branch + quantized branch) into the original A.V output tensor.
+5. **Weights.** Initializer `{w}` becomes `{w}_quantized` (INT8, or INT4 for b <= 4), `{w}_scale`,
+   `{w}_zero_point` and a node `{w}_DequantizeLinear` with output `{w}_dequantized` (axis = output channels).
+6. **Fusion barriers.** A MatMul/Gemm whose activation input is not a per-tensor DequantizeLinear reads its
+   dequantized weight through a Reshape to the weight's own shape, named `{node}/KeepFloat/Reshape`: a
+   layout op for every reader, and what keeps onnxruntime's default session from fusing the product into
+   kernels that refuse per-group zero points or re-quantize a float activation (passes/insert_fusion_barriers.py).
+7. **Model metadata.** `dgq.compiled`, `dgq.model`, `dgq.recipe_config` (JSON), `dgq.timesteps` (JSON), and on
+   static variants `dgq.static_step` / `dgq.static_timestep`.
+
+Roles are the recipe's: input, weight, q, k, v, attn_probs. conv_in / conv_out stay full precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+NAMESPACE = "dgq"                 # node-name prefix, metadata-key prefix and custom-op domain
+NODE_PREFIX = NAMESPACE + "/"
+LOG_DOMAIN = NAMESPACE
+QUANTIZE_LOG = "QuantizeLog"
+DEQUANTIZE_LOG = "DequantizeLog"
+
+STEP_INDEX = "dgq.step_index"     # int64 [1]: the calibrated step nearest to the timestep input
+SCHEDULE = "dgq.schedule"         # float32 [T]: the calibrated timesteps
+STEP_PREFIX = "dgq/step"          # the nodes that compute the step index
+TIMESTEP_INPUT = "timestep"
+FUSION_BARRIER_SUFFIX = "/KeepFloat/Reshape"  # {MatMul/Gemm node}{suffix}: weight DQ -> Reshape -> the product
+
+ROLES = ("input", "weight", "q", "k", "v", "attn_probs")
+ATTENTION_ROLES = ("q", "k", "v", "attn_probs")
+QKV_ROLES = ("q", "k", "v")
+FP_MODULES = ("conv_in", "conv_out")  # kept full precision, weights and activations
+SPLIT = "split"                   # the <start>-token split of a cross-attention: dgq/{module}/split/*
+
+# table suffixes of the per-point initializers {module}/{role}/{suffix}
+SCALE_TABLE = "scale_table"
+ZERO_POINT_TABLE = "zero_point_table"
+GROUP_MAP = "group_map"
+
+# quantizer node metadata keys
+META_MODULE = "dgq.module"
+META_ROLE = "dgq.role"
+META_BITS = "dgq.bits"
+META_AXIS = "dgq.axis"
+META_QUANTIZER = "dgq.quantizer"
+META_DYNAMIC = "dgq.dynamic"
+
+# model metadata keys
+MODEL_COMPILED = "dgq.compiled"
+MODEL_NAME = "dgq.model"
+MODEL_RECIPE_CONFIG = "dgq.recipe_config"
+MODEL_TIMESTEPS = "dgq.timesteps"
+MODEL_STATIC_STEP = "dgq.static_step"
+MODEL_STATIC_TIMESTEP = "dgq.static_timestep"
+
+# ONNX element types narrower than a byte -> their bit width (the one table of them)
+NARROW_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT2: 2, onnx.TensorProto.UINT2: 2}
+SIGNED_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.INT16, onnx.TensorProto.INT2})
+
+
+# ---------------------------------------------------------------- names
+
+def node_prefix(module: str, role: str) -> str:
+    """`dgq/{module}/{role}`: the prefix of every node the compiler adds for one quantization point."""
+    return f"{NODE_PREFIX}{module}/{role}"
+
+
+def init_prefix(node_prefix_: str) -> str:
+    """The initializer prefix for a node prefix: `dgq/{module}/{role}` -> `{module}/{role}`."""
+    return node_prefix_[len(NODE_PREFIX):] if node_prefix_.startswith(NODE_PREFIX) else node_prefix_
+
+
+def table_name(prefix: str, suffix: str) -> str:
+    """`{module}/{role}/{suffix}` from a node or initializer prefix."""
+    return f"{init_prefix(prefix)}/{suffix}"
+
+
+def split_prefix(module: str) -> str:
+    return node_prefix(module, SPLIT)
+
+
+def is_compiler_node(name: str) -> bool:
+    return name.startswith(NODE_PREFIX)
+
+
+def is_split_add(name: str) -> bool:
+    return name.startswith(NODE_PREFIX) and name.endswith(f"/{SPLIT}/Add")
+
+
+def parse_node_name(name: str) -> tuple[str, str, str] | None:
+    """`dgq/{module}/{role}/{rest}` -> (module, role, rest); None for a node the compiler did not add.
+    Module paths use dots, never slashes, so the first two components are unambiguous."""
+    if not name.startswith(NODE_PREFIX):
+        return None
+    parts = name[len(NODE_PREFIX):].split("/", 2)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+
+def dequantizer_name(quantizer_node: str, op_type: str) -> str:
+    """The DequantizeLinear / DequantizeLog node paired with a QuantizeLinear / QuantizeLog node."""
+    dq = DEQUANTIZE_LOG if op_type == QUANTIZE_LOG else "DequantizeLinear"
+    return quantizer_node.rsplit("/", 1)[0] + "/" + dq
+
+
+def weight_names(weight: str) -> dict[str, str]:
+    """The tensors and node a quantized weight initializer `weight` becomes."""
+    return {"quantized": f"{weight}_quantized", "scale": f"{weight}_scale", "zero_point": f"{weight}_zero_point",
+            "node": f"{weight}_DequantizeLinear", "dequantized": f"{weight}_dequantized"}
+
+
+def is_quantizer_node(node) -> bool:
+    """A QuantizeLinear, or the project's QuantizeLog (onnx NodeProto)."""
+    return node.op_type == "QuantizeLinear" or (node.domain == LOG_DOMAIN and node.op_type == QUANTIZE_LOG)
+
+
+def is_dequantizer_node(node) -> bool:
+    return node.op_type == "DequantizeLinear" or (node.domain == LOG_DOMAIN and node.op_type == DEQUANTIZE_LOG)
+
+
+def node_props(node) -> dict[str, str]:
+    """A node's metadata_props as a dict (onnx NodeProto or ModelProto)."""
+    return {p.key: p.value for p in node.metadata_props}
+
+
+# ---------------------------------------------------------------- the quantizer record
+
+@dataclass(frozen=True)
+class QuantizerRecord:
+    """What a quantizer node's metadata says about it: the recipe key and its quantizer."""
+    module: str
+    role: str
+    quantizer: str           # uniform | log2
+    bits: int
+    axis: str                # tensor | channel | pixel
+    dynamic: bool = False    # log2: scale = max of the tensor at run time
+
+    def to_props(self) -> dict[str, str]:
+        props = {META_MODULE: self.module, META_ROLE: self.role, META_BITS: str(self.bits), META_AXIS: self.axis,
+                 META_QUANTIZER: self.quantizer}
+        if self.quantizer == "log2":
+            props[META_DYNAMIC] = str(int(self.dynamic))
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> QuantizerRecord | None:
+        """None when the props do not name a recipe key (a quantizer some other tool wrote)."""
+        if META_MODULE not in props or META_ROLE not in props:
+            return None
+        quantizer = props.get(META_QUANTIZER, "uniform")
+        return cls(props[META_MODULE], props[META_ROLE], quantizer, int(props.get(META_BITS, 8)),
+                   props.get(META_AXIS, "tensor"), props.get(META_DYNAMIC, "0") == "1")
+
+    @classmethod
+    def from_node(cls, node) -> QuantizerRecord | None:
+        return cls.from_props(node_props(node))
