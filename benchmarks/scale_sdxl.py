@@ -6,11 +6,12 @@ One run, each stage a separate `dgq` process whose peak resident memory (its own
 from wait4) and wall time are printed:
   1. an SDXL-architecture pipeline with random weights, built offline (benchmarks/scale_pipelines.py:
      the same UNet weights as the zoo's sdxl-base, two one-layer text encoders of SDXL's widths, a small VAE)
-  2. dgq export sd-v1.4        (zoo architecture, random weights; budget 6 GB)
-  3. dgq export sdxl-base      (budget 12 GB; prints the validation max abs error)
+  2. dgq export sdxl-base      (zoo architecture, random weights; budget 12 GB; prints the validation error)
+  3. dgq export sd-v1.4        (budget 6 GB)
   4. dgq calibrate (1 prompt, 2 steps, 32x32 latent)   5. dgq quantize (dgq-w8a8-g8)
   6. dgq compile --static      7. dgq verify (simulator, 16x16 latent)   8. dgq cost (the graph)
-Stages 4-8 have a 20 GB budget. With --lock, each stage holds that lock while it runs (shared machines).
+Stages 4-8 have a 20 GB budget. With --lock, the heavy stages (all but the pipeline build) run while
+this process holds that lock (shared machines): taken once, released at the end.
 Heavy: about an hour and up to ~30 GB of disk in --work.
 """
 from __future__ import annotations
@@ -31,25 +32,17 @@ BUDGET_GB = {"export sd-v1.4": 6, "export sdxl-base": 12}
 STAGE_BUDGET_GB = 20
 
 
-def run_stage(name: str, argv: list[str], lock: Path | None, log: Path) -> dict:
+def run_stage(name: str, argv: list[str], log: Path) -> dict:
     """Run one stage as a child process; its peak RSS (with its children) from wait4, its wall time."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "ab") as out:
         out.write(f"\n$ {' '.join(argv)}\n".encode())
         out.flush()
-        lock_file = open(lock, "a") if lock else None
-        try:
-            if lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
-            start = time.perf_counter()
-            child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-            _, status, usage = os.wait4(child.pid, 0)
-            seconds = time.perf_counter() - start
-            child.returncode = os.waitstatus_to_exitcode(status)
-        finally:
-            if lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-                lock_file.close()
+        start = time.perf_counter()
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
     peak = usage.ru_maxrss / 1024**2  # kB -> GB
     budget = BUDGET_GB.get(name, STAGE_BUDGET_GB)
     row = {"stage": name, "exit": child.returncode, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2),
@@ -64,19 +57,20 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     parser.add_argument("--lock", type=Path, help="hold this lock file during each stage")
     parser.add_argument("--skip-sd14", action="store_true", help="skip the SD v1.4 export")
+    parser.add_argument("--pipeline", type=Path, help="an SDXL pipeline folder scale_pipelines.py built (default: build one)")
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="dgq-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "stages.log"
     dgq = [sys.executable, "-m", "dgq_compiler"]
-    pipe = work / "sdxl-pipeline"
-    stages = [("build SDXL pipeline", [sys.executable, str(ROOT / "benchmarks" / "scale_pipelines.py"), "sdxl-base",
-                                       str(pipe)])]
+    pipe = args.pipeline or work / "sdxl-pipeline"
+    stages = [] if args.pipeline else [("build SDXL pipeline", [sys.executable, str(ROOT / "benchmarks" /
+                                                                                   "scale_pipelines.py"), "sdxl-base", str(pipe)])]
+    stages.append(("export sdxl-base", dgq + ["export", "sdxl-base", "-o", str(work / "sdxl"), "--overwrite"]))
     if not args.skip_sd14:
         stages.append(("export sd-v1.4", dgq + ["export", "sd-v1.4", "-o", str(work / "sd14"), "--overwrite"]))
     stages += [
-        ("export sdxl-base", dgq + ["export", "sdxl-base", "-o", str(work / "sdxl"), "--overwrite"]),
         ("calibrate", dgq + ["calibrate", str(pipe), "-o", str(work / "stats.json"), "--num-prompts", "1",
                              "--steps", "2", "--latent-size", "32", "--device", "cpu", "--overwrite"]),
         ("quantize", dgq + ["quantize", str(work / "stats.json"), "--preset", "dgq-w8a8-g8", "--model", str(pipe),
@@ -87,13 +81,15 @@ def main() -> None:
                           "--json", str(work / "verify.json"), "--overwrite"]),
         ("cost (graph)", dgq + ["cost", "--model", str(work / "compiled" / "unet.onnx"), "--bits", "W8A8"]),
     ]
-    if pipe.exists():
+    if not args.pipeline and pipe.exists():
         shutil.rmtree(pipe)
-    rows = []
+    rows, lock = [], None
     try:
         for name, argv in stages:
-            light = name.startswith("build")  # one layer of memory: no need to queue for the heavy lock
-            rows.append(run_stage(name, argv, None if light else args.lock, log))
+            if lock is None and args.lock and not name.startswith("build"):  # the build holds one layer
+                lock = open(args.lock, "a")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            rows.append(run_stage(name, argv, log))
             if rows[-1]["exit"] != 0 and name != "verify":
                 print(f"{name} failed; see {log}", flush=True)
                 break
@@ -112,6 +108,9 @@ def main() -> None:
             print(f"export {label}: max abs error {max(e['max_abs_error'].values()):.3g} "
                   f"(tolerance {e['tolerance']:g}, latent {e['latent_size']})")
     finally:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
