@@ -131,3 +131,22 @@ def test_float16_export_halves_the_weights_and_keeps_the_float32_interface(tmp_p
     modules = {(e["module"], e["kind"]) for e in json.loads((tmp_path / "half" / "module_map.json").read_text())["entries"]}
     full = {(e["module"], e["kind"]) for e in json.loads((tiny_export_dir / "module_map.json").read_text())["entries"]}
     assert modules == full
+
+
+def test_sdxl_style_folder_exports_added_conditions_with_external_weights(tmp_path):
+    from onnx.external_data_helper import uses_external_data
+
+    from models.zoo import save_random_unet
+
+    config = dict(zoo_config("tiny"), addition_embed_type="text_time", addition_time_embed_dim=8,
+                  projection_class_embeddings_input_dim=16 + 6 * 8, transformer_layers_per_block=[1, 2, 1],
+                  use_linear_projection=True)
+    save_random_unet(config, 3, tmp_path / "unet")
+    report = export_model(str(tmp_path / "unet"), tmp_path / "xl", external_data=True, **QUIET)
+    assert report.inputs == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    assert 0 < report.worst_error <= 1e-4
+    model = onnx.load(str(tmp_path / "xl" / "unet.onnx"), load_external_data=False)
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    assert external and all(len(t.raw_data) < 1024 for t in model.graph.initializer if not uses_external_data(t))
+    offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in external]
+    assert all(o % 4096 == 0 for o in offsets)  # page-aligned: runtimes can memory-map them
