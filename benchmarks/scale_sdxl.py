@@ -10,7 +10,8 @@ from wait4) and wall time are printed:
   3. dgq export sd-v1.4        (budget 6 GB)
   4. dgq calibrate (1 prompt, 2 steps, 32x32 latent)   5. dgq quantize (dgq-w8a8-g8)
   6. dgq compile --static      7. dgq verify (simulator, 16x16 latent)   8. dgq cost (the graph)
-Stages 4-8 have a 20 GB budget. With --lock, the heavy stages (all but the pipeline build) run while
+Stages 4-8 have a 20 GB budget. With --sd14-pipeline, `dgq run --quick` on that SD v1.4 folder (512 px)
+follows, budget 16 GB. With --lock, the heavy stages (all but the pipeline build) run while
 this process holds that lock (shared machines): taken once, released at the end.
 Heavy: about an hour and up to ~30 GB of disk in --work.
 """
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_GB = {"export sd-v1.4": 6, "export sdxl-base": 12}
+BUDGET_GB = {"export sd-v1.4": 6, "export sdxl-base": 12, "dgq run --quick (SD v1.4, 512 px)": 16}
 STAGE_BUDGET_GB = 20
 
 
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--lock", type=Path, help="hold this lock file during each stage")
     parser.add_argument("--skip-sd14", action="store_true", help="skip the SD v1.4 export")
     parser.add_argument("--pipeline", type=Path, help="an SDXL pipeline folder scale_pipelines.py built (default: build one)")
+    parser.add_argument("--sd14-pipeline", type=Path,
+                        help="also run `dgq run --model DIR --quick` (512 px, budget 16 GB) on this SD v1.4 folder")
     args = parser.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="dgq-scale-"))
@@ -81,6 +84,9 @@ def main() -> None:
                           "--json", str(work / "verify.json"), "--overwrite"]),
         ("cost (graph)", dgq + ["cost", "--model", str(work / "compiled" / "unet.onnx"), "--bits", "W8A8"]),
     ]
+    if args.sd14_pipeline:
+        stages.append(("dgq run --quick (SD v1.4, 512 px)", dgq + ["run", "--model", str(args.sd14_pipeline), "--quick",
+                                                                  "-o", str(work / "run-sd14"), "--overwrite"]))
     if not args.pipeline and pipe.exists():
         shutil.rmtree(pipe)
     rows, lock = [], None
@@ -90,7 +96,7 @@ def main() -> None:
                 lock = open(args.lock, "a")
                 fcntl.flock(lock, fcntl.LOCK_EX)
             rows.append(run_stage(name, argv, log))
-            if rows[-1]["exit"] != 0 and name != "verify":
+            if rows[-1]["exit"] != 0 and name not in ("verify", "cost (graph)") and not name.startswith("dgq run"):
                 print(f"{name} failed; see {log}", flush=True)
                 break
         exports = {}
