@@ -7,14 +7,13 @@ so the probabilities are a tensor the passes can quantize and split.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import atomic_path, check_writable, report_json
 from dgq_compiler.runtime import SDXL_TIME_IDS
 
 OPSET = 21
@@ -205,7 +204,7 @@ def _export(config: dict, open_source, reference, out_dir, *, model_name: str, b
         if report.worst_error > tolerance:
             raise DgqError(f"exported graph does not match torch: max abs error {report.worst_error:.3g} "
                            f"> tolerance {tolerance:g}")
-        (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n")
+        (tmp / REPORT_NAME).write_text(report_json(asdict(report)))
     return report
 
 
@@ -240,8 +239,7 @@ def export_model(name_or_path: str, out_dir: str | Path, *, batch: int = 2, late
     `tolerance` says otherwise. `external_data` forces (True) or forbids (False) the single external weights
     file; by default it is used exactly when the weights would not fit in one 2 GB protobuf."""
     from dgq_compiler.export_weights import SafetensorsWeights, SpilledWeights, module_with_weights
-    from models.loader import folder_kind, get_unet, quiet_libraries
-    from models.zoo import ALIASES, ZOO_NAMES, read_unet_config, zoo_config
+    from models.loader import get_unet, quiet_libraries
 
     quiet_libraries()
     if name_or_path == "tiny":  # the embedded pipeline's own UNet (small): in memory, as everywhere else
@@ -249,23 +247,30 @@ def export_model(name_or_path: str, out_dir: str | Path, *, batch: int = 2, late
                            latent_size=latent_size, seed=seed, tolerance=tolerance, overwrite=overwrite,
                            external_data=external_data, float16=float16, progress=progress)
     check_writable(out_dir, overwrite=overwrite, kind="folder")
-    if ALIASES.get(name_or_path, name_or_path) in ZOO_NAMES:
-        config = zoo_config(name_or_path)
-
+    config, folder = model_config(name_or_path)
+    if folder is None:
         def open_source(scratch):
             progress(f"generating {name_or_path}'s random weights (seed {seed}) ...")
             return SpilledWeights(config, seed, scratch / "weights.bin")
     else:
-        path = Path(name_or_path)
-        if not path.exists() and "/" not in name_or_path and "\\" not in name_or_path:
-            raise DgqError(f"unknown model {name_or_path!r}: expected one of {', '.join(ZOO_NAMES)} "
-                           "or a local diffusers folder")
-        folder = path / "unet" if folder_kind(path) == "pipeline" else path
-        config = read_unet_config(folder)
-
         def open_source(_scratch):
             return SafetensorsWeights(folder)
     return _export(config, open_source, lambda source: module_with_weights(config, source), out_dir,
                    model_name=name_or_path, batch=batch, latent_size=latent_size, seed=seed,
                    tolerance=tolerance, overwrite=overwrite, external_data=external_data, float16=float16,
                    progress=progress)
+
+
+def model_config(name_or_path: str) -> tuple[dict, Path | None]:
+    """(UNet config, UNet folder or None for a zoo name) of what `export_model` accepts; a clear error otherwise."""
+    from models.loader import folder_kind
+    from models.zoo import ALIASES, ZOO_NAMES, read_unet_config, zoo_config
+
+    if ALIASES.get(name_or_path, name_or_path) in ZOO_NAMES:
+        return zoo_config(name_or_path), None
+    path = Path(name_or_path)
+    if not path.exists() and "/" not in name_or_path and "\\" not in name_or_path:
+        raise DgqError(f"unknown model {name_or_path!r}: expected one of {', '.join(ZOO_NAMES)} "
+                       "or a local diffusers folder")
+    folder = path / "unet" if folder_kind(path) == "pipeline" else path
+    return read_unet_config(folder), folder

@@ -7,6 +7,7 @@ finished (built under a temporary name, then renamed).
 from __future__ import annotations
 
 import json
+from collections import Counter
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,8 +54,8 @@ class RunOptions:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
-        if self.guidance <= 1.0:
-            raise DgqError(f"--guidance must be > 1 (classifier-free guidance), got {self.guidance}")
+        if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
+            raise DgqError(f"--guidance must be a finite number > 1 (classifier-free guidance), got {self.guidance}")
         if self.latent_size is not None and (self.latent_size < 8 or self.latent_size % 8):
             raise DgqError(f"--latent-size must be a positive multiple of 8, got {self.latent_size}")
 
@@ -208,7 +209,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             pipe.to(torch.device(device))
         except (RuntimeError, AssertionError) as exc:
             raise DgqError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
-        stats = calibrate(pipe, prompts, model_name=label, steps=options.steps, guidance=options.guidance,
+        stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, latent_size=options.latent_size,
                           model_seed=options.seed if source == "tiny" else None, progress=True)
         pipe.to(torch.device("cpu"))
@@ -236,6 +237,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     for name in options.presets:
         with _stage(timer, f"{name}: quantize, compile, verify, check"):
             results.append(_one_config(name, preset(name), stats, shared))
+    dgq = next((name for name in options.presets if name.startswith("dgq")), None)
+    if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
+        with _stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
+            results.append(_one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
 
     with _stage(timer, "cost model"):
         cost = _cost_tables(shared.inventory, options)
@@ -267,8 +272,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 
-def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
-    """quantize -> compile -> verify / check -> images and fidelity -> cost, for one configuration."""
+def _one_config(name: str, config, stats, shared: Shared, target: str | None = None) -> ConfigResult:
+    """quantize (-> adapt to `target`) -> compile -> verify / check -> images and fidelity -> cost, for one
+    configuration; with a target the row is `<preset>@<target>` and the check covers its static graphs."""
+    from dgq_compiler.adapt import adapt_recipe, graphs_for_target, kxk_conv_modules
     from dgq_compiler.compile import CompileOptions, compile_graph
     from dgq_compiler.fakequant import apply_recipe
     from dgq_compiler.quantize import quantize_stats
@@ -283,6 +290,9 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
     timer = StageTimer(digits=2)
     with timer.stage("quantize"):
         recipe, _summary = quantize_stats(stats, config, pipe.unet)
+        if target is not None:
+            recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(shared.export_dir / "unet.onnx"))
+            name = f"{name}@{target}"
         (out / "recipes").mkdir(exist_ok=True)
         recipe_path = recipe.save(out / "recipes" / f"{name}.json")
         shared.recipes[name] = recipe
@@ -290,8 +300,8 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
     with timer.stage("compile"):
         (out / "graphs").mkdir(exist_ok=True)
         graph_dir = out / "graphs" / name
-        report = compile_graph(shared.export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out)),
-                               progress=lambda *_: None)
+        report = compile_graph(shared.export_dir, recipe, graph_dir,
+                               CompileOptions(paths_relative_to=str(out), target=target), progress=lambda *_: None)
         graph = graph_dir / "unet.onnx"
 
     with timer.stage("verify_check"):
@@ -300,10 +310,11 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
                               timesteps=_spread(stats.timesteps, options.verify_timesteps))
         verify.graph = str(graph.relative_to(out))
         (graph_dir / "verify.json").write_text(verify.to_json() + "\n")
-        check = check_graph(graph, CHECK_TARGET)
+        checked = graphs_for_target(graph_dir, CHECK_TARGET, lambda p: Path(p) / "unet.onnx")
+        violations = [v for g in checked for v in check_graph(g, CHECK_TARGET).violations]
         (graph_dir / "check.json").write_text(json.dumps(
-            {"target": CHECK_TARGET, "violations": [asdict(v) for v in check.violations]}, indent=1,
-            sort_keys=True) + "\n")
+            {"target": CHECK_TARGET, "graphs": [g.name for g in checked],
+             "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
 
     with timer.stage("images_and_fidelity"):
         predictor = onnx_predictor(graph)
@@ -317,8 +328,10 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
         layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
     seconds = timer.seconds
 
-    row = cost_row(shared.inventory, f"W{config.weight_bits}A{config.act_bits}", groups=config.groups,
-                   steps=len(stats.timesteps), convention="exact", shared_group_map=config.shared_group_map)
+    bits = {role == "weight": tq.bits for (_m, role), tq in recipe.tensors.items()}  # the compiled widths
+    row = cost_row(shared.inventory, f"W{bits.get(True, config.weight_bits)}A{bits.get(False, config.act_bits)}",
+                   groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
+                   shared_group_map=config.shared_group_map and target is None)
     worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
     return ConfigResult(
         preset=name, recipe=str(recipe_path.relative_to(out)), graph=str(graph.relative_to(out)),
@@ -328,7 +341,7 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
                 "max_lsb": max((t.max_lsb for t in verify.tensors), default=0),
                 "overflows": sum(o.overflows for o in verify.overflows),
                 "output_error": max(verify.output_error.values(), default=0.0), "failures": verify.failures},
-        check_violations=check.by_rule(),
+        check_violations=dict(Counter(v.rule for v in violations)),
         cost={"tbops_exact": row.tbops, "model_size_bytes": row.model_size_bytes, "qparam_bytes": row.qparam_bytes},
         step_snr=[(float(t), float(s)) for t, s in step_snr],
         layer_sqnr={k: float(v) for k, v in layer_sqnr.items()}, seconds=seconds)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -15,11 +17,11 @@ def register(sub) -> None:
                                  "or a local diffusers pipeline or UNet folder")
     p.add_argument("-o", "--output", required=True,
                    help="output folder to create: unet.onnx, module_map.json, export.json")
-    p.add_argument("--batch", type=int, default=2, help="batch used to trace and validate (2 = CFG)")
-    p.add_argument("--latent-size", type=int, default=None,
+    p.add_argument("--batch", type=argtypes.batch, default=2, help="batch used to trace and validate (2 = CFG)")
+    p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
                    help="latent height/width used to trace and validate (default: the UNet's sample_size, at most 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and validation inputs")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed for random weights and validation inputs")
+    p.add_argument("--tolerance", type=argtypes.tolerance, default=None,
                    help="largest allowed |onnxruntime - torch| / max(1, max|torch|); None: 1e-4, or 1e-2 with --fp16")
     p.add_argument("--fp16", action="store_true",
                    help="float16 weights and arithmetic inside the graph (half the file; inputs and output stay "
@@ -29,16 +31,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
-    from dgq_compiler.errors import DgqError
-    from dgq_compiler.export import export_model
+    from dgq_compiler.export import MAX_DEFAULT_LATENT, export_model, model_config
     from dgq_compiler.io import check_writable
 
-    if args.batch < 1:
-        raise DgqError(f"--batch must be at least 1, got {args.batch}")
-    if args.latent_size is not None and (args.latent_size < 8 or args.latent_size % 8):
-        raise DgqError(f"--latent-size must be a positive multiple of 8, got {args.latent_size}")
     check_writable(args.output, overwrite=args.overwrite, kind="folder")  # before minutes of loading and tracing
+    config, _ = model_config(args.model)  # the architecture alone: the weights are read tensor by tensor
+    check_attention_memory(config, args.latent_size or min(int(config["sample_size"]), MAX_DEFAULT_LATENT), args.batch)
     report = export_model(args.model, args.output, batch=args.batch, latent_size=args.latent_size,
                           seed=args.seed, tolerance=args.tolerance, overwrite=args.overwrite, float16=args.fp16)
     rows = [["graph", f"{args.output}/{report.graph}"],

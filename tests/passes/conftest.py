@@ -168,6 +168,29 @@ def ops(model) -> list[str]:
     return [n.op_type for n in model.graph.node]
 
 
+def lowered_values(model, feed):
+    """Run in a default onnxruntime session with every lowered input and accumulator exposed."""
+    from dgq_compiler.runtime import run_all, with_outputs
+
+    extra = {}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if node.op_type == "MatMulInteger" and "dgq.lowered_input" in meta:
+            extra[node.output[0]] = onnx.TensorProto.INT32
+            extra[meta["dgq.lowered_input"]] = onnx.TensorProto.FLOAT
+    m = with_outputs(model, extra)
+    return run_all(session(m, "default"), feed), m
+
+
+def accumulator_nodes(model, module):
+    out = {}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if node.op_type == "MatMulInteger" and meta.get("dgq.module") == module:
+            out[int(meta["dgq.group"])] = (node.output[0], meta["dgq.lowered_input"])
+    return out
+
+
 class Graphs:
     layers_model = staticmethod(layers_model)
     attention_model = staticmethod(attention_model)
@@ -180,6 +203,9 @@ class Graphs:
     compile_model = staticmethod(compile_model)
     run = staticmethod(run)
     ops = staticmethod(ops)
+    make_model = staticmethod(make_model)
+    lowered_values = staticmethod(lowered_values)
+    accumulator_nodes = staticmethod(accumulator_nodes)
     TIMESTEPS = TIMESTEPS
 
 

@@ -1,0 +1,188 @@
+"""Lower every quantized Conv (integer weights, group = 1) to im2col on uint8 codes + MatMulInteger, in NHWC.
+
+Codes are made in NCHW (QuantizeLinear on the float input, as the QDQ graph does), transposed to NHWC as
+uint8, patched (lower_common.im2col_nhwc: Pad with the zero point, one Slice per tap, Concat; a 1x1 stride-1
+conv needs none) and multiplied by the weights as a [kh*kw*C, C_out] matrix; the float result goes back to
+NCHW. Per grouping (the simulator's schedules, DESIGN.md section 6):
+- tensor: one product with the step's zero point, rescaled by s_t * sw (+ bias);
+- pixel groups on a 1x1 stride-1 conv: each output pixel reads one input pixel, so per-row scales of one
+  product (per-row zero points inside it, as in lower_linear);
+- channel groups (split-K): NHWC codes permuted so each group's channels are contiguous, split, patched per
+  group, one product per group with its zero point and its weight rows, each rescaled and added;
+- pixel groups on a kxk conv: an input pixel's scale does not factor out of a patch, but it does out of one
+  kernel tap: kh*kw products with per-row scales, one per tap (lower_conv_taps), the multiply-adds of one
+  convolution; the simulator's per-group accumulators are exact sums of the tap accumulators.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
+from passes.errors import PassError
+from passes.lower_common import (
+    add_report_row,
+    ones_scale,
+    product_meta,
+    input_prefix,
+    lowered_prefix,
+    add_all,
+    float_source,
+    group_layout,
+    group_scalars,
+    im2col_nhwc,
+    integer_product,
+    per_index_params,
+    quantize_codes,
+    rescale,
+    split_groups,
+    step_row,
+    weight_of,
+    weight_tensor,
+    with_zero_point_columns,
+    zero_point_rows,
+)
+from passes.lower_conv_taps import pixel_groups_by_tap
+
+NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def _i64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def conv_attrs(node: gs.Node, kernel) -> tuple:
+    a = node.attrs
+    if a.get("group", 1) != 1:
+        raise PassError(f"Conv {node.name!r}: grouped convolutions (group {a.get('group')}) cannot be lowered")
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise PassError(f"Conv {node.name!r}: auto_pad is not supported by the lowering (explicit pads only)")
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    return (tuple(kernel), tuple(a.get("strides", [1, 1])), (pads[0], pads[1], pads[2], pads[3]),
+            tuple(a.get("dilations", [1, 1])))
+
+
+def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Tensor, prefix: str, module: str,
+               metadata: dict, steps: int) -> tuple[gs.Tensor, str, int]:
+    """-> (float NHWC output [B, Ho, Wo, Co] without bias, kernel name, accumulators)."""
+    co, c, kh, kw = wt.codes.shape
+    kernel, strides, pads, dilations = conv_attrs(node, (kh, kw))
+    pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and not any(pads)
+    taps = kh * kw
+    w4 = np.ascontiguousarray(wt.codes.transpose(2, 3, 1, 0).reshape(taps, c, co))   # [tap, C, Co]
+    w_zero = constant(f"{prefix}/w_zero_point", wt.zero_point.astype(np.int8))
+    w_scale = constant(f"{prefix}/w_scale", wt.scale.astype(np.float32))
+    name = "MatMulInteger u8xs8" + ("" if pointwise else f", im2col {kh}x{kw}")
+
+    def nhwc(t):
+        return add_node(graph, "Transpose", f"{t.name}/to_nhwc", [t], dtype=np.uint8, attrs={"perm": NCHW_TO_NHWC})
+
+    if tq.axis == "tensor":
+        s = step_row(graph, tq.scale, step, f"{prefix}/scale", [], np.float32)
+        z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
+        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, None, prefix))
+        cols = im2col_nhwc(graph, codes, z, kernel, strides, pads, dilations, f"{prefix}/im2col")
+        acc = integer_product(graph, cols, weight_tensor(graph, f"{prefix}/w", w4.reshape(taps * c, co)), z,
+                              w_zero,
+                              f"{prefix}/acc0", product_meta(module, x, name, -1, "nhwc"), metadata)
+        return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
+    s, z = per_index_params(tq, step, graph, prefix)
+    if tq.axis == "channel":
+        g_count = tq.scale.shape[1]
+        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix)
+        perms, perms_w, sizes = group_layout(tq)
+        perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+        perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
+        size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
+        # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
+        grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
+        pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
+        w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
+        w_all = weight_tensor(graph, f"{prefix}/w", w_padded)
+        w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [w_all, perm_w],
+                          dtype=np.int8,
+                          attrs={"axis": 1})
+        a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
+        w_parts = split_groups(graph, w_perm, size, 1, g_count, f"{prefix}/w", np.int8)
+        kernel_name = f"{name}, split-K x{g_count}"
+        w_shape = constant(f"{prefix}/w_shape", _i64([-1, co]))
+        zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
+        scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
+        outs = []
+        for g in range(g_count):
+            z_g, s_g = zeros[g], scales[g]
+            cols = im2col_nhwc(graph, a_parts[g], z_g, kernel, strides, pads, dilations, f"{prefix}/im2col{g}")
+            w_g = add_node(graph, "Reshape", f"{prefix}/w{g}/Reshape", [w_parts[g], w_shape], dtype=np.int8)
+            acc = integer_product(graph, cols, w_g, z_g, w_zero, f"{prefix}/acc{g}",
+                                  product_meta(module, x, kernel_name, g, "nhwc"), metadata)
+            outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
+        return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
+    # pixel groups: codes per pixel on [B, C, H*W]
+    flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
+    codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix)
+    if pointwise:
+        rows = add_node(graph, "Transpose", f"{prefix}/rows", [codes_flat], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
+        w = w4.reshape(c, co)
+        d = zero_point_rows(w, wt.zero_point)
+        kernel_name = f"{name}, per-row scales"
+        wide = with_zero_point_columns(graph, rows, z, d.shape[0], prefix)
+        acc = integer_product(graph, wide, constant(f"{prefix}/w", np.concatenate([w, d])),
+                              constant(f"{prefix}/a_zero", np.array(0, np.uint8)), w_zero, f"{prefix}/acc0",
+                              product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
+        y = rescale(graph, acc, ones_scale(graph, steps, step, f"{prefix}/one"), w_scale, f"{prefix}/rescale0")
+        row_scale = add_node(graph, "Reshape", f"{prefix}/row_scale",
+                             [s, constant(f"{prefix}/row_shape", _i64([-1, 1]))])
+        y = add_node(graph, "Mul", f"{prefix}/rescale_rows", [y, row_scale])               # [B, H*W, Co]
+        shape = add_node(graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)
+        out_shape = add_node(graph, "Concat", f"{prefix}/nhwc_shape", [
+            add_node(graph, "Gather", f"{prefix}/x_b", [shape, constant(f"{prefix}/i0", _i64([0]))], dtype=np.int64,
+                     attrs={"axis": 0}),
+            add_node(graph, "Gather", f"{prefix}/x_hw", [shape, constant(f"{prefix}/i23", _i64([2, 3]))],
+                     dtype=np.int64, attrs={"axis": 0}),
+            constant(f"{prefix}/co", _i64([co]))], dtype=np.int64, attrs={"axis": 0})
+        return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [y, out_shape]), kernel_name, 1
+    codes = nhwc(add_node(graph, "Reshape", f"{prefix}/unflatten", [codes_flat, add_node(
+        graph, "Shape", f"{prefix}/x_shape4", [x], dtype=np.int64)], dtype=np.uint8))
+    kernel_name = f"MatMulInteger u8xs8, per-tap {kh}x{kw} products with per-row scales (pixel groups)"
+    y = pixel_groups_by_tap(graph, codes, z, s, x, w4, wt.zero_point, w_zero, w_scale,
+                            ones_scale(graph, steps, step, f"{prefix}/one"), kernel, strides, pads, dilations,
+                            f"{prefix}/taps", lambda t: product_meta(module, x, kernel_name, t, "tap"), metadata)
+    return y, kernel_name, taps
+
+
+class LowerConv(Pass):
+    name = "lower_conv"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        step = step_index_tensor(graph)
+        by_name = nodes_by_name(graph)
+        for entry in ctx.module_map:
+            if entry.kind != "conv" or ctx.entry(entry.module, "input") is None \
+                    or ctx.entry(entry.module, "weight") is None:
+                continue
+            node = by_name.get(entry.node)
+            if node is None:  # lowered already (lower_qlinear, the fast variant)
+                continue
+            tq = ctx.entry(entry.module, "input")
+            prefix = lowered_prefix(entry.module)
+            x = float_source(node.inputs[0], input_prefix(entry.module))
+            wt = weight_of(node)
+            if wt.codes.ndim != 4:
+                raise PassError(f"Conv {node.name!r}: only 2-D convolutions can be lowered")
+            kernel_shape, strides, pads, dilations = conv_attrs(node, wt.codes.shape[2:])
+            y, kernel, accs = lower_conv(graph, node, x, tq, wt, step, prefix, entry.module, ctx.node_metadata,
+                                         ctx.steps)
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
+            out = node.outputs[0]
+            node.outputs.clear()
+            graph.nodes.append(gs.Node("Transpose", f"{prefix}/to_nchw", attrs={"perm": NHWC_TO_NCHW}, inputs=[y],
+                                       outputs=[out]))
+            add_report_row(ctx, {"module": entry.module, "node": entry.node, "op": "Conv", "axis": tq.axis,
+                                 "groups": int(tq.scale.shape[1]), "kernel": kernel, "accumulators": accs,
+                                 "output": out.name, "in_channels": int(wt.codes.shape[1]),
+                                 "weight": f"{prefix}/taps/w0" if "per-tap" in kernel else f"{prefix}/w",
+                                 "kernel_shape": list(kernel_shape), "strides": list(strides), "pads": list(pads),
+                                 "dilations": list(dilations)})
+        graph.cleanup()
+        return graph

@@ -1,0 +1,156 @@
+"""Lower every quantized Linear (MatMul / Gemm with integer weights) to MatMulInteger + a float epilogue.
+
+Per grouping of the input activation (the simulator's schedules, DESIGN.md section 6):
+- tensor: codes = Q(x, s_t, z_t); acc = MatMulInteger(codes, W, z_t, zw); y = acc * (s_t * sw) (+ bias);
+- pixel (token) groups: the scale varies along rows, so it factors out of one product. MatMulInteger takes
+  only a per-tensor activation zero point, so the per-row zero points ride inside the same product: r extra
+  columns of A hold z_m and r int8 rows of W sum to -sum_k (w_kn - zw_n) (lower_common.zero_point_rows);
+  y = acc * sw * s_m;
+- channel groups (split-K): codes permuted so each group's channels are contiguous (the step's group map),
+  split per group with the matching weight rows, one MatMulInteger per group with that group's zero point,
+  each rescaled by s_g * sw and added.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
+from passes.errors import PassError
+from passes.lower_common import (
+    add_report_row,
+    ones_scale,
+    product_meta,
+    input_prefix,
+    lowered_prefix,
+    add_all,
+    float_source,
+    group_layout,
+    group_scalars,
+    integer_product,
+    per_index_params,
+    quantize_codes,
+    rescale,
+    split_groups,
+    step_row,
+    weight_of,
+    weight_tensor,
+    with_zero_point_columns,
+    zero_point_rows,
+)
+
+
+def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, zw: np.ndarray, tq, step: gs.Tensor,
+                 prefix: str, module: str, metadata: dict, steps: int, layout: str = "nlc",
+                 rank: int | None = None) -> tuple[gs.Tensor, str, int]:
+    """x [..., K] float, w [K, N] int8 codes -> (float y [..., N] without bias, kernel name, accumulators).
+    `layout` names the rows of x for verification (nlc: [B, tokens, K]; nhwc: conv pixels)."""
+    rank = len(x.shape) if x.shape is not None else rank
+    if tq.axis == "channel":
+        rank = None  # channel groups work on [M, K] whatever the rank
+    w_zero = constant(f"{prefix}/w_zero_point", zw.astype(np.int8))
+    w_scale = constant(f"{prefix}/w_scale", sw.astype(np.float32))
+    if tq.axis == "tensor":
+        s = step_row(graph, tq.scale, step, f"{prefix}/scale", [], np.float32)
+        z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
+        codes = quantize_codes(graph, x, s, z, tq.bits, None, prefix)
+        kernel = "MatMulInteger u8xs8"
+        acc = integer_product(graph, codes, weight_tensor(graph, f"{prefix}/w", w), z, w_zero,
+                              f"{prefix}/acc0",
+                              product_meta(module, x, kernel, -1, layout), metadata)
+        return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), kernel, 1
+    if tq.axis == "pixel":
+        if rank not in (3, None):
+            raise PassError(f"({module}, input): token groups need a [B, N, C] input, {x.name!r} has rank {rank}")
+        s, z = per_index_params(tq, step, graph, prefix)
+        codes = quantize_codes(graph, x, s, z, tq.bits, -2, prefix)
+        d = zero_point_rows(w, zw)
+        r = d.shape[0]
+        wide = with_zero_point_columns(graph, codes, z, r, prefix)
+        kernel = "MatMulInteger u8xs8, per-row scales"
+        acc = integer_product(graph, wide, constant(f"{prefix}/w", np.concatenate([w, d])),
+                              constant(f"{prefix}/a_zero", np.array(0, np.uint8)), w_zero, f"{prefix}/acc0",
+                              product_meta(module, x, kernel, -1, layout), metadata)
+        y = rescale(graph, acc, ones_scale(graph, steps, step, f"{prefix}/one"), w_scale, f"{prefix}/rescale0")
+        rows_scale = add_node(graph, "Reshape", f"{prefix}/row_scale", [s, constant(f"{prefix}/row_shape",
+                                                                                    np.array([-1, 1], np.int64))])
+        return add_node(graph, "Mul", f"{prefix}/rescale_rows", [y, rows_scale]), kernel, 1
+    # channel groups: split-K
+    g_count = tq.scale.shape[1]
+    s, z = per_index_params(tq, step, graph, prefix)
+    codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix)
+    perms, perms_w, sizes = group_layout(tq)
+    perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+    perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
+    size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
+    # [..., K] -> [K, M] (channels first: the Gather copies whole rows), split, each group back to [M, K_g]
+    flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape",
+                                                                           np.array([-1, w.shape[0]], np.int64))],
+                    dtype=np.uint8)
+    first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, perm], dtype=np.uint8, attrs={"axis": 0})
+    a_parts = [add_node(graph, "Transpose", f"{prefix}/a{g}/channels_last", [t], dtype=np.uint8, attrs={"perm": [1, 0]})
+               for g, t in enumerate(split_groups(graph, grouped, size, 0, g_count, f"{prefix}/a", np.uint8))]
+    w_padded = np.concatenate([w, zw.reshape(1, -1).astype(np.int8)])  # row K: w - zw = 0, for padding slots
+    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [weight_tensor(graph, f"{prefix}/w", w_padded), perm_w],
+                      dtype=np.int8, attrs={"axis": 0})
+    w_parts = split_groups(graph, w_perm, size, 0, g_count, f"{prefix}/w", np.int8)
+    kernel = f"MatMulInteger u8xs8, split-K x{g_count}"
+    zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
+    scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
+    outs = []
+    for g in range(g_count):
+        z_g, s_g = zeros[g], scales[g]
+        acc = integer_product(graph, a_parts[g], w_parts[g], z_g, w_zero, f"{prefix}/acc{g}",
+                              product_meta(module, x, kernel, g, layout), metadata)
+        outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
+    total = add_all(graph, outs, f"{prefix}/sum")                                  # [M, N]
+    shape = add_node(graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)
+    lead = add_node(graph, "Slice", f"{prefix}/x_lead", [shape, constant(f"{prefix}/lead_s", np.array([0], np.int64)),
+                                                         constant(f"{prefix}/lead_e", np.array([-1], np.int64))],
+                    dtype=np.int64)
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", np.array(
+        [w.shape[1]], np.int64))], dtype=np.int64, attrs={"axis": 0})
+    return add_node(graph, "Reshape", f"{prefix}/unflatten", [total, out_shape]), kernel, g_count
+
+
+class LowerLinear(Pass):
+    name = "lower_linear"
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        step = step_index_tensor(graph)
+        by_name = nodes_by_name(graph)
+        for entry in ctx.module_map:
+            if entry.kind != "linear" or ctx.entry(entry.module, "input") is None \
+                    or ctx.entry(entry.module, "weight") is None:
+                continue
+            node = by_name.get(entry.node)
+            if node is None:  # lowered already (lower_qlinear, the fast variant)
+                continue
+            tq = ctx.entry(entry.module, "input")
+            prefix = lowered_prefix(entry.module)
+            x = float_source(node.inputs[0], input_prefix(entry.module))
+            wt = weight_of(node)
+            w = wt.codes
+            if node.op == "Gemm":
+                a = node.attrs
+                has_bias = len(node.inputs) > 2
+                if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or (has_bias and a.get("beta", 1.0) != 1.0):
+                    raise PassError(f"Gemm {node.name!r}: only alpha = beta = 1, transA = 0 can be lowered")
+                if a.get("transB", 0):
+                    w = np.ascontiguousarray(w.T)
+            elif node.op != "MatMul":
+                raise PassError(f"linear {entry.module}: {node.op} node {node.name!r} is not a MatMul or Gemm")
+            y, kernel, accs = lower_matmul(graph, x, w, wt.scale, wt.zero_point, tq, step, prefix, entry.module,
+                                           ctx.node_metadata, ctx.steps, rank=2 if node.op == "Gemm" else None)
+            if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+                y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
+            out = node.outputs[0]
+            node.outputs.clear()
+            graph.nodes.append(gs.Node("Identity", f"{prefix}/output", inputs=[y], outputs=[out]))
+            add_report_row(ctx, {"module": entry.module, "node": entry.node, "op": node.op, "axis": tq.axis,
+                                 "groups": int(tq.scale.shape[1]), "kernel": kernel, "accumulators": accs,
+                                 "output": out.name, "weight": f"{prefix}/w", "in_features": int(w.shape[0])})
+        graph.cleanup()
+        return graph

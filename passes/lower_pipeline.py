@@ -1,0 +1,21 @@
+"""The pass lists of `dgq compile --target onnxruntime-cpu[-fast]`: the standard QDQ passes, with the integer
+lowering of every quantized Conv/Linear inserted before the fusion barriers and the encodings (attention matmuls
+keep their QDQ form). The fast variant first turns per-tensor Convs/MatMuls into QLinearConv/QLinearMatMul (output
+grids from `ranges`, see lower_qlinear)."""
+from __future__ import annotations
+
+from passes.base import Pass
+from passes.lower_conv import LowerConv
+from passes.lower_linear import LowerLinear
+from passes.lower_qlinear import LowerQlinear
+from passes.pipeline import compile_passes
+
+LOWER_BEFORE = ("insert_fusion_barriers", "write_encodings")  # the first of these present gets the lowering before it
+
+
+def lowering_passes(ranges: dict | None = None) -> list[Pass]:
+    passes = compile_passes()
+    names = [p.name for p in passes]
+    at = next((names.index(n) for n in LOWER_BEFORE if n in names), len(passes))
+    fast = [LowerQlinear(ranges)] if ranges else []
+    return passes[:at] + fast + [LowerLinear(), LowerConv()] + passes[at:]
