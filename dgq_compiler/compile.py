@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dgq_compiler import runtime
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import atomic_path, check_writable, relative_path, report_json
 from dgq_compiler.verify.fakequant import DEFAULT_TOLERANCE, MAX_LSB, point_errors, reference_errors
 
 GRAPH_NAME = runtime.GRAPH_NAME
@@ -32,6 +32,7 @@ class CompileReport:
     output: str
     steps: int
     timesteps: list
+    latent_size: int              # the recipe's calibrated latent height/width (verify, check, cost default to it)
     tensors: list                 # rows: role, quantizer, bits, axis, count
     fp32_bytes: int               # the source graph (+ its weights file)
     compiled_bytes: int           # unet.onnx (+ unet.onnx.data)
@@ -41,8 +42,8 @@ class CompileReport:
     reference_error: dict = field(default_factory=dict)   # timestep -> end-to-end output error vs the torch UNet
     fp_difference: float | None = None                     # compiled vs fp32 graph (quantization noise)
     seconds: dict = field(default_factory=dict)
-    resolution: list = field(default_factory=list)        # the recipe's latent [H, W] (verify runs the graph at it)
-    target: str | None = None                              # the lowering target, if any
+    target: str | None = None                              # compiled for this target (adapt.py; lowering targets)
+    gave_up: list = field(default_factory=list)            # rows: what, tensors, before, after
     kernels: list = field(default_factory=list)            # lowering: rows kernel, ops, accumulators
     fast_extra_error: dict = field(default_factory=dict)   # -fast: timestep -> max|fast - exact| / max|exact|
 
@@ -111,7 +112,8 @@ class CompileOptions:
     validate: bool = True               # run the compiled and the fp32 graph in onnxruntime
     check_points: bool | None = None    # the fake-quant point check; None: when validating graphs under 300 MB
     paths_relative_to: str | None = None  # write compile.json's paths relative to this folder (a report folder)
-    target: str | None = None           # onnxruntime-cpu[-fast]: lower Convs/Linears to integer ops (LOWERING_TARGETS)
+    target: str | None = None           # adapt the recipe to this target (preset or file); static if it needs
+                                        # it; onnxruntime-cpu[-fast] (LOWERING_TARGETS) also lower to integer ops
 
 
 def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None,
@@ -122,14 +124,17 @@ def compile_graph(graph_path: str | Path, recipe, out_path: str | Path, options:
 
     from dgq_compiler.import_graph import OPSET, find_unet_graph, import_unet_graph
 
+    passed = {k: kwargs.pop(k) for k in ("reference_unet", "progress") if k in kwargs}
+    if options is not None and kwargs:
+        raise TypeError("compile_graph: give options or option keywords, not both")
+    options = options or CompileOptions(**kwargs)
     found = find_unet_graph(graph_path)
     if (found.parent / MODULE_MAP_NAME).is_file():
-        return _compile_export(found, recipe, out_path, options, **kwargs)
-    check_writable(out_path, overwrite=(options.overwrite if options is not None else kwargs.get("overwrite", False)),
-                   kind="folder")  # before the import's work
+        return _compile_export(found, recipe, out_path, options, **passed)
+    check_writable(out_path, overwrite=options.overwrite, kind="folder")  # before the import's work
     with tempfile.TemporaryDirectory(prefix="dgq-import-") as work:
-        kwargs.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
-        return _compile_export(import_unet_graph(found, Path(work)), recipe, out_path, options, **kwargs)
+        passed.get("progress", print)(f"importing {found}: module map from its node scopes, opset {OPSET} ...")
+        return _compile_export(import_unet_graph(found, Path(work)), recipe, out_path, options, **passed)
 
 
 def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, options: CompileOptions | None = None, *,
@@ -152,15 +157,22 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
     if options is not None and option_values:
         raise TypeError("compile_graph: give options or option keywords, not both")
     options = options or CompileOptions(**option_values)
-    if options.target not in (None, *LOWERING_TARGETS):
-        raise DgqError(f"compile target {options.target!r} is not supported (expected one of "
-                       f"{', '.join(LOWERING_TARGETS)})")
-    if options.target and options.static:
+    lowering = options.target in LOWERING_TARGETS
+    if lowering and options.static:
         raise DgqError(f"--static and --target {options.target} cannot be combined (static variants are QDQ graphs)")
     timer = StageTimer(progress)
     graph_path = resolve_graph(graph_path)
     out_path = check_writable(out_path, overwrite=options.overwrite, kind="folder")
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    gave_up = []
+    if options.target is not None:
+        from dataclasses import replace
+
+        from dgq_compiler.adapt import adapt_recipe, kxk_conv_modules, needs_static
+
+        adapt_to = "onnxruntime-cpu" if lowering else options.target  # -fast: the same target, other kernels
+        recipe, gave_up = adapt_recipe(recipe, adapt_to, kxk_conv_modules(graph_path))
+        options = replace(options, static=options.static or needs_static(adapt_to))
     with timer.stage("passes"):
         fp_model = onnx.load(str(graph_path), load_external_data=False)
         fp_signature = graph_signature(fp_model)
@@ -168,7 +180,8 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
         del fp_model
         progress(f"compiling {graph_path} with a {recipe.config.name} recipe ({len(recipe.tensors)} tensors, "
                  f"{len(recipe.timesteps)} steps) ...")
-        model, ctx, metadata, fast_error = _compiled_model(graph_path, recipe, options.target, progress)
+        model, ctx, metadata, fast_error = _compiled_model(graph_path, recipe,
+                                                            options.target if lowering else None, progress)
     if graph_signature(model) != fp_signature:
         raise DgqError("internal: the compiled graph's inputs/outputs differ from the fp32 graph's")
     initializer_bytes = sum(t.ByteSize() for t in model.graph.initializer)
@@ -176,9 +189,10 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
     shown = (lambda p: str(p)) if options.paths_relative_to is None else \
         (lambda p: os.path.relpath(p, options.paths_relative_to))
     report = CompileReport(graph=shown(graph_path), output=shown(out_path), steps=len(recipe.timesteps),
-                           timesteps=list(recipe.timesteps), tensors=summary_rows(ctx.records),
+                           timesteps=list(recipe.timesteps), latent_size=int(recipe.resolution[0]),
+                           tensors=summary_rows(ctx.records),
                            fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=options.tolerance,
-                           resolution=list(recipe.resolution), target=options.target,
+                           target=options.target, gave_up=[list(asdict(g).values()) for g in gave_up],
                            kernels=kernel_rows(ctx.artifacts.get("lowering.json")), fast_extra_error=fast_error)
     with atomic_path(out_path, directory=True) as tmp:
         compiled = tmp / GRAPH_NAME
@@ -196,7 +210,7 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
         check_points = options.check_points
         if check_points is None:
             check_points = options.validate and fp_bytes < POINT_CHECK_LIMIT
-        if options.target:
+        if lowering:
             check_points = False  # lowered graphs: dgq verify compares their accumulators instead
         if check_points:
             with timer.stage("point_check", "checking every quantization point against torch fake-quant at "
@@ -216,7 +230,10 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
                 report.static_graphs = _write_static_variants(compiled, recipe, ctx, metadata)
         report.compiled_bytes = _folder_bytes(compiled)
         report.seconds = dict(timer.seconds)
-        (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        on_disk = asdict(report)
+        if options.paths_relative_to is None:  # paths as seen from compile.json: identical runs, identical files
+            on_disk.update(graph=relative_path(graph_path, out_path), output=".")
+        (tmp / REPORT_NAME).write_text(report_json(on_disk), encoding="utf-8")
     return report
 
 

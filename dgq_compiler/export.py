@@ -6,13 +6,12 @@ so the probabilities are a tensor the passes can quantize and split.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import atomic_path, check_writable, report_json
 from dgq_compiler.runtime import SDXL_TIME_IDS
 
 OPSET = 21
@@ -226,5 +225,5 @@ def export_unet(unet, out_dir: str | Path, *, model_name: str = "unet", batch: i
         if report.worst_error > tolerance:
             raise DgqError(f"exported graph does not match torch: max abs error {report.worst_error:.3g} "
                            f"> tolerance {tolerance:g}")
-        (tmp / REPORT_NAME).write_text(json.dumps(asdict(report), indent=1, sort_keys=True) + "\n")
+        (tmp / REPORT_NAME).write_text(report_json(asdict(report)))
     return report

@@ -10,7 +10,10 @@ from pathlib import Path
 
 from dgq_compiler.errors import DgqError
 from models import files
-from models.files import remove_stale_temporaries, sha256_file, sigterm_as_interrupt  # noqa: F401 (re-exported)
+from models.files import remove_stale_temporaries, sha256_file, sigterm_as_interrupt
+
+__all__ = ["atomic_path", "check_pair_writable", "check_writable", "manifest_file", "relative_path",
+           "remove_stale_temporaries", "report_json", "sha256_file", "sigterm_as_interrupt", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -55,3 +58,20 @@ def check_pair_writable(manifest: str | Path, overwrite: bool = False) -> Path:
     check_writable(manifest, overwrite)
     check_writable(manifest.with_suffix(".safetensors"), overwrite)
     return manifest
+
+
+def report_json(doc: dict) -> str:
+    """A JSON report's text: sorted keys, and the run-to-run timings (a `seconds` dict) under one top-level
+    `timings` key, so two identical runs give files that differ only there."""
+    import json
+
+    doc = dict(doc)
+    doc["timings"] = doc.pop("seconds", {})
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def relative_path(path: str | Path, folder: str | Path) -> str:
+    """`path` as seen from `folder` (where the report that names it lives), POSIX separators."""
+    import os
+
+    return Path(os.path.relpath(Path(path).resolve(), Path(folder).resolve())).as_posix()

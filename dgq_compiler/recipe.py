@@ -120,15 +120,16 @@ class Recipe:
     fp_modules: tuple[str, ...] = FP_MODULES
 
     def __post_init__(self):
+        if not _integers(self.timesteps) or len(self.timesteps) == 0 or min(self.timesteps) < 0:
+            raise DgqError(f"recipe: timesteps must be a non-empty list of non-negative integers, got "
+                           f"{_shown(self.timesteps)}")
+        if not _integers(self.resolution) or len(self.resolution) != 2 or min(self.resolution) < 1:
+            raise DgqError(f"recipe: resolution must be [H, W], two positive integers, got {_shown(self.resolution)}")
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
         object.__setattr__(self, "resolution", tuple(int(r) for r in self.resolution))
         object.__setattr__(self, "fp_modules", tuple(self.fp_modules))
-        if not self.timesteps:
-            raise DgqError("recipe: the timestep schedule is empty")
         if len(set(self.timesteps)) != len(self.timesteps):
             raise DgqError(f"recipe: timesteps must be distinct, got {list(self.timesteps)}")
-        if len(self.resolution) != 2 or min(self.resolution) < 1:
-            raise DgqError(f"recipe: resolution must be [H, W], got {list(self.resolution)}")
         if not isinstance(self.config, QuantConfig):
             raise DgqError("recipe: config must be a QuantConfig")
         t = len(self.timesteps)
@@ -147,6 +148,17 @@ class Recipe:
     @property
     def T(self) -> int:
         return len(self.timesteps)
+
+    def check_pixel_counts(self) -> None:
+        """Every pixel group map covers the pixels of one resolution level of the recipe's latent (UNet recipes;
+        checked on load, so an entry whose axis was switched from channel to pixel fails there)."""
+        counts = _pixel_counts(self.resolution)
+        for (module, role), tq in sorted(self.tensors.items()):
+            if tq.axis == "pixel" and not _text_tokens(tq) and tq.group_map.shape[1] not in counts:
+                raise DgqError(f"recipe entry ({module}, {role}): its pixel group map covers {tq.group_map.shape[1]} "
+                               f"pixels, but a {self.resolution[0]}x{self.resolution[1]} latent has "
+                               f"{', '.join(map(str, sorted(counts, reverse=True)))} at its resolution levels "
+                               "(axis switched from channel?)")
 
     def step_index(self, timestep) -> int:
         """Index of the nearest calibrated timestep (ties -> the lower index), in float32 like the ONNX graph."""
@@ -241,6 +253,9 @@ class Recipe:
             arrays = load_file(str(arrays_path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise DgqError(f"{what}: cannot read {str(arrays_path)!r}: {exc}") from None
+        if not isinstance(entries, list) or not entries:
+            raise DgqError(f"{what}: field 'tensors' must be a non-empty list of quantizers (an empty recipe "
+                           "quantizes nothing)")
         tensors = {}
         try:
             for e in entries:
@@ -259,8 +274,10 @@ class Recipe:
                 if (tq.module, tq.role) in tensors:
                     raise DgqError(f"{what}: entry ({tq.module}, {tq.role}) appears twice")
                 tensors[(tq.module, tq.role)] = tq
-            return cls(model_name=model_name, config_sha256=config_sha, config=config, timesteps=tuple(timesteps),
-                       resolution=tuple(resolution), tensors=tensors, fp_modules=tuple(fp_modules))
+            recipe = cls(model_name=model_name, config_sha256=config_sha, config=config, timesteps=timesteps,
+                         resolution=resolution, tensors=tensors, fp_modules=tuple(fp_modules))
+            recipe.check_pixel_counts()
+            return recipe
         except (KeyError, TypeError) as exc:
             raise DgqError(f"{what}: a tensor entry is missing field {exc}") from None
         except DgqError as exc:
@@ -278,6 +295,36 @@ class Recipe:
                 if tq.scale.shape[0] != out:
                     raise DgqError(f"recipe ({module}, weight) has {tq.scale.shape[0]} channel scales, "
                                    f"the UNet's weight has {out} output channels")
+
+
+def _integers(values) -> bool:
+    """A list/tuple of integers (strings such as "961,921" are not a schedule)."""
+    return isinstance(values, (list, tuple, range, np.ndarray)) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+
+
+def _shown(value) -> str:
+    text = json.dumps(value if isinstance(value, (str, int, float, list, dict, type(None))) else list(value)
+                      if isinstance(value, tuple) else str(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pixel_counts(resolution) -> set[int]:
+    """Pixels per sample at every resolution level of a UNet at this latent size (stride-2 downsampling rounds up)."""
+    h, w = resolution
+    counts = set()
+    for _ in range(8):
+        counts.add(h * w)
+        h, w = -(-h // 2), -(-w // 2)
+    return counts
+
+
+def _text_tokens(tq: TensorQuant) -> bool:
+    """Entries whose pixel axis is the text tokens (a cross-attention's keys/values and their projections'
+    input), not the latent's pixels: diffusers names a transformer block's cross-attention attn2."""
+    parts = tq.module.split(".")
+    return (parts[-1] == "attn2" and tq.role in ("k", "v")) or \
+        (parts[-2:-1] == ["attn2"] and parts[-1] in ("to_k", "to_v") and tq.role == "input")
 
 
 def config_fingerprint(unet_config) -> str:

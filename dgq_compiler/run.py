@@ -7,6 +7,7 @@ finished (built under a temporary name, then renamed).
 from __future__ import annotations
 
 import json
+from collections import Counter
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -49,8 +50,8 @@ class RunOptions:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
-        if self.guidance <= 1.0:
-            raise DgqError(f"--guidance must be > 1 (classifier-free guidance), got {self.guidance}")
+        if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
+            raise DgqError(f"--guidance must be a finite number > 1 (classifier-free guidance), got {self.guidance}")
 
 
 @dataclass
@@ -67,6 +68,7 @@ class ConfigResult:
     step_snr: list = field(default_factory=list)
     layer_sqnr: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    onnxruntime: dict = field(default_factory=dict)  # ran in a default session (call times: in seconds)
 
 
 def resolve_model(model: str) -> tuple[str, str]:
@@ -140,6 +142,7 @@ class Shared:
     images: dict                # label -> uint8 images; each configuration adds its own
     inventory: object           # the fp32 graph's cost inventory (the same for every configuration)
     recipes: dict = field(default_factory=dict)   # preset -> Recipe
+    fp32_step_s: float | None = None              # median UNet call of the fp32 graph, default onnxruntime session
 
 
 def _stage(timer, name: str):
@@ -177,7 +180,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         prompts = read_prompts(options.prompts)
         if options.num_prompts:
             prompts = prompts[: options.num_prompts]
-        stats = calibrate(pipe, prompts, model_name=label, steps=options.steps, guidance=options.guidance,
+        stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, model_seed=options.seed if source == "tiny" else None, progress=True)
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")
@@ -201,6 +204,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     for name in options.presets:
         with _stage(timer, f"{name}: quantize, compile, verify, check"):
             results.append(_one_config(name, preset(name), stats, shared))
+    dgq = next((name for name in options.presets if name.startswith("dgq")), None)
+    if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
+        with _stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
+            results.append(_one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
 
     with _stage(timer, "cost model"):
         cost = _cost_tables(shared.inventory, options)
@@ -232,8 +239,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 
-def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
-    """quantize -> compile -> verify / check -> images and fidelity -> cost, for one configuration."""
+def _one_config(name: str, config, stats, shared: Shared, target: str | None = None) -> ConfigResult:
+    """quantize (-> adapt to `target`) -> compile -> verify / check -> images and fidelity -> cost, for one
+    configuration; with a target the row is `<preset>@<target>` and the check covers its static graphs."""
+    from dgq_compiler.adapt import adapt_recipe, graphs_for_target, kxk_conv_modules
     from dgq_compiler.compile import CompileOptions, compile_graph
     from dgq_compiler.fakequant import apply_recipe
     from dgq_compiler.quantize import quantize_stats
@@ -248,6 +257,9 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
     timer = StageTimer(digits=2)
     with timer.stage("quantize"):
         recipe, _summary = quantize_stats(stats, config, pipe.unet)
+        if target is not None:
+            recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(shared.export_dir / "unet.onnx"))
+            name = f"{name}@{target}"
         (out / "recipes").mkdir(exist_ok=True)
         recipe_path = recipe.save(out / "recipes" / f"{name}.json")
         shared.recipes[name] = recipe
@@ -255,8 +267,8 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
     with timer.stage("compile"):
         (out / "graphs").mkdir(exist_ok=True)
         graph_dir = out / "graphs" / name
-        report = compile_graph(shared.export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out)),
-                               progress=lambda *_: None)
+        report = compile_graph(shared.export_dir, recipe, graph_dir,
+                               CompileOptions(paths_relative_to=str(out), target=target), progress=lambda *_: None)
         graph = graph_dir / "unet.onnx"
 
     with timer.stage("verify_check"):
@@ -264,13 +276,17 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
                               timesteps=_spread(stats.timesteps, options.verify_timesteps))
         verify.graph = str(graph.relative_to(out))
         (graph_dir / "verify.json").write_text(verify.to_json() + "\n")
-        check = check_graph(graph, CHECK_TARGET)
+        checked = graphs_for_target(graph_dir, CHECK_TARGET, lambda p: Path(p) / "unet.onnx")
+        violations = [v for g in checked for v in check_graph(g, CHECK_TARGET).violations]
         (graph_dir / "check.json").write_text(json.dumps(
-            {"target": CHECK_TARGET, "violations": [asdict(v) for v in check.violations]}, indent=1,
-            sort_keys=True) + "\n")
+            {"target": CHECK_TARGET, "graphs": [g.name for g in checked],
+             "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
 
     with timer.stage("images_and_fidelity"):
-        predictor = onnx_predictor(graph)
+        predictor = onnx_predictor(graph)  # a default session: what a client opens
+        if shared.fp32_step_s is None:
+            shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
+        step_s = _median_call_s(predictor, shared.calls)
         step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states)))
                     for c in shared.calls]
         latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance)
@@ -280,8 +296,10 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
         layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
     seconds = timer.seconds
 
-    row = cost_row(shared.inventory, f"W{config.weight_bits}A{config.act_bits}", groups=config.groups,
-                   steps=len(stats.timesteps), convention="exact", shared_group_map=config.shared_group_map)
+    bits = {role == "weight": tq.bits for (_m, role), tq in recipe.tensors.items()}  # the compiled widths
+    row = cost_row(shared.inventory, f"W{bits.get(True, config.weight_bits)}A{bits.get(False, config.act_bits)}",
+                   groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
+                   shared_group_map=config.shared_group_map and target is None)
     worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
     return ConfigResult(
         preset=name, recipe=str(recipe_path.relative_to(out)), graph=str(graph.relative_to(out)),
@@ -291,10 +309,26 @@ def _one_config(name: str, config, stats, shared: Shared) -> ConfigResult:
                 "max_lsb": max((t.max_lsb for t in verify.tensors), default=0),
                 "overflows": sum(o.overflows for o in verify.overflows),
                 "output_error": max(verify.output_error.values(), default=0.0), "failures": verify.failures},
-        check_violations=check.by_rule(),
+        check_violations=dict(Counter(v.rule for v in violations)),
         cost={"tbops_exact": row.tbops, "model_size_bytes": row.model_size_bytes, "qparam_bytes": row.qparam_bytes},
         step_snr=[(float(t), float(s)) for t, s in step_snr],
-        layer_sqnr={k: float(v) for k, v in layer_sqnr.items()}, seconds=seconds)
+        layer_sqnr={k: float(v) for k, v in layer_sqnr.items()},
+        seconds={**seconds, "unet_call": step_s, "fp32_unet_call": shared.fp32_step_s},  # wall clock: kept apart
+        onnxruntime={"default_session": True})
+
+
+def _median_call_s(predictor, calls, count: int = 3) -> float:
+    """Median wall time of one UNet call over the first `count` reference calls (after one warm-up call)."""
+    import statistics
+
+    first = calls[0]
+    predictor(first.sample, first.timestep, first.states)
+    times = []
+    for c in calls[:count]:
+        start = time.perf_counter()
+        predictor(c.sample, c.timestep, c.states)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _spread(timesteps, count: int) -> list[float]:

@@ -37,15 +37,24 @@ def step_gather(graph: gs.Graph, table: gs.Constant, step: gs.Tensor, prefix: st
                     dtype=dtype)
 
 
+def code_type(tq) -> type:
+    """uint8 storage; an 8-bit grid whose zero points are all 128 is the signed symmetric grid (codes shifted by
+    128, same values), stored as int8 with zero point 0, the form per-tensor INT8 compilers take."""
+    signed = tq.bits == 8 and tq.zero_point.size and np.all(tq.zero_point == 128)
+    return np.int8 if signed else np.uint8
+
+
 def group_params(graph: gs.Graph, tq, prefix: str, step: gs.Tensor):
     """(scale, zero point) tensors for one quantization point: scalars (G = 1, axis tensor) or per-index [N]."""
+    codes = code_type(tq)
+    zero_points = tq.zero_point - (128 if codes is np.int8 else 0)
     scale_table = constant(table_name(prefix, SCALE_TABLE), tq.scale.astype(np.float32))
-    zero_table = constant(table_name(prefix, ZERO_POINT_TABLE), tq.zero_point.astype(np.uint8))
+    zero_table = constant(table_name(prefix, ZERO_POINT_TABLE), zero_points.astype(codes))
     if tq.axis == "tensor":
         return (step_gather(graph, scale_table, step, prefix, "scale", [], np.float32),
-                step_gather(graph, zero_table, step, prefix, "zero_point", [], np.uint8))
+                step_gather(graph, zero_table, step, prefix, "zero_point", [], codes))
     scale_g = step_gather(graph, scale_table, step, prefix, "scale", [-1], np.float32)
-    zero_g = step_gather(graph, zero_table, step, prefix, "zero_point", [-1], np.uint8)
+    zero_g = step_gather(graph, zero_table, step, prefix, "zero_point", [-1], codes)
     # group maps are stored as uint8 (G <= 256; 1/8 of int64 on disk) and cast to int64 indices in the graph
     map_dtype = np.uint8 if tq.scale.shape[1] <= 256 else np.int32
     group_map = constant(table_name(prefix, GROUP_MAP), tq.group_map.astype(map_dtype))
@@ -57,7 +66,7 @@ def group_params(graph: gs.Graph, tq, prefix: str, step: gs.Tensor):
     index = add_node(graph, "Cast", f"{prefix}/group_map/Cast", [row], dtype=np.int64,
                      attrs={"to": onnx.TensorProto.INT64})
     scale = add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale_g, index], attrs={"axis": 0})
-    zero = add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero_g, index], dtype=np.uint8,
+    zero = add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero_g, index], dtype=codes,
                     attrs={"axis": 0})
     return scale, zero
 
@@ -80,7 +89,7 @@ def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor,
             axis = 1
     attrs = {} if axis is None else {"axis": axis}
     q_name = f"{prefix}/QuantizeLinear"
-    codes = add_node(graph, "QuantizeLinear", q_name, [src, scale, zero], dtype=np.uint8, attrs=attrs)
+    codes = add_node(graph, "QuantizeLinear", q_name, [src, scale, zero], dtype=code_type(tq), attrs=attrs)
     if tq.bits < 8:  # a b-bit grid in uint8 storage
         codes = add_node(graph, "Clip", f"{prefix}/Clip",
                          [codes, constant(f"{prefix}/clip_min", np.array(0, np.uint8)),

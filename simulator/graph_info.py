@@ -174,11 +174,12 @@ def _quantizer(g: _Graph, node) -> Quantizer | None:
                          record.bits if record else int(attr_bits), "tensor", 1, False, code, onnx.TensorProto.UINT8,
                          source, True, dequantizer=deq.name if deq is not None else "")
     zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-    code_type = g.elem_type(zp_name, onnx.TensorProto.UINT8) if zp_name else onnx.TensorProto.UINT8
+    zp_table = g.find_table(zp_name, ZERO_POINT_TABLE) if zp_name else None
+    # the codes' type is the zero point's: read it from the [T, G] table when the zero point is gathered per step
+    code_type = g.elem_type(zp_table or zp_name, onnx.TensorProto.UINT8) if zp_name else onnx.TensorProto.UINT8
     storage_bits = NARROW_BITS.get(code_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code_type)).itemsize)
     bits = record.bits if record else int(clip_bits or storage_bits)
     scale_table = g.find_table(node.input[1], SCALE_TABLE)
-    zp_table = g.find_table(zp_name, ZERO_POINT_TABLE) if zp_name else None
     steps, groups = 1, 1
     if scale_table is not None:
         shape = list(g.initializers[scale_table].dims)

@@ -19,7 +19,7 @@ import numpy as np
 
 from dgq_compiler.calibrate.points import QuantPoint
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable, manifest_file, sha256_file
+from dgq_compiler.io import atomic_path, check_pair_writable, manifest_file, sha256_file
 
 FORMAT = "dgq-stats"
 VERSION = 1
@@ -61,8 +61,8 @@ class CalibrationStats:
 
         path = manifest_file(path_json, "statistics")
         arrays_path = path.with_suffix(".safetensors")
-        check_writable(path, overwrite)
-        check_writable(arrays_path, overwrite)
+        check_pair_writable(path, overwrite)
+        self.validate(f"statistics for {str(path)!r}")  # never write what `load` would refuse (e.g. guidance inf)
         with atomic_path(arrays_path) as tmp:
             save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(self.arrays.items())}, str(tmp))
             digest = sha256_file(tmp)
@@ -88,16 +88,11 @@ class CalibrationStats:
             raise DgqError(f"{what} is not a dgq statistics file")
         if doc.get("version") != VERSION:
             raise DgqError(f"{what} has version {doc.get('version')!r}; this dgq reads version {VERSION}")
-        try:
-            arrays_path = path.parent / doc["arrays"]
-            points = tuple(QuantPoint(**p) for p in doc["points"])
-            fields_ = (doc["model"]["name"], doc["model"]["config_sha256"], tuple(doc["timesteps"]),
-                       tuple(doc["resolution"]), doc["sampling"], tuple(doc["prompt_indices"]), points)
-        except (KeyError, TypeError) as exc:
-            raise DgqError(f"{what} is missing or has a malformed field ({exc})") from None
+        fields_ = _manifest_fields(doc, what)
+        arrays_path = path.parent / doc["arrays"]
         if not arrays_path.is_file():
             raise DgqError(f"{what}: its arrays file {str(arrays_path)!r} is missing")
-        if sha256_file(arrays_path) != doc.get("arrays_sha256"):
+        if sha256_file(arrays_path) != doc["arrays_sha256"]:
             raise DgqError(f"{what}: {str(arrays_path)!r} does not match the manifest's sha256 (truncated or modified)")
         try:
             arrays = load_file(str(arrays_path))
@@ -108,6 +103,8 @@ class CalibrationStats:
         return stats
 
     def validate(self, what: str = "statistics") -> None:
+        """Every point's arrays present, one row per step, finite, and every minimum at most its maximum
+        (swapped or corrupted statistics would give scales of 1e-8 and a graph that quantizes nothing well)."""
         t = len(self.timesteps)
         for p in self.points:
             base = f"{p.module}/{p.role}/"
@@ -115,9 +112,66 @@ class CalibrationStats:
             for stat in needed:
                 if base + stat not in self.arrays:
                     raise DgqError(f"{what}: array {base + stat!r} is missing")
-        for name, array in self.arrays.items():
+        for name, array in sorted(self.arrays.items()):
             if array.shape[:1] != (t,):
                 raise DgqError(f"{what}: array {name!r} has {array.shape[0] if array.ndim else 0} steps, expected T = {t}")
+            if not np.all(np.isfinite(array)):
+                raise DgqError(f"{what}: array {name!r} has {int(np.size(array) - np.isfinite(array).sum())} "
+                               "non-finite values (NaN or inf), expected finite statistics")
+            if name.endswith("_min") and name[:-4] + "_max" in self.arrays:
+                high = self.arrays[name[:-4] + "_max"]
+                if high.shape != array.shape:
+                    raise DgqError(f"{what}: arrays {name!r} {list(array.shape)} and {name[:-4] + '_max'!r} "
+                                   f"{list(high.shape)} differ in shape")
+                if np.any(array > high):
+                    raise DgqError(f"{what}: array {name!r} exceeds {name[:-4] + '_max'!r} at "
+                                   f"{int(np.count_nonzero(array > high))} places, expected min <= max "
+                                   "(swapped or corrupted statistics)")
+
+
+def _manifest_fields(doc: dict, what: str) -> tuple:
+    """The constructor fields of a statistics manifest, each checked for type and range (one line per problem)."""
+    def need(ok, field_, expected):
+        if not ok:
+            value = doc.get(field_) if "." not in field_ else None
+            raise DgqError(f"{what}: field {field_!r} must be {expected}"
+                           + (f", got {json.dumps(value)[:60]}" if value is not None else ""))
+
+    def int_list(value, low=0):
+        return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= low
+                                               for v in value)
+
+    for key in ("model", "timesteps", "resolution", "sampling", "prompt_indices", "points", "arrays", "arrays_sha256"):
+        need(key in doc, key, "present (missing from the manifest)")
+    model = doc["model"]
+    need(isinstance(model, dict) and isinstance(model.get("name"), str) and model.get("name"), "model",
+         "an object with a non-empty 'name'")
+    need(isinstance(model.get("config_sha256"), str), "model", "an object with a 'config_sha256' string")
+    need(int_list(doc["timesteps"]) and doc["timesteps"] and len(set(doc["timesteps"])) == len(doc["timesteps"]),
+         "timesteps", "a non-empty list of distinct non-negative integers")
+    need(int_list(doc["resolution"], low=1) and len(doc["resolution"]) == 2, "resolution",
+         "[height, width], two positive integers")
+    sampling = doc["sampling"]
+    need(isinstance(sampling, dict), "sampling", "an object (scheduler, steps, guidance, seed, ...)")
+    guidance = sampling.get("guidance")
+    need(guidance is None or (isinstance(guidance, (int, float)) and np.isfinite(guidance)), "sampling.guidance",
+         "a finite number")
+    need(int_list(doc["prompt_indices"]) and len(set(doc["prompt_indices"])) == len(doc["prompt_indices"]),
+         "prompt_indices", "a list of distinct non-negative integers")
+    need(isinstance(doc["arrays"], str) and doc["arrays"] and "/" not in doc["arrays"], "arrays",
+         "the file name of the arrays beside the manifest")
+    need(isinstance(doc["arrays_sha256"], str) and len(doc["arrays_sha256"]) == 64, "arrays_sha256",
+         "the 64-digit sha256 of the arrays file")
+    try:
+        points = tuple(QuantPoint(**p) for p in doc["points"])
+    except TypeError as exc:
+        raise DgqError(f"{what}: field 'points' must be a list of quantization points ({exc})") from None
+    for p in points:
+        need(isinstance(p.module, str) and isinstance(p.role, str) and isinstance(p.channels, int)
+             and isinstance(p.pixels, int) and p.channels >= 1 and p.pixels >= 0, "points",
+             f"points with a module, a role and non-negative channel/pixel counts (bad: {p.module!r})")
+    return (model["name"], model["config_sha256"], tuple(doc["timesteps"]), tuple(doc["resolution"]), sampling,
+            tuple(doc["prompt_indices"]), points)
 
 
 def merge_stats(parts: list[CalibrationStats]) -> CalibrationStats:

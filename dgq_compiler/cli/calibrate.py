@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -12,19 +14,20 @@ def register(sub) -> None:
                     "per-channel and per-pixel/token min/max and the attention statistics. Writes STATS.json "
                     "(manifest) + STATS.safetensors. Shards (--shard i/n) merge exactly with `dgq merge-stats`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="a local diffusers pipeline folder, or 'tiny' (the embedded random pipeline)")
+    p.add_argument("model", help="a local diffusers pipeline folder, 'embedded' (the shipped trained model) or "
+                                 "'tiny' (the embedded random pipeline); the statistics record it for `dgq quantize`")
     p.add_argument("-o", "--output", required=True, help="statistics manifest to write (.json; arrays beside it)")
     p.add_argument("--prompts", default=None,
                    help="text file with one prompt per line; None: the 64 built-in calibration prompts")
-    p.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts of the set; None: all")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (PNDM)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (> 1)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (prompt i uses seed + i)")
+    p.add_argument("--num-prompts", type=argtypes.count, default=None, help="use only the first N prompts of the set; None: all")
+    p.add_argument("--steps", type=argtypes.steps, default=25, help="denoising steps (PNDM)")
+    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale (> 1)")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (prompt i uses seed + i)")
     p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
-    p.add_argument("--latent-size", type=int, default=None, help="latent height/width; None: the UNet's sample_size")
+    p.add_argument("--latent-size", type=argtypes.latent_size, default=None, help="latent height/width; None: the UNet's sample_size")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N slices of the prompts (0-based)")
     p.add_argument("--device", default=None, help="torch device; None: cuda if available, else cpu")
-    p.add_argument("--model-seed", type=int, default=0, help="weights seed of the 'tiny' model")
+    p.add_argument("--model-seed", type=argtypes.seed, default=0, help="weights seed of the 'tiny' model")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=run)
 
@@ -46,26 +49,22 @@ def run(args) -> int:
     from pathlib import Path
 
     from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, shard_indices
+    from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_writable
+    from dgq_compiler.io import check_pair_writable
+    from dgq_compiler.run import resolve_model
 
     out = Path(args.output)
     if out.suffix != ".json":
         raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
-    check_writable(out, args.overwrite)
-    check_writable(out.with_suffix(".safetensors"), args.overwrite)
-    if args.steps < 1:
-        raise DgqError(f"--steps must be at least 1, got {args.steps}")
-    if args.latent_size is not None and (args.latent_size < 8 or args.latent_size % 8):
-        raise DgqError(f"--latent-size must be a positive multiple of 8, got {args.latent_size}")
+    check_pair_writable(out, args.overwrite)
     prompts = read_prompts(args.prompts)
     if args.num_prompts is not None:
-        if args.num_prompts < 1:
-            raise DgqError(f"--num-prompts must be at least 1, got {args.num_prompts}")
         prompts = prompts[: args.num_prompts]
     indices = shard_indices(len(prompts), parse_shard(args.shard))
-    pipe = open_pipeline(args.model, seed=args.model_seed, device=args.device)
+    pipe = open_pipeline(resolve_model(args.model)[0], seed=args.model_seed, device=args.device)
+    check_attention_memory(pipe.unet.config, args.latent_size or int(pipe.unet.config.sample_size), 2)  # cond+uncond
     start = time.perf_counter()
     stats = calibrate(pipe, prompts, model_name=args.model, steps=args.steps, guidance=args.guidance,
                       seed=args.seed, indices=indices, latent_size=args.latent_size,

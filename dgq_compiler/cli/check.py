@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
 from dgq_compiler.cli.graph_args import add_graph_and_target
 
 
@@ -16,26 +17,40 @@ def register(sub) -> None:
                     "lengths. Exits 1 when there are violations.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_graph_and_target(p)
-    p.add_argument("--latent-size", type=int, default=None,
+    p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
                    help="latent height/width for attention reduction lengths; none: from compile.json/export.json or the model")
-    p.add_argument("--batch", type=int, default=2, help="batch used for shape inference")
+    p.add_argument("--batch", type=argtypes.batch, default=2, help="batch used for shape inference")
     p.add_argument("--all", action="store_true", help="list every violation, not only the first 40")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from dgq_compiler.cli.graph_args import read_graph
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.verify import latent_size_of, resolve_graph
+    from dgq_compiler.verify import latent_size_of
     from simulator.check import check_graph, load_for_analysis
 
-    graph = resolve_graph(args.graph)
-    model = load_for_analysis(graph)
-    try:
-        latent = latent_size_of(model, graph, args.latent_size)
-    except DgqError:  # attention reduction lengths then stay unknown
-        latent = None
-    report = check_graph(model, args.target, latent_size=latent, batch=args.batch)
+    from dgq_compiler.adapt import graphs_for_target
+
+    graphs = graphs_for_target(args.graph, args.target, lambda p: read_graph(p, "compiled")[0])
+    reports = []
+    for graph in graphs:  # a compile for a constant-scale target: every static per-step graph
+        model = load_for_analysis(graph)
+        try:
+            latent = latent_size_of(model, graph, args.latent_size)
+        except DgqError:  # attention reduction lengths then stay unknown
+            latent = None
+        report = check_graph(model, args.target, latent_size=latent, batch=args.batch)
+        if not report.info.quantizers:
+            raise DgqError(f"graph {str(graph)!r} has no quantizers: nothing to check")
+        reports.append(report)
+    report = next((r for r in reports if not r.ok), reports[0])
+    graph = graphs[reports.index(report)]
+    if len(graphs) > 1:
+        print(format_table(["graph", "violations"], [[str(g), len(r.violations)] for g, r in zip(graphs, reports)],
+                           title=f"{len(graphs)} static graphs (compiled for {args.target}); details of {graph.name}"))
+        print()
     shown = report.violations if args.all else report.violations[:40]
     if report.violations:
         print(format_table(["node", "rule", "graph asks", "target allows"],

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,18 +24,21 @@ def register(sub) -> None:
     p.add_argument("--reference", default=None,
                    help="local diffusers pipeline/UNet folder the export came from: also report the end-to-end "
                         "output error vs the torch fake-quant UNet at every calibrated step")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=argtypes.tolerance, default=None,
                    help="fake-quant point check: largest allowed fraction of quantized elements that differ from "
                         "torch fake-quant on the same input (each by at most 1 LSB) (default 1e-4)")
     p.add_argument("--check-points", choices=("auto", "yes", "no"), default="auto",
                    help="run the fake-quant point check at every calibrated step (auto: graphs under 300 MB)")
-    p.add_argument("--target", default=None, choices=("onnxruntime-cpu", "onnxruntime-cpu-fast"),
-                   help="lower for a runtime: onnxruntime-cpu = every quantized Conv/Linear as integer ops a default "
-                        "onnxruntime session runs on its integer kernels (u8 codes x s8 weights, int32 accumulators, "
-                        "float epilogue), exact against the simulator (check with dgq verify --target onnxruntime-cpu); "
-                        "writes lowering.json (the kernel of every lowered op); onnxruntime-cpu-fast = the same with "
-                        "per-tensor Convs/MatMuls as QLinearConv/QLinearMatMul, which requantize their output (an "
-                        "extra rounding, output grids measured on the exact lowering; its extra error is printed)")
+    p.add_argument("--target", default=None,
+                   help="compile for a hardware target (preset: generic-npu, tensorrt-int8, onnxruntime-cpu, "
+                        "onnxruntime-cpu-fast, or a .json/.toml file): the recipe is adapted to what the target "
+                        "supports and compile prints what it gave up; a target that takes only constant scales gets "
+                        "the static per-step graphs (check those). onnxruntime-cpu also lowers every quantized "
+                        "Conv/Linear to integer ops a default onnxruntime session runs on its integer kernels (u8 "
+                        "codes x s8 weights, int32 accumulators, float epilogue), exact against the simulator (check "
+                        "with dgq verify), and writes lowering.json; onnxruntime-cpu-fast = the same with per-tensor "
+                        "Convs/MatMuls as QLinearConv/QLinearMatMul, which requantize their output (an extra "
+                        "rounding; its extra error is printed)")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
@@ -44,19 +49,36 @@ def _size(n: int) -> str:
 
 
 def run(args) -> int:
+    from dgq_compiler.cli.graph_args import ort_errors, quiet_onnxruntime, read_graph
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.compile import DEFAULT_TOLERANCE, compile_graph
+    from dgq_compiler.errors import DgqError
+    from dgq_compiler.io import check_writable
+    from dgq_compiler.recipe import Recipe
 
+    check_writable(args.output, args.overwrite, kind="folder")
+    graph = read_graph(args.graph, "export")[0]  # a truncated or wrong file fails here, not in the passes
+    recipe = Recipe.load(args.recipe)
     reference = None
     if args.reference:
         from models.loader import load_unet
         reference = load_unet(args.reference)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    report = compile_graph(args.graph, args.recipe, args.output, static=args.static, overwrite=args.overwrite,
-                           reference_unet=reference, tolerance=tolerance, validate=not args.no_validate,
-                           check_points={"auto": None, "yes": True, "no": False}[args.check_points],
-                           target=args.target)
+    quiet_onnxruntime()
+    try:
+        report = compile_graph(graph, recipe, args.output, static=args.static, overwrite=args.overwrite,
+                               reference_unet=reference, tolerance=tolerance, validate=not args.no_validate,
+                               check_points={"auto": None, "yes": True, "no": False}[args.check_points],
+                               target=args.target)
+    except ort_errors() as exc:  # a recipe that passed its checks but makes a graph onnxruntime refuses
+        reason = str(exc).strip().splitlines()[0][:300]
+        raise DgqError(f"the compiled graph does not run in onnxruntime (recipe {args.recipe!r} does not fit "
+                       f"graph {str(graph)!r}?): {reason}") from None
     print(format_table(["role", "quantizer", "bits", "axis", "tensors"], report.tensors, title="quantized tensors"))
+    if report.target:
+        print()
+        print(format_table(["gave up", "tensors", "recipe asked", "target gets"], report.gave_up or [["nothing", 0, "", ""]],
+                           title=f"adapted to {report.target}"))
     if report.kernels:
         print()
         print(format_table(["kernel", "ops", "accumulators"], report.kernels,

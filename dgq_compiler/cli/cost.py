@@ -71,21 +71,27 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
+    from dgq_compiler.cli.argtypes import MAX_BATCH, MAX_LATENT, MAX_STEPS
     from dgq_compiler.errors import DgqError
     from simulator.cost import STANDARD_GROUPS, cost_row, load_inventory, parse_bits, standard_rows
     from simulator.cost.roofline import estimate, op_estimates
     from simulator.targets import load_target
 
     if args.measure_target:
+        given = [flag for flag, value in (("--model", args.model), ("--bits", args.bits), ("--groups", args.groups),
+                                          ("--resolution", args.resolution), ("--batch", args.batch)) if value is not None]
+        if given or args.json:
+            raise DgqError(f"--measure-target measures this machine and takes only -o/--overwrite, not "
+                           f"{(given or ['--json'])[0]}")
         return _measure(args)
     if args.output is not None or args.overwrite:
         raise DgqError("-o/--overwrite go with --measure-target (dgq cost prints its figures)")
     if args.model is None:
         raise DgqError("--model is required (or --measure-target -o FILE to measure this machine)")
-    for flag, value in (("--batch", args.batch), ("--groups", args.groups), ("--steps", args.steps),
-                        ("--resolution", args.resolution)):
-        if value is not None and value < 1:
-            raise DgqError(f"{flag} must be a positive integer, got {value}")
+    for flag, value, high in (("--batch", args.batch, MAX_BATCH), ("--groups", args.groups, 1 << 16),
+                              ("--steps", args.steps, MAX_STEPS), ("--resolution", args.resolution, MAX_LATENT * 8)):
+        if value is not None and not 1 <= value <= high:
+            raise DgqError(f"{flag} must be a positive integer, at most {high}, got {value}")
     if args.groups is not None and args.bits is None:
         raise DgqError("--groups needs --bits (the standard table uses G = 8 and 16)")
     bits = parse_bits(args.bits) if args.bits is not None else None  # bad input fails before any work
@@ -95,6 +101,10 @@ def run(args) -> int:
                        "add one or pick a preset")
     batch, resolution = graph_dims(args.model, args.batch, args.resolution)
     inventory = load_inventory(args.model, batch=batch, resolution=resolution, convention=args.convention)
+    widest = max((p.channels for p in inventory.points), default=0)
+    if args.groups is not None and widest and args.groups > widest:  # a group needs at least one channel
+        raise DgqError(f"--groups {args.groups} is more than the widest quantization point of {args.model} has "
+                       f"channels ({widest}): expected at most {widest}")
     options = {"steps": args.steps, "convention": args.convention, "shared_group_map": args.shared_group_map}
     if bits is not None:
         rows = [cost_row(inventory, bits, groups=args.groups or STANDARD_GROUPS[0], **options)]
@@ -240,5 +250,5 @@ def _tables(args, inventory, rows, estimates) -> str:
                                  kinds, title=f"{r.name} G={r.groups} per op kind, one step on {e.target}")]
         moved = [[part.replace("_", " "), round(v / 1e6, 3)] for part, v in e.step_bytes.items()]
         out += ["", format_table(["bytes moved per step", "MB"], moved,
-                                 title="DRAM bytes by part (partial sums: on-chip only)")]
+                                 title="bytes by part (DRAM; partial sums and fused logits: on chip)")]
     return "\n".join(out)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -17,12 +19,12 @@ def register(sub) -> None:
     p.add_argument("--prompts", default=None,
                    help="text file, one prompt per line (default: the held-out shapes prompts)")
     p.add_argument("-o", "--output", required=True, help="grid image to write (.png)")
-    p.add_argument("--steps", type=int, default=25, help="PNDM denoising steps")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (one generator for the whole run)")
-    p.add_argument("--batch", type=int, default=16, help="prompts sampled together")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
-    p.add_argument("--images-per-prompt", type=int, default=1,
+    p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM denoising steps")
+    p.add_argument("--guidance", type=argtypes.guidance, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (one generator for the whole run)")
+    p.add_argument("--batch", type=argtypes.batch, default=16, help="prompts sampled together")
+    p.add_argument("--limit", type=argtypes.count, default=None, help="use only the first N prompts")
+    p.add_argument("--images-per-prompt", type=argtypes.int_range(1, 64), default=1,
                    help="images sampled per prompt (more give a steadier Fréchet distance)")
     p.add_argument("--evaluator", default=None, help="evaluator folder (default: the shipped one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing grid image")
@@ -96,19 +98,15 @@ def run(args) -> int:
     from models.loader import load_pipeline
     from models.trained import shapes_prompts_file, trained_pipeline_dir
 
-    for flag, value in (("--steps", args.steps), ("--batch", args.batch),
-                        ("--images-per-prompt", args.images_per_prompt)):
-        if value < 1:
-            raise DgqError(f"{flag} must be at least 1, got {value}")
-    if args.limit is not None and args.limit < 1:
-        raise DgqError(f"--limit must be at least 1, got {args.limit}")
     if Path(args.output).suffix.lower() != ".png":
         raise DgqError(f"output {args.output!r} must be a .png file")
     check_writable(args.output, overwrite=args.overwrite)
     prompts_path = Path(args.prompts) if args.prompts else shapes_prompts_file("shapes_heldout.txt")
     prompts = [p for p in read_prompts(prompts_path)[:args.limit] for _ in range(args.images_per_prompt)]
     if len(prompts) < 2:
-        raise DgqError(f"prompt file {str(prompts_path)!r} needs at least 2 prompts for the Fréchet distance")
+        raise DgqError(f"the Fréchet distance needs at least 2 images: {len(prompts) // args.images_per_prompt} "
+                       f"prompt(s) from {str(prompts_path)!r}{' (--limit)' if args.limit else ''} x "
+                       f"{args.images_per_prompt} image(s) per prompt (raise --limit or --images-per-prompt)")
     evaluator = load_evaluator(args.evaluator)
     pipe = load_pipeline(args.pipeline or trained_pipeline_dir())
     torch.manual_seed(args.seed)

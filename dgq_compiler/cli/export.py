@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -15,29 +17,26 @@ def register(sub) -> None:
                                  "or a local diffusers pipeline or UNet folder")
     p.add_argument("-o", "--output", required=True,
                    help="output folder to create: unet.onnx, module_map.json, export.json")
-    p.add_argument("--batch", type=int, default=2, help="batch used to trace and validate (2 = CFG)")
-    p.add_argument("--latent-size", type=int, default=None,
+    p.add_argument("--batch", type=argtypes.batch, default=2, help="batch used to trace and validate (2 = CFG)")
+    p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
                    help="latent height/width used to trace and validate (default: the UNet's sample_size)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and validation inputs")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed for random weights and validation inputs")
+    p.add_argument("--tolerance", type=argtypes.tolerance, default=1e-4,
                    help="largest allowed |onnxruntime - torch| / max(1, max|torch|)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
-    from dgq_compiler.errors import DgqError
     from dgq_compiler.export import export_unet
     from dgq_compiler.io import check_writable
     from models.loader import get_unet
 
-    if args.batch < 1:
-        raise DgqError(f"--batch must be at least 1, got {args.batch}")
-    if args.latent_size is not None and (args.latent_size < 8 or args.latent_size % 8):
-        raise DgqError(f"--latent-size must be a positive multiple of 8, got {args.latent_size}")
     check_writable(args.output, overwrite=args.overwrite, kind="folder")  # before minutes of loading and tracing
     unet = get_unet(args.model, seed=args.seed)
+    check_attention_memory(unet.config, args.latent_size or int(unet.config.sample_size), args.batch)
     report = export_unet(unet, args.output, model_name=args.model, batch=args.batch,
                          latent_size=args.latent_size, seed=args.seed, tolerance=args.tolerance,
                          overwrite=args.overwrite)

@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         print(f"dgq {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"dgq {args.command}: error: out of memory: expected a smaller --latent-size or --batch "
+              "(or more free memory)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dgq {args.command}: interrupted", file=sys.stderr)
         return 130

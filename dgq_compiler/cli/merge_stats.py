@@ -22,13 +22,12 @@ def run(args) -> int:
     from dgq_compiler.calibrate.stats import CalibrationStats, merge_stats
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_writable
+    from dgq_compiler.io import check_pair_writable
 
     out = Path(args.output)
     if out.suffix != ".json":
         raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
-    check_writable(out, args.overwrite)
-    check_writable(out.with_suffix(".safetensors"), args.overwrite)
+    check_pair_writable(out, args.overwrite)
     parts = [CalibrationStats.load(p) for p in args.parts]
     merged = merge_stats(parts)
     merged.save(out, overwrite=args.overwrite)

@@ -27,7 +27,8 @@ def run(args) -> int:
     resolve_compiled(args.compiled)  # bad input fails before any loading
     check_writable(args.output, overwrite=args.overwrite)
     report = package_pipeline(args.compiled, args.pipeline, args.output, overwrite=args.overwrite)
-    rows = [[c, f, i, o, "-" if e is None else f"{e:.2g}", f"{b / 1e6:.2f} MB"] for c, f, i, o, e, b in report.components]
+    rows = [[c, f, i, o, "-" if e is None else f"{e:.2g}", f"{b / 1e6:.2f} MB"]
+            for c, f, i, o, e, b in report.components]
     print(format_table(["component", "file", "inputs", "outputs", "max error vs torch", "size"], rows,
                        title=f"dgq package: {report.output} ({report.seconds['total']:.0f} s)"))
     return 0

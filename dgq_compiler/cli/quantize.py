@@ -16,8 +16,8 @@ def register(sub) -> None:
     p.add_argument("--preset", default="dgq-w8a8-g8",
                    help="a preset name (dgq-wXaY-gG[-shared], qdiffusion-wXaY, tfmq-wXaY) or a config JSON file")
     p.add_argument("--model", default=None,
-                   help="where the weights are: 'tiny' or a diffusers pipeline/UNet folder; None: the model "
-                        "the statistics were calibrated on")
+                   help="where the weights are: 'embedded', 'tiny' or a diffusers pipeline/UNet folder; None: the "
+                        "model the statistics name (the one they were calibrated on)")
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=run)
@@ -32,8 +32,9 @@ def run(args) -> int:
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.config import PRESET_NAMES, resolve_config
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_writable
+    from dgq_compiler.io import check_pair_writable
     from dgq_compiler.quantize import quantize_stats
+    from dgq_compiler.run import resolve_model
 
     if args.list_presets:
         print("\n".join(PRESET_NAMES))
@@ -43,12 +44,11 @@ def run(args) -> int:
     out = Path(args.output)
     if out.suffix != ".json":
         raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
-    check_writable(out, args.overwrite)
-    check_writable(out.with_suffix(".safetensors"), args.overwrite)
+    check_pair_writable(out, args.overwrite)
     config = resolve_config(args.preset)
     stats = CalibrationStats.load(args.stats)
     model = args.model or stats.model_name
-    unet = open_unet(model, stats.sampling.get("model_seed") or 0)
+    unet = open_unet(resolve_model(model)[0], stats.sampling.get("model_seed") or 0)
     start = time.perf_counter()
     recipe, summary = quantize_stats(stats, config, unet, progress=True)
     seconds = time.perf_counter() - start

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     from dgq_compiler.run import DEFAULT_PRESETS
@@ -19,20 +21,27 @@ def register(sub) -> None:
     p.add_argument("--presets", default=",".join(DEFAULT_PRESETS),
                    help="comma-separated quantization presets (see `dgq quantize --list-presets`)")
     p.add_argument("--prompts", help="calibration prompt file, one per line (default: the shipped 64 captions)")
-    p.add_argument("--num-prompts", type=int, help="use only the first N calibration prompts")
+    p.add_argument("--num-prompts", type=argtypes.count, help="use only the first N calibration prompts")
     p.add_argument("--image-prompts", help="prompt file for the image grid (default: the held-out prompts)")
-    p.add_argument("--num-images", type=int, default=4, help="columns of the image grid")
-    p.add_argument("--steps", type=int, default=25, help="PNDM sampling steps (calibration and images)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling (and of the random tiny weights)")
+    p.add_argument("--num-images", type=argtypes.int_range(1, 16), default=4, help="columns of the image grid")
+    p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
+    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of sampling (and of the random tiny weights)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from dgq_compiler.calibrate.run import read_prompts
     from dgq_compiler.cli.table import format_table
+    from dgq_compiler.io import check_writable
     from dgq_compiler.report.markdown import SUMMARY_HEADERS, summary_rows
     from dgq_compiler.run import RunOptions, run as run_all
+
+    check_writable(args.output, args.overwrite, kind="folder")
+    for prompts in (args.prompts, args.image_prompts):  # read now: the stages read them minutes later
+        if prompts:
+            read_prompts(prompts)
 
     options = RunOptions(model=args.model, presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
                          prompts=args.prompts, num_prompts=args.num_prompts, image_prompts=args.image_prompts,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
 from dgq_compiler.cli.graph_args import add_graph_and_target
 
 
@@ -16,55 +17,57 @@ def register(sub) -> None:
                     "is beyond the target's verify tolerance.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_graph_and_target(p)
-    p.add_argument("--timesteps", default=None,
+    p.add_argument("--timesteps", type=argtypes.timesteps, default=None,
                    help="comma-separated timesteps; none: the first, middle and last calibrated step")
-    p.add_argument("--batch", type=int, default=2, help="batch (2 = cond + uncond)")
-    p.add_argument("--latent-size", type=int, default=None,
+    p.add_argument("--batch", type=argtypes.batch, default=2, help="batch (2 = cond + uncond)")
+    p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
                    help="latent height/width; none: from compile.json/export.json beside the graph, or the model")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the random inputs")
     p.add_argument("--json", default=None, help="also write the full report to this JSON file")
     p.add_argument("--all-tensors", action="store_true", help="list every tensor, not only the 25 worst")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=run)
 
 
-def _timesteps(text):
-    from dgq_compiler.errors import DgqError
-
-    if text is None:
-        return None
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise DgqError(f"--timesteps must be comma-separated numbers, got {text!r}") from None
-
-
 def run(args) -> int:
+    import json
+    from pathlib import Path
+
     from tqdm import tqdm
 
+    from dgq_compiler.cli.graph_args import ort_errors, quiet_onnxruntime, read_graph
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_writable, write_text_atomic
+    from dgq_compiler.io import check_writable, relative_path, report_json, write_text_atomic
     from dgq_compiler.verify import verify_graph
+    from simulator.targets import load_target
 
-    if args.batch < 1:
-        raise DgqError(f"--batch must be at least 1, got {args.batch}")
     if args.json:
         check_writable(args.json, overwrite=args.overwrite)
-    lowered_for = _lowered_for(args.graph)
+    graph = read_graph(args.graph, "compiled")[0]
+    lowered_for = _lowered_for(graph)
     if lowered_for:  # an integer-lowered graph: its accumulators against the simulator's integer kernels
-        return _run_lowered(args, lowered_for)
+        return _run_lowered(args, graph, lowered_for)
+    target = load_target(args.target)  # a bad target name fails before the progress bar starts
+    quiet_onnxruntime()
     bar = tqdm(desc="verify", unit="run", leave=False)
 
     def progress(msg):
         bar.set_postfix_str(msg)
         bar.update(1)
 
-    report = verify_graph(args.graph, args.target, _timesteps(args.timesteps), args.batch, args.latent_size,
-                          args.seed, progress=progress)
-    bar.close()
-    if args.json:
-        write_text_atomic(args.json, report.to_json())
+    try:
+        report = verify_graph(graph, target, args.timesteps, args.batch, args.latent_size,
+                              args.seed, progress=progress)
+    except ort_errors() as exc:
+        reason = str(exc).strip().splitlines()[0][:300]
+        raise DgqError(f"onnxruntime cannot run {str(graph)!r} at batch {args.batch}, latent size "
+                       f"{args.latent_size or 'from compile.json'}: {reason}") from None
+    finally:
+        bar.close()
+    if args.json:  # paths relative to the JSON file, timings apart: identical runs give identical files
+        doc = {**json.loads(report.to_json()), "graph": relative_path(graph, Path(args.json).parent)}
+        write_text_atomic(args.json, report_json(doc))
     tol = report.tolerance
     rows = sorted(report.tensors, key=lambda r: (-r.mismatch_rate, -r.max_lsb, r.module))
     shown = rows if args.all_tensors else rows[:25]
@@ -106,23 +109,15 @@ def run(args) -> int:
 
 def _lowered_for(graph) -> str | None:
     """The target a graph was lowered for (model metadata dgq.lowered), or None for a QDQ graph."""
-    from pathlib import Path
-
     import onnx
 
-    from dgq_compiler.errors import DgqError
+    from passes.lower_common import LOWERED
 
-    path = Path(graph) / "unet.onnx" if Path(graph).is_dir() else Path(graph)
-    if not path.is_file():
-        raise DgqError(f"graph {str(path)!r} not found (expected a compiled folder or its unet.onnx)")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # a truncated or foreign file: one line, not a protobuf traceback
-        raise DgqError(f"graph {str(path)!r} is not a readable ONNX model: {exc}") from None
-    return {p.key: p.value for p in model.metadata_props}.get("dgq.lowered")
+    model = onnx.load(str(graph), load_external_data=False)  # read_graph has checked it is a readable model
+    return {p.key: p.value for p in model.metadata_props}.get(LOWERED)
 
 
-def _run_lowered(args, lowered_for: str) -> int:
+def _run_lowered(args, graph, lowered_for: str) -> int:
     """An integer-lowered graph: its int32 accumulators (onnxruntime) vs the simulator's integer kernels."""
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
@@ -131,7 +126,7 @@ def _run_lowered(args, lowered_for: str) -> int:
 
     if args.target != lowered_for:
         raise DgqError(f"{args.graph!r} was lowered for {lowered_for}: verify it with --target {lowered_for}")
-    report = verify_lowered(args.graph, _timesteps(args.timesteps), args.batch, args.seed, args.latent_size)
+    report = verify_lowered(graph, args.timesteps, args.batch, args.seed, args.latent_size)
     if args.json:
         write_text_atomic(args.json, report.to_json())
     ops = sorted(report.ops, key=lambda o: (-o.mismatches, -o.code_mismatches, o.module))

@@ -53,6 +53,7 @@ def point_errors(compiled: Path, recipe, batch: int = 2, seed: int = 0) -> dict:
     from dgq_compiler.fakequant import quantize_log2, quantize_uniform
     from passes.contract import QuantizerRecord, dequantizer_name, is_compiler_node, is_quantizer_node
     from passes.graph_query import GraphIndex, attribute
+    from passes.qdq import code_type
 
     model = onnx.load(str(compiled), load_external_data=False)
     index = GraphIndex(model.graph)
@@ -64,11 +65,14 @@ def point_errors(compiled: Path, recipe, batch: int = 2, seed: int = 0) -> dict:
         dq_node = index.node(dequantizer_name(node.name, node.op_type))
         points.append((record, list(node.input), dq_node.output[0], attribute(node, "axis")))
     wanted = sorted({t for _r, inputs, out, _a in points for t in inputs + [out]})
+    signed = {inputs[2] for record, inputs, _o, _a in points  # zero points of int8 (signed symmetric) storage
+              if record.quantizer == "uniform" and code_type(recipe.tensors[(record.module, record.role)]) is np.int8}
     elem = {}
     for name in wanted:
         producer = index.producer.get(name)
-        elem[name] = onnx.TensorProto.UINT8 if producer is not None and is_quantizer_node(producer) else (
-            onnx.TensorProto.UINT8 if "zero_point" in name else onnx.TensorProto.FLOAT)
+        codes = onnx.TensorProto.INT8 if name in signed else onnx.TensorProto.UINT8
+        elem[name] = codes if producer is not None and is_quantizer_node(producer) else (
+            codes if "zero_point" in name else onnx.TensorProto.FLOAT)
     model = runtime.with_outputs(model, {n: elem[n] for n in wanted})
     session = runtime.session(model, "reference", base_dir=compiled.parent)
     results = {}
@@ -89,6 +93,8 @@ def point_errors(compiled: Path, recipe, batch: int = 2, seed: int = 0) -> dict:
                     lsb = np.abs(np.log2(np.where(ref > 0, got / ref, 1.0)))
             else:
                 scale, zero = values[inputs[1]], values[inputs[2]].astype(np.float32)
+                if code_type(tq) is np.int8:  # signed symmetric storage: the recipe's zero point 128, shifted
+                    zero = zero + 128
                 expected = tq.scale[step] if tq.group_map is None else \
                     tq.scale[step][tq.group_map[0 if tq.group_map.shape[0] == 1 else step]]
                 if not np.array_equal(np.ravel(scale), np.ravel(expected).astype(np.float32)):

@@ -147,13 +147,14 @@ def verify_graph(graph: str | Path, target="generic-npu", timesteps=None, batch:
 
     from simulator.executor import Simulator
     from simulator.graph_info import analyse
+    from simulator.check import load_for_analysis
     from simulator.targets import load_target
 
     progress = progress or (lambda *_: None)
     graph = resolve_graph(graph)
     target = load_target(target)
-    try:
-        model = onnx.load(str(graph), load_external_data=False)
+    try:  # scales and zero points loaded also when they live in a weights file (static compiles)
+        model = load_for_analysis(graph)
     except Exception as exc:  # noqa: BLE001
         raise DgqError(f"graph {str(graph)!r} is not a readable ONNX model: {exc}") from None
     has_sample = any(vi.name == "sample" for vi in model.graph.input)

@@ -6,7 +6,8 @@ Per op (traffic from `simulator.cost.traffic`; rates, bandwidths, buffer, energi
                    if operands + output exceed the buffer, the smaller operand is held in chunks of half
                    the buffer and the larger one streamed once per chunk:
                        re-read = larger x (ceil(smaller / (buffer / 2)) - 1)
-    on-chip bytes  every DRAM byte passes the buffer once, plus the split-K partial sums
+    on-chip bytes  every DRAM byte passes the buffer once, plus the split-K partial sums (and, on a target
+                   with `fused_softmax`, the logits kept on chip)
     compute time   sum over unit precisions of MACs / peak MACs/s (units are not overlapped)
     latency        max(compute time, DRAM bytes / DRAM bandwidth, on-chip bytes / on-chip bandwidth)
     energy         MACs x pJ/MAC per precision (compute) + bytes x pJ/byte per level (data movement)
@@ -27,7 +28,9 @@ from simulator.errors import SimulatorError
 from simulator.targets.hardware import PRECISIONS, HardwareSpec
 
 PJ = 1e-12
-BYTE_PARTS = ("weights", "activations_in", "activations_out", "qparams", "start_token", "rereads", "partial_sums")
+BYTE_PARTS = ("weights", "activations_in", "activations_out", "qparams", "start_token", "rereads", "partial_sums",
+              "fused_logits")
+ON_CHIP_PARTS = ("partial_sums", "fused_logits")
 KIND_LABELS = {"conv": "conv", "linear": "linear", "attn_qk": "attention QK^T", "attn_av": "attention A.V",
                "other": "other matmul", "fp": "FP layers (conv_in/out)"}
 
@@ -51,7 +54,7 @@ class OpEstimate:
     compute_j: float
     dram_j: float
     on_chip_j: float
-    parts: dict = field(default_factory=dict)   # BYTE_PARTS -> bytes (partial sums: on chip; the rest: DRAM)
+    parts: dict = field(default_factory=dict)   # BYTE_PARTS -> bytes (ON_CHIP_PARTS: on chip; the rest: DRAM)
 
     @property
     def intensity(self) -> float:
@@ -80,12 +83,12 @@ def byte_parts(traffic: OpTraffic, dram: int) -> dict:
     return {"weights": weights, "activations_in": traffic.a_bytes + traffic.b_bytes - weights,
             "activations_out": traffic.output_bytes, "qparams": traffic.qparam_bytes,
             "start_token": traffic.start_bytes, "rereads": dram - traffic.compulsory_bytes,
-            "partial_sums": traffic.partial_sum_bytes}
+            "partial_sums": traffic.partial_sum_bytes, "fused_logits": traffic.fused_logit_bytes}
 
 
 def op_estimate(traffic: OpTraffic, hw: HardwareSpec) -> OpEstimate:
     dram = dram_bytes(traffic, hw.buffer_bytes)
-    on_chip = dram + traffic.partial_sum_bytes
+    on_chip = dram + traffic.partial_sum_bytes + traffic.fused_logit_bytes
     compute_s = sum(count / hw.peak_macs_per_s[unit] for unit, count in traffic.macs.items())
     dram_s = dram / hw.bandwidth_bytes_per_s.dram
     on_chip_s = on_chip / hw.bandwidth_bytes_per_s.on_chip
@@ -131,7 +134,7 @@ class Estimate:
 
 def op_estimates(inventory: Inventory, bits: BitWidths | str, groups: int, hw: HardwareSpec) -> list[OpEstimate]:
     bits = parse_bits(bits) if isinstance(bits, str) else bits
-    return [op_estimate(t, hw) for t in inventory_traffic(inventory, bits, groups)]
+    return [op_estimate(t, hw) for t in inventory_traffic(inventory, bits, groups, hw.fused_softmax)]
 
 
 def estimate(inventory: Inventory, bits: BitWidths | str, groups: int, target, steps: int) -> Estimate:

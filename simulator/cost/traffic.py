@@ -19,6 +19,8 @@ Quantization parameters read per UNet call (one step):
                                 scale and read nothing
     group map                   per activation point, ceil(log2 G) bits per channel (G > 1); a per-step
                                 map and the shared map cost the same per step
+Fused softmax (a target option): QK^T's FP32 logits stay on chip (written and read back once: N x 4 B x 2 of
+    on-chip traffic) and QK^T writes the probability codes instead (a bits; the <start> column in FP).
 Split-K partial sums (a < 32, G > 1): channel groups split the contraction of a conv/linear/QK^T into G
     int32 partial sums per output (the simulator's semantics), each written and read back once for the
     rescale-and-add: N x G x 4 B x 2 of on-chip traffic (the output tile stays on chip). A.V accumulates
@@ -66,6 +68,7 @@ class OpTraffic:
     qparam_bytes: int          # weight scales + this step's scale-table rows + group maps
     start_bytes: int           # the FP <start> branch's operands (k row 0; probability column 0 + v row 0)
     partial_sum_bytes: int     # on-chip only: split-K partial sums written and read back
+    fused_logit_bytes: int     # on-chip only: a fused softmax's FP32 logits written and read back
     slices: int                # independent matmuls (batch x heads) the operands split into
     macs: dict = field(default_factory=dict)   # unit precision -> MACs (or shift-adds)
 
@@ -87,8 +90,10 @@ def _point_bytes(channels: list, bits: BitWidths, groups: int) -> int:
     return table + maps
 
 
-def op_traffic(op: CountedOp, bits: BitWidths, groups: int, point_channels: list) -> OpTraffic:
-    """Bytes and MACs of `op` at `bits` with G = `groups`; `point_channels`: channel counts of its points."""
+def op_traffic(op: CountedOp, bits: BitWidths, groups: int, point_channels: list,
+               fused_softmax: bool = False) -> OpTraffic:
+    """Bytes and MACs of `op` at `bits` with G = `groups`; `point_channels`: channel counts of its points;
+    `fused_softmax`: the target keeps QK^T's logits on chip and writes probability codes."""
     if not isinstance(groups, int) or groups < 1:
         raise SimulatorError(f"groups must be a positive integer, got {groups!r}")
     quant_act = bits.quantized_activations
@@ -99,7 +104,7 @@ def op_traffic(op: CountedOp, bits: BitWidths, groups: int, point_channels: list
             macs[unit] = macs.get(unit, 0) + count
 
     out_bytes = _bytes(op.outputs, OUTPUT_BITS)
-    qparams = start = psums = 0
+    qparams = start = psums = fused = 0
     if op.kind in ("conv", "linear"):
         w = FP if op.full_precision else bits.weight
         a = FP if op.full_precision else bits.activation
@@ -127,6 +132,9 @@ def op_traffic(op: CountedOp, bits: BitWidths, groups: int, point_channels: list
             rescaled = op.outputs - (op.outputs // keys if keys else 0)   # the <start> column is FP already
             add("fp32", rescaled * groups)
             psums = rescaled * groups * ACCUMULATOR_BYTES * 2 if groups > 1 else 0
+            if fused_softmax:   # probabilities leave the chip as codes; the <start> column in FP
+                fused = out_bytes * 2
+                out_bytes = _bytes(rescaled, a) + _bytes(op.outputs - rescaled, FP)
         else:
             p_start, v_start = (op.a_elements // keys, op.b_elements // keys) if keys else (0, 0)
             a_bytes, b_bytes = _bytes(op.a_elements - p_start, a), _bytes(op.b_elements - v_start, a)
@@ -136,13 +144,14 @@ def op_traffic(op: CountedOp, bits: BitWidths, groups: int, point_channels: list
     elif op.kind in ("attn_qk", "attn_av"):
         a_bytes, b_bytes = _bytes(op.a_elements, FP), _bytes(op.b_elements, FP)
         add("fp32", op.macs)
+        fused = out_bytes * 2 if fused_softmax and op.kind == "attn_qk" else 0   # FP32 probabilities out
     else:   # another dynamic matmul: activation x activation
         a = bits.activation
         a_bytes, b_bytes = _bytes(op.a_elements, a), _bytes(op.b_elements, a)
         add(unit_for(a, a), op.macs)
     return OpTraffic(module=op.module, kind=op.kind, full_precision=op.full_precision, a_bytes=a_bytes,
                      b_bytes=b_bytes, output_bytes=out_bytes, qparam_bytes=qparams, start_bytes=start,
-                     partial_sum_bytes=psums, slices=max(op.slices, 1), macs=macs)
+                     partial_sum_bytes=psums, fused_logit_bytes=fused, slices=max(op.slices, 1), macs=macs)
 
 
 def points_by_op(inventory: Inventory) -> dict:
@@ -155,6 +164,7 @@ def points_by_op(inventory: Inventory) -> dict:
             for op in inventory.ops}
 
 
-def inventory_traffic(inventory: Inventory, bits: BitWidths, groups: int) -> list[OpTraffic]:
+def inventory_traffic(inventory: Inventory, bits: BitWidths, groups: int,
+                      fused_softmax: bool = False) -> list[OpTraffic]:
     points = points_by_op(inventory)
-    return [op_traffic(op, bits, groups, points[(op.module, op.kind)]) for op in inventory.ops]
+    return [op_traffic(op, bits, groups, points[(op.module, op.kind)], fused_softmax) for op in inventory.ops]

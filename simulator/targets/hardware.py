@@ -8,6 +8,7 @@ The optional `hardware` section of a target file:
       "buffer_bytes":          ..,
       "energy_pj_per_mac":     {"int4": .., "int8": .., "fp16": .., "fp32": .., "shift_add": ..},
       "energy_pj_per_byte":    {"dram": .., "on_chip": ..},
+      "fused_softmax":         false,
       "sources":               {"<any field above>": "where the number comes from"}
     }
 
@@ -16,7 +17,9 @@ precision: `int4` both operands <= 4 bits, `int8` <= 8 bits, `fp16` <= 16 bits, 
 (and the FP layers, the <start> branch and every rescale); `shift_add` is the log-coded A.V term
 (v << (S - q), accumulated). Energies are per MAC (multiply + accumulate) and per byte moved at each
 memory level (DRAM, the on-chip buffer). `buffer_bytes` is the on-chip buffer a layer's operands are
-tiled through; operands that do not fit are re-read from DRAM.
+tiled through; operands that do not fit are re-read from DRAM. `fused_softmax` (optional, default false):
+the target runs QK^T -> softmax -> log quantizer in one pass over a row of logits held on chip, so the FP32
+logits never reach DRAM and QK^T writes the probability codes A.V reads.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from simulator.errors import SimulatorError
 PRECISIONS = ("int4", "int8", "fp16", "fp32", "shift_add")
 MEMORY_LEVELS = ("dram", "on_chip")
 FIELDS = ("peak_macs_per_s", "bandwidth_bytes_per_s", "buffer_bytes", "energy_pj_per_mac", "energy_pj_per_byte")
+OPTIONAL_FIELDS = ("fused_softmax",)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class HardwareSpec:
     buffer_bytes: int
     energy_pj_per_mac: PerPrecision
     energy_pj_per_byte: PerMemoryLevel
+    fused_softmax: bool = False
     sources: dict = field(default_factory=dict, hash=False)   # field name -> where its numbers come from
 
     def to_dict(self) -> dict:
@@ -92,7 +97,7 @@ def hardware_from_dict(value, name: str = "hardware") -> HardwareSpec:
     """Validate a parsed `hardware` section; errors name the offending field (`hardware.peak_macs_per_s.int8`)."""
     if not isinstance(value, dict):
         raise _fail(name, "an object (table)", value)
-    known = FIELDS + ("sources",)
+    known = FIELDS + OPTIONAL_FIELDS + ("sources",)
     for key in value:
         if key not in known:
             raise SimulatorError(f"target field '{name}.{key}' is unknown (known: {', '.join(known)})")
@@ -102,9 +107,13 @@ def hardware_from_dict(value, name: str = "hardware") -> HardwareSpec:
     buffer = value["buffer_bytes"]
     if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
         raise _fail(f"{name}.buffer_bytes", "a positive integer (bytes)", buffer)
+    fused = value.get("fused_softmax", False)
+    if not isinstance(fused, bool):
+        raise _fail(f"{name}.fused_softmax", "true or false", fused)
     sources = value.get("sources", {})
-    if not isinstance(sources, dict) or any(k not in FIELDS or not isinstance(v, str) for k, v in sources.items()):
-        raise _fail(f"{name}.sources", f"an object mapping fields ({', '.join(FIELDS)}) to text", sources)
+    described = FIELDS + OPTIONAL_FIELDS
+    if not isinstance(sources, dict) or any(k not in described or not isinstance(v, str) for k, v in sources.items()):
+        raise _fail(f"{name}.sources", f"an object mapping fields ({', '.join(described)}) to text", sources)
     return HardwareSpec(
         peak_macs_per_s=PerPrecision(**_table(f"{name}.peak_macs_per_s", value["peak_macs_per_s"], PRECISIONS, True)),
         bandwidth_bytes_per_s=PerMemoryLevel(**_table(f"{name}.bandwidth_bytes_per_s",
@@ -114,4 +123,4 @@ def hardware_from_dict(value, name: str = "hardware") -> HardwareSpec:
                                                 PRECISIONS, False)),
         energy_pj_per_byte=PerMemoryLevel(**_table(f"{name}.energy_pj_per_byte", value["energy_pj_per_byte"],
                                                    MEMORY_LEVELS, False)),
-        sources=dict(sources))
+        fused_softmax=fused, sources=dict(sources))

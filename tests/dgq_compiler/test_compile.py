@@ -185,7 +185,7 @@ def test_step_count_mismatch_is_refused(tmp_path, compiled, tiny_pipeline_dir):
 def _module_map(compiled_out):
     report = json.loads((compiled_out / "compile.json").read_text())
     from pathlib import Path
-    return Path(report["graph"]).parent / "module_map.json"
+    return (compiled_out / report["graph"]).parent / "module_map.json"  # the graph path is relative to compile.json
 
 
 def test_cli_compiles_and_reports_errors_in_one_line(tmp_path, tiny_export_dir, tiny_pipeline_dir, capsys):

@@ -48,16 +48,24 @@ def test_report_links_only_figures_this_run_wrote(two_runs):
 def test_every_configuration_was_compiled_verified_and_checked(two_runs):
     out, _ = two_runs
     summary = json.loads((out / "summary.json").read_text())
-    assert [c["preset"] for c in summary["configs"]] == ["dgq-w4a6-g16", "tfmq-w8a8"]
+    assert [c["preset"] for c in summary["configs"]] == ["dgq-w4a6-g16", "tfmq-w8a8", "dgq-w4a6-g16@tensorrt-int8"]
     for config in summary["configs"]:
         graph_dir = out / "graphs" / config["preset"]
         assert {"unet.onnx", "encodings.json", "verify.json", "check.json"} <= {p.name for p in graph_dir.iterdir()}
         assert config["verify_passed"] and config["verify"]["tensors"] > 50
         assert len(config["step_snr"]) == len(summary["calibration"]["timesteps"]) + 1  # PNDM repeats one step
         assert all(np.isfinite(s) for _, s in config["step_snr"])
-    dgq, tfmq = summary["configs"]
+    dgq, tfmq, trt = summary["configs"]
     assert {"log quantizer", "group map"} <= set(dgq["check_violations"])   # what TensorRT cannot run
     assert "log quantizer" not in tfmq["check_violations"]
+    # the DGQ preset compiled for TensorRT: every static graph conforms; its fidelity cost is its own row
+    assert trt["check_violations"] == {}
+    checked = json.loads((out / "graphs" / trt["preset"] / "check.json").read_text())
+    assert len(checked["graphs"]) == len(summary["calibration"]["timesteps"])
+    assert trt["cost"]["model_size_bytes"] > dgq["cost"]["model_size_bytes"]  # W8 instead of W4
+    for config in summary["configs"]:  # every graph ran in a default onnxruntime session, timed against fp32
+        assert config["onnxruntime"] == {"default_session": True}
+        assert config["seconds"]["unet_call"] > 0 and config["seconds"]["fp32_unet_call"] > 0
     assert set(summary["cost"]) == {"this model (from its ONNX graph)", "sd-v1.4 (from its config)",
                                     "sdxl-base (from its config)"}
 

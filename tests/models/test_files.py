@@ -65,3 +65,25 @@ def test_stale_temporaries_go_only_when_their_process_is_gone(tmp_path):
     with atomic_path(tmp_path / "out") as tmp:
         tmp.write_text("done")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, foreign.name, "out"])
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_removes_the_temporary(tmp_path):
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from models.files import atomic_path, sigterm_as_interrupt\n"
+        "sigterm_as_interrupt()\n"
+        "try:\n"
+        "    with atomic_path(Path(sys.argv[1]) / 'out', directory=True) as tmp:\n"
+        "        (tmp / 'half').write_text('x')\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout.readline().strip() == "ready"
+    assert len(list(tmp_path.iterdir())) == 1  # the temporary folder exists while it works
+    proc.terminate()
+    assert proc.wait(timeout=30) == 130
+    assert list(tmp_path.iterdir()) == []

@@ -32,7 +32,8 @@ def _recipe(tg, proj_axis, quantize_proj_input=True):
 
 
 def _compile(tg, recipe, barriers=True):
-    passes = [InsertStepIndex(), QuantizeWeights(), InsertActivationQdq()] + ([InsertFusionBarriers()] if barriers else [])
+    passes = [InsertStepIndex(), QuantizeWeights(), InsertActivationQdq()]
+    passes += [InsertFusionBarriers()] if barriers else []
     return tg.compile_model(tg.layers_model(), recipe, passes)[0]
 
 
@@ -70,7 +71,7 @@ def test_without_barriers_a_default_session_refuses_per_channel_activations(tg):
         _default_session(model).run(None, _feed())
 
 
-def test_float_activation_keeps_float_arithmetic(tg, tmp_path):
+def test_float_activation_keeps_float_arithmetic(tg):
     """A quantized weight under a float activation: without the barrier onnxruntime makes it MatMulNBits, which
     re-quantizes the activation (a visible error); with it, the product is the graph's float product."""
     recipe = _recipe(tg, "channel", quantize_proj_input=False)

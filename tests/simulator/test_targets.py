@@ -80,6 +80,9 @@ def test_user_hardware_section_loads(tmp_path):
     t = load_target(_write(tmp_path, {"name": "mine", "hardware": dict(GOOD_HARDWARE, sources={"buffer_bytes": "x"})}))
     assert t.hardware.peak_macs_per_s.int8 == 1e12 and t.hardware.buffer_bytes == 1 << 20
     assert load_target(_write(tmp_path, {"name": "bare"}, "bare.json")).hardware is None
+    assert not t.hardware.fused_softmax
+    fused = load_target(_write(tmp_path, {"name": "f", "hardware": dict(GOOD_HARDWARE, fused_softmax=True)}, "f.json"))
+    assert fused.hardware.fused_softmax
 
 
 @pytest.mark.parametrize("change, field", [
@@ -94,6 +97,7 @@ def test_user_hardware_section_loads(tmp_path):
     ({"energy_pj_per_mac": None}, "hardware.energy_pj_per_mac"),
     ({"sources": {"peak": "made up"}}, "hardware.sources"),
     ({"clock_hz": 1e9}, "hardware.clock_hz"),
+    ({"fused_softmax": "yes"}, "hardware.fused_softmax"),
 ])
 def test_malformed_hardware_names_the_field(tmp_path, change, field):
     with pytest.raises(SimulatorError) as err:

@@ -66,8 +66,8 @@ def test_non_unet_model(capsys, tmp_path, tiny_pipeline_dir):
 
 def test_bad_flag_values(capsys, tmp_path):
     assert _fail(capsys, ["export", "tiny", "-o", str(tmp_path / "o"), "--batch", "0"]) == \
-        "dgq export: error: --batch must be at least 1, got 0"
-    assert "invalid int value" in _fail(capsys, ["export", "tiny", "-o", str(tmp_path / "o"), "--batch", "x"])
+        "dgq export: error: argument --batch: expected an integer in 1..256, got 0"
+    assert "expected an integer, got 'x'" in _fail(capsys, ["export", "tiny", "-o", str(tmp_path / "o"), "--batch", "x"])
 
 
 def test_export_from_a_pipeline_folder_prints_a_summary(capsys, tmp_path, tiny_pipeline_dir):

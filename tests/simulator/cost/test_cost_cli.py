@@ -152,6 +152,7 @@ def test_measure_target_writes_a_loadable_file_and_never_a_preset(tmp_path, caps
 @pytest.mark.parametrize("argv, message", [
     (["--measure-target"], "needs -o"),
     (["--measure-target", "-o", "t.toml"], "expected a .json path"),
+    (["--measure-target", "-o", "t.json", "--model", "tiny"], "takes only -o/--overwrite, not --model"),
     (["--model", "tiny", "-o", "x.json"], "go with --measure-target"),
     ([], "--model is required"),
     (["--model", "tiny", "--target", "no-such-npu"], "neither a preset"),

@@ -6,9 +6,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from simulator.cost import load_inventory
 from simulator.cost.bits import BitWidths
-from simulator.cost.inventory import CountedOp
+from simulator.cost.inventory import CountedOp, Inventory, QuantPoint
 from simulator.cost.macs_from_graph import inventory_from_graph
-from simulator.cost.roofline import dram_bytes, estimate, op_estimates
+from simulator.cost.roofline import ON_CHIP_PARTS, dram_bytes, estimate, op_estimates
 from simulator.cost.traffic import op_traffic, unit_for
 from simulator.errors import SimulatorError
 from simulator.targets import load_target, target_from_dict
@@ -64,7 +64,7 @@ def test_single_conv_w8a8_g4_by_hand(tmp_path):
     assert op.compute_j == pytest.approx((macs * 0.5 + rescales * 4.0) * 1e-12)
     assert op.dram_j == pytest.approx(19686 * 100e-12) and op.on_chip_j == pytest.approx(150758 * 10e-12)
     assert op.parts == {"weights": weights, "activations_in": inputs, "activations_out": outputs, "qparams": qparams,
-                        "start_token": 0, "rereads": 0, "partial_sums": partial_sums}
+                        "start_token": 0, "rereads": 0, "partial_sums": partial_sums, "fused_logits": 0}
 
 
 def test_single_matmul_w4a6_g2_is_memory_bound_by_hand(tmp_path):
@@ -124,7 +124,7 @@ def test_step_and_image_totals(tmp_path):
     assert e.step_data_j == pytest.approx(op.dram_j + op.on_chip_j)
     assert e.image_energy_j == pytest.approx(25 * (op.compute_j + op.dram_j + op.on_chip_j))
     assert e.compute_bound_share == 1.0 and e.by_kind["conv"]["ops"] == 1
-    assert sum(v for k, v in e.step_bytes.items() if k != "partial_sums") == e.step_dram_bytes
+    assert sum(v for k, v in e.step_bytes.items() if k not in ON_CHIP_PARTS) == e.step_dram_bytes
     assert e.step_bytes["partial_sums"] == e.step_on_chip_bytes - e.step_dram_bytes
 
 
@@ -142,3 +142,21 @@ def test_a_target_without_hardware_numbers_is_refused(tmp_path):
     inv = inventory_from_graph(_conv_graph(tmp_path))
     with pytest.raises(SimulatorError, match="no `hardware` section"):
         estimate(inv, "W8A8", 8, target_from_dict({"name": "bare"}), steps=25)
+
+
+def test_fused_softmax_keeps_the_logits_on_chip():
+    """Cross-attention QK^T: 2 slices x 3 queries x 4 keys (key 0 = <start>), d = 5, W8A6, G = 1."""
+    op = CountedOp("attn2", "attn_qk", macs=2 * 3 * 4 * 5, outputs=2 * 3 * 4, cross=True, keys=4,
+                   a_elements=2 * 3 * 5, b_elements=2 * 5 * 4, slices=2)
+    plain = op_traffic(op, BitWidths(8, 6), 1, [5, 5])
+    fused = op_traffic(op, BitWidths(8, 6), 1, [5, 5], fused_softmax=True)
+    assert plain.output_bytes == 24 * 4 and plain.fused_logit_bytes == 0           # FP32 logits to DRAM
+    assert fused.output_bytes == -(-18 * 6 // 8) + 6 * 4                           # 6-bit codes + FP <start> column
+    assert fused.fused_logit_bytes == 24 * 4 * 2 and fused.macs == plain.macs
+    hw = target_from_dict({"name": "f", "hardware": dict(HARDWARE, fused_softmax=True)}).hardware
+    [estimate_fused] = [o for o in op_estimates(
+        Inventory(source="t", model="t", batch=2, latent=(1, 1), ops=(op,), quantized_weight_elements=0,
+                  weight_channels=0, fp_param_elements=0,
+                  points=(QuantPoint("attn2", "q", 5), QuantPoint("attn2", "k", 5))), "W8A6", 1, hw)]
+    assert estimate_fused.dram_bytes == fused.compulsory_bytes
+    assert estimate_fused.on_chip_bytes == fused.compulsory_bytes + 24 * 4 * 2
