@@ -15,6 +15,7 @@ from dgq_compiler.config import preset
 from dgq_compiler.errors import DgqError
 from tests.random_recipes import random_recipe
 from dgq_compiler.verify.lowering import verify_lowered
+from simulator.errors import SimulatorError
 
 TIMESTEPS = (901, 501, 101)
 
@@ -130,7 +131,7 @@ def test_lowered_embedded_model_is_exact(tmp_path):
 def test_compile_refuses_an_unknown_target_and_static_lowering(tiny_export_dir, tiny_pipeline_dir, tmp_path):
     config = json.loads((tiny_pipeline_dir / "unet" / "config.json").read_text())
     recipe = random_recipe(config, preset("tfmq-w8a8"), TIMESTEPS, model_name="m")
-    with pytest.raises(DgqError, match="not supported"):
+    with pytest.raises((DgqError, SimulatorError), match="'gpu'"):
         compile_graph(tiny_export_dir, recipe, tmp_path / "a", target="gpu", progress=lambda _m: None)
     with pytest.raises(DgqError, match="cannot be combined"):
         compile_graph(tiny_export_dir, recipe, tmp_path / "b", target="onnxruntime-cpu", static=True,
