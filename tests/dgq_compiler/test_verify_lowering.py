@@ -137,3 +137,13 @@ def test_compile_refuses_an_unknown_target_and_static_lowering(tiny_export_dir, 
         compile_graph(tiny_export_dir, recipe, tmp_path / "b", target="onnxruntime-cpu", static=True,
                       progress=lambda _m: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_verify_of_a_lowered_graph_runs_the_integer_comparison(lowered, capsys):
+    from dgq_compiler.cli.main import main
+
+    out, _report, _recipe = lowered
+    assert main(["verify", str(out), "--target", "onnxruntime-cpu", "--timesteps", "101"]) == 0
+    assert "EXACT" in capsys.readouterr().out
+    assert main(["verify", str(out), "--target", "generic-npu"]) == 2
+    assert "verify it with --target onnxruntime-cpu" in capsys.readouterr().err
