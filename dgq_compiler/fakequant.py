@@ -3,7 +3,10 @@
 float32, round half to even (torch.round), the step index of the nearest calibrated timestep:
   uniform  q = clamp(round(x / s) + z, 0, 2^b - 1),  x_hat = (q - z) * s
   weights  q = clamp(round(w / s) + z, -2^(b-1), 2^(b-1) - 1),  w_hat = (q - z) * s   (per output channel)
-  log2     q = clamp(round(-log2(x / S)), 0, 2^b - 1),  x_hat = S * 2^-q,  S = max of the probs (dynamic)
+  log2     q = clamp(round(-log2(x / S)), 0, 2^b - 1),  x_hat = S * 2^-q,  S = each sample's max of the probs
+           (dynamic: probs are [B*heads, N, M], a sample is `heads` consecutive rows)
+Pixel groups at another resolution than the calibrated one: the map resampled as the graph does
+(passes/pixel_groups.py: the nearest calibrated pixel below, integer arithmetic).
 Cross-attention with exclude_bos: k/v token 0 and the probs' column 0 stay FP, and
   A.V = A[..., :1] @ V[:, :1] + Qlog(A[..., 1:]) @ V[:, 1:].
 So quantized images come from the ordinary diffusers pipeline, on any device, and the ONNX graph can be
@@ -11,10 +14,11 @@ checked against it.
 """
 from __future__ import annotations
 
-from dgq_compiler.calibrate.attention import tapped_attention
+from dgq_compiler.calibrate.attention import attention_modules, tapped_attention
 from dgq_compiler.calibrate.schedule import StepTracker
 from dgq_compiler.calibrate.points import quantizable_layers
 from dgq_compiler.errors import DgqError
+from passes.pixel_groups import level_grid, resample_map_numpy
 
 
 def quantize_uniform(x, scale, zero, bits: int):
@@ -40,11 +44,14 @@ class FakeQuant:
         recipe.check_unet(unet)
         self.unet, self.recipe = unet, recipe
         self._saved, self._handles, self._attention, self._cache = {}, [], None, {}
+        self._sample_hw, self._heads = tuple(recipe.resolution), {}
         self.steps = StepTracker(unet, recipe.step_index)
         try:
             if weights:
                 self._quantize_weights()
             if activations:
+                self._handles.append(unet.register_forward_pre_hook(self._record_sample_size, with_kwargs=True))
+                self._heads = {name: m.heads for name, m in attention_modules(unet).items()}
                 layers = quantizable_layers(unet)
                 for (module, role) in recipe.tensors:
                     if role == "input":
@@ -91,11 +98,33 @@ class FakeQuant:
             weight.data = fake_quant_weight(w, scale, zero, tq.bits).reshape(weight.shape).to(weight.dtype)
 
     # -- activations
+    def _record_sample_size(self, _module, args, kwargs):
+        sample = args[0] if args else kwargs.get("sample")
+        self._sample_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+
+    def _pixel_grid(self, tq, n: int, x):
+        """(calibrated level grid, (h, w) now) when x's pixels differ from the map's n (resample), else (None, None).
+        Text-token axes keep their length, so they never resample."""
+        pixels = x.shape[2] * x.shape[3] if x.ndim == 4 else (x.shape[1] if x.ndim == 3 else 0)
+        if pixels == n:
+            return None, None
+        grid = level_grid(n, self.recipe.resolution)
+        if grid is None:
+            raise DgqError(f"recipe ({tq.module}, {tq.role}) groups {n} pixels/tokens, the tensor has {pixels}, "
+                           f"and {n} is no level of the calibrated grid {list(self.recipe.resolution)}")
+        if x.ndim == 4:
+            h, w = int(x.shape[2]), int(x.shape[3])
+        else:  # tokens: the level's size from the UNet's sample, as the graph computes it
+            h, w = (-(-d // grid.factor) for d in self._sample_hw)
+        if h * w != pixels:
+            raise DgqError(f"recipe ({tq.module}, {tq.role}): {pixels} tokens are not the {h}x{w} pixels of its level")
+        return grid, (h, w)
+
     def _params(self, tq, step: int, x, tokens_offset: int = 0):
         """scale, zero point (float32) shaped to broadcast against x for this step."""
         import torch
 
-        key = (tq.module, tq.role, step, x.ndim, tuple(x.shape[1:]), x.device)
+        key = (tq.module, tq.role, step, x.ndim, tuple(x.shape[1:]), self._sample_hw, x.device)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -104,17 +133,18 @@ class FakeQuant:
         if tq.axis == "tensor":
             out = scale.reshape(()), zero.reshape(())
         else:
-            index = torch.from_numpy(tq.group_map[0 if tq.shared_map else step].astype("int64")).to(x.device)
+            row = tq.group_map[0 if tq.shared_map else step]
+            n = row.shape[0]
+            if tq.axis == "pixel":
+                grid, size = self._pixel_grid(tq, n, x)
+                if grid is not None:
+                    row = resample_map_numpy(row, grid, size[0], size[1])
+            index = torch.from_numpy(row.astype("int64")).to(x.device)
             scale, zero = scale[index], zero[index]
-            n = index.shape[0]
             if tq.axis == "channel":
                 shape = [1, n, 1, 1] if x.ndim == 4 else [1] * (x.ndim - 1) + [n]
             else:
-                pixels = x.shape[2] * x.shape[3] if x.ndim == 4 else (x.shape[1] if x.ndim == 3 else 0)
-                if pixels != n:
-                    raise DgqError(f"recipe ({tq.module}, {tq.role}) groups {n} pixels/tokens, the tensor has "
-                                   f"{pixels}: run at the calibrated resolution {list(self.recipe.resolution)}")
-                shape = [1, 1, x.shape[2], x.shape[3]] if x.ndim == 4 else [1, n, 1]
+                shape = [1, 1, x.shape[2], x.shape[3]] if x.ndim == 4 else [1, index.shape[0], 1]
             if tq.axis == "channel" and (x.shape[1] if x.ndim == 4 else x.shape[-1]) != n:
                 raise DgqError(f"recipe ({tq.module}, {tq.role}) groups {n} channels, the tensor has a different count")
             out = scale.reshape(shape), zero.reshape(shape)
@@ -147,7 +177,12 @@ class FakeQuant:
 
         step = self.steps.index
         if tq.quantizer == "log2":
-            peak = probs.amax() if tq.dynamic else torch.tensor(float(tq.scale[step, 0]), device=probs.device)
+            if tq.dynamic:  # per sample: a sample's `heads` consecutive rows of [B*heads, N, M] share one max
+                heads = self._heads.get(tq.module, 1)
+                peak = probs.reshape(-1, heads * probs.shape[1] * probs.shape[2]).amax(dim=1)
+                peak = peak.repeat_interleave(heads).reshape(-1, 1, 1)
+            else:
+                peak = torch.tensor(float(tq.scale[step, 0]), device=probs.device)
             return quantize_log2(probs, peak, tq.bits)
         return self._uniform(tq, probs)
 

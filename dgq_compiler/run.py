@@ -91,6 +91,7 @@ class ConfigResult:
     step_snr: list = field(default_factory=list)
     layer_sqnr: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    onnxruntime: dict = field(default_factory=dict)  # ran in a default session (call times: in seconds)
 
 
 def resolve_model(model: str) -> tuple[str, str]:
@@ -166,6 +167,7 @@ class Shared:
     images: dict                # label -> uint8 images; each configuration adds its own
     inventory: object           # the fp32 graph's cost inventory (the same for every configuration)
     recipes: dict = field(default_factory=dict)   # preset -> Recipe
+    fp32_step_s: float | None = None              # median UNet call of the fp32 graph, default onnxruntime session
 
 
 def _stage(timer, name: str):
@@ -317,7 +319,10 @@ def _one_config(name: str, config, stats, shared: Shared, target: str | None = N
              "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
 
     with timer.stage("images_and_fidelity"):
-        predictor = onnx_predictor(graph)
+        predictor = onnx_predictor(graph)  # a default session: what a client opens
+        if shared.fp32_step_s is None:
+            shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
+        step_s = _median_call_s(predictor, shared.calls)
         step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states)))
                     for c in shared.calls]
         latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
@@ -344,7 +349,23 @@ def _one_config(name: str, config, stats, shared: Shared, target: str | None = N
         check_violations=dict(Counter(v.rule for v in violations)),
         cost={"tbops_exact": row.tbops, "model_size_bytes": row.model_size_bytes, "qparam_bytes": row.qparam_bytes},
         step_snr=[(float(t), float(s)) for t, s in step_snr],
-        layer_sqnr={k: float(v) for k, v in layer_sqnr.items()}, seconds=seconds)
+        layer_sqnr={k: float(v) for k, v in layer_sqnr.items()},
+        seconds={**seconds, "unet_call": step_s, "fp32_unet_call": shared.fp32_step_s},  # wall clock: kept apart
+        onnxruntime={"default_session": True})
+
+
+def _median_call_s(predictor, calls, count: int = 3) -> float:
+    """Median wall time of one UNet call over the first `count` reference calls (after one warm-up call)."""
+    import statistics
+
+    first = calls[0]
+    predictor(first.sample, first.timestep, first.states)
+    times = []
+    for c in calls[:count]:
+        start = time.perf_counter()
+        predictor(c.sample, c.timestep, c.states)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _spread(timesteps, count: int) -> list[float]:

@@ -46,6 +46,7 @@ STEP_INDEX = "dgq.step_index"     # int64 [1]: the calibrated step nearest to th
 SCHEDULE = "dgq.schedule"         # float32 [T]: the calibrated timesteps
 STEP_PREFIX = "dgq/step"          # the nodes that compute the step index
 TIMESTEP_INPUT = "timestep"
+SAMPLE_INPUT = "sample"          # the latent [B, C, H, W]: its H, W size pixel-group maps at run time
 FUSION_BARRIER_SUFFIX = "/KeepFloat/Reshape"  # {MatMul/Gemm node}{suffix}: weight DQ -> Reshape -> the product
 
 ROLES = ("input", "weight", "q", "k", "v", "attn_probs")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, nodes_by_name, step_index_tensor
-from passes.contract import QKV_ROLES, node_prefix
+from passes.contract import QKV_ROLES, SAMPLE_INPUT, node_prefix
 from passes.errors import PassError
-from passes.patterns import attention_matches, match_weighted_op
+from passes.patterns import LAYOUT_OPS, attention_matches, match_weighted_op
+from passes.pixel_groups import LevelGrid, level_grid
 from passes.qdq import INT64_MAX, slice_axis, uniform_qdq
 
 LAYOUT_OF_OP = {"Conv": "nchw", "Gemm": "nc", "MatMul": "nlc"}
@@ -29,6 +30,28 @@ def rewire_consumers(tensor: gs.Tensor, new: gs.Tensor, skip: set) -> int:
                 node.inputs[i] = new
                 count += 1
     return count
+
+
+def reads_text_tokens(graph: gs.Graph, x: gs.Tensor) -> bool:
+    """Whether `x` is (a layout view of) a graph input other than the latent `sample`: encoder_hidden_states."""
+    for _ in range(12):
+        if not x.inputs:
+            return x.name != SAMPLE_INPUT and x in graph.inputs
+        if x.inputs[0].op not in LAYOUT_OPS:
+            return False
+        x = x.inputs[0].inputs[0]
+    return False
+
+
+def pixel_grid(tq, layout: str, pixels_are_tokens: bool, ctx: PassContext) -> LevelGrid | None:
+    """The calibrated level of a pixel map (resampled at run time), or None: kept at its length."""
+    if tq.axis != "pixel" or pixels_are_tokens:
+        return None
+    grid = level_grid(tq.group_map.shape[1], ctx.recipe.resolution)
+    if grid is None:
+        ctx.notes.append(f"({tq.module}, {tq.role}): {tq.group_map.shape[1]} grouped pixels match no level of the "
+                         f"calibrated {ctx.recipe.resolution[0]}x{ctx.recipe.resolution[1]} grid: fixed length")
+    return grid
 
 
 class InsertActivationQdq(Pass):
@@ -48,7 +71,9 @@ class InsertActivationQdq(Pass):
             layout = LAYOUT_OF_OP[node.op]
             if op is None and node.op == "MatMul":  # weights already dequantized: still a linear on [B, N, C]
                 layout = "nlc"
-            dq, record, meta = uniform_qdq(graph, node.inputs[0], tq, layout, step)
+            x = node.inputs[0]
+            grid = pixel_grid(tq, layout, reads_text_tokens(graph, x), ctx)
+            dq, record, meta = uniform_qdq(graph, x, tq, layout, step, grid=grid)
             node.inputs[0] = dq
             ctx.records.append(record)
             ctx.node_metadata.update(meta)
@@ -62,6 +87,7 @@ class InsertActivationQdq(Pass):
                 if tq is None:
                     continue
                 x = getattr(match, role)
+                grid = pixel_grid(tq, "nlc", match.cross and role in ("k", "v"), ctx)
                 if tq.exclude_bos and role in ("k", "v"):
                     if not match.cross:
                         raise PassError(f"recipe ({module}, {role}) has exclude_bos, but {module} is a self-attention")
@@ -74,7 +100,7 @@ class InsertActivationQdq(Pass):
                     mine = {id(n) for n in head.inputs + rest.inputs}
                     rewire_consumers(x, joined, mine)
                 else:
-                    dq, record, meta = uniform_qdq(graph, x, tq, "nlc", step)
+                    dq, record, meta = uniform_qdq(graph, x, tq, "nlc", step, grid=grid)
                     mine = {id(n) for n in graph.nodes if n.name.startswith(node_prefix(module, role) + "/")}
                     rewire_consumers(x, dq, mine)
                 ctx.records.append(record)

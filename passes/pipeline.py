@@ -7,6 +7,7 @@ from passes.fold_attention_scale import FoldAttentionScale
 from passes.insert_activation_qdq import InsertActivationQdq
 from passes.insert_fusion_barriers import InsertFusionBarriers
 from passes.insert_step_index import InsertStepIndex
+from passes.propagate_timestep_nan import PropagateTimestepNan
 from passes.quantize_attention_probs import QuantizeAttentionProbs
 from passes.quantize_weights import QuantizeWeights
 from passes.split_cross_attention import SplitCrossAttention
@@ -15,4 +16,5 @@ from passes.write_encodings import WriteEncodings
 
 def compile_passes() -> list[Pass]:
     return [CheckRecipe(), FoldAttentionScale(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(),
-            QuantizeAttentionProbs(), SplitCrossAttention(), InsertFusionBarriers(), WriteEncodings()]
+            QuantizeAttentionProbs(), SplitCrossAttention(), InsertFusionBarriers(), PropagateTimestepNan(),
+            WriteEncodings()]

@@ -2,7 +2,11 @@
 
 Uniform: `[T, G]` scale and zero-point tables + group map are initializers; Gather(table, step index) ->
 Reshape [G] -> Gather(., group map of the step) gives a per-index vector for QuantizeLinear/DequantizeLinear(axis).
-Log2: dgq.QuantizeLog / dgq.DequantizeLog with a dynamic (ReduceMax) or step-gathered static scale.
+Pixel groups: the map is defined on the calibrated grid and resampled to the run-time size inside the graph
+(passes/pixel_groups.py), so a compiled graph runs at any resolution.
+Log2: dgq.QuantizeLog / dgq.DequantizeLog with a dynamic scale, the maximum of each sample's probabilities
+(`sample_max`: attention maps are [B*heads, N, M], a sample is `heads` consecutive rows), or a step-gathered
+static scale.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from passes.contract import (DEQUANTIZE_LOG, GROUP_MAP, LOG_DOMAIN, QUANTIZE_LOG
 from passes.errors import PassError
 from passes.log_functions import log_functions
 from passes.patterns import matched_attention
+from passes.pixel_groups import LevelGrid, group_index
 
 # Where the channel and pixel axes of an activation are, by layout:
 #   nchw: conv input [B, C, H, W]       channel 1, pixels flattened to one axis (h*W + w)
@@ -44,8 +49,9 @@ def code_type(tq) -> type:
     return np.int8 if signed else np.uint8
 
 
-def group_params(graph: gs.Graph, tq, prefix: str, step: gs.Tensor):
-    """(scale, zero point) tensors for one quantization point: scalars (G = 1, axis tensor) or per-index [N]."""
+def group_params(graph: gs.Graph, tq, prefix: str, step: gs.Tensor, resample: gs.Tensor | None = None):
+    """(scale, zero point) tensors for one quantization point: scalars (G = 1, axis tensor) or per-index [N].
+    `resample`: int64 indices into the map row (pixel_groups.group_index) giving the run-time pixels' groups."""
     codes = code_type(tq)
     zero_points = tq.zero_point - (128 if codes is np.int8 else 0)
     scale_table = constant(table_name(prefix, SCALE_TABLE), tq.scale.astype(np.float32))
@@ -63,6 +69,9 @@ def group_params(graph: gs.Graph, tq, prefix: str, step: gs.Tensor):
                        [group_map, constant(f"{prefix}/group_map/shape", _i64([-1]))], dtype=map_dtype)
     else:
         row = step_gather(graph, group_map, step, prefix, "group_map", [-1], map_dtype)
+    if resample is not None:
+        row = add_node(graph, "Gather", f"{prefix}/group_map/Resample", [row, resample], dtype=map_dtype,
+                       attrs={"axis": 0})
     index = add_node(graph, "Cast", f"{prefix}/group_map/Cast", [row], dtype=np.int64,
                      attrs={"to": onnx.TensorProto.INT64})
     scale = add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale_g, index], attrs={"axis": 0})
@@ -71,13 +80,16 @@ def group_params(graph: gs.Graph, tq, prefix: str, step: gs.Tensor):
     return scale, zero
 
 
-def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor, prefix: str | None = None
-                ) -> tuple[gs.Variable, QuantRecord, dict]:
-    """Q (-> Clip) -> DQ of `x`; returns (dequantized tensor, record, Q node metadata)."""
+def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor, prefix: str | None = None,
+                grid: LevelGrid | None = None) -> tuple[gs.Variable, QuantRecord, dict]:
+    """Q (-> Clip) -> DQ of `x`; returns (dequantized tensor, record, Q node metadata).
+    `grid`: a pixel map's calibrated level (pixel_groups.level_grid), resampled to `x`'s size at run time;
+    None keeps the map's fixed length (token axes that are not pixels)."""
     prefix = prefix or node_prefix(tq.module, tq.role)
     if tq.axis == "pixel" and layout == "nc":
         raise PassError(f"({tq.module}, {tq.role}): pixel groups on a [B, C] tensor {x.name!r}, which has no pixel axis")
-    scale, zero = group_params(graph, tq, prefix, step)
+    resample = group_index(graph, grid, x, layout, prefix) if tq.axis == "pixel" and grid is not None else None
+    scale, zero = group_params(graph, tq, prefix, step, resample)
     src, axis = x, None
     if tq.axis == "channel":
         axis = CHANNEL_AXIS[layout]
@@ -113,13 +125,36 @@ def ensure_log_functions(graph: gs.Graph) -> None:
             graph.functions.append(OnnxImporter.import_function(proto, model_opset=graph.opset))
 
 
-def log_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | None = None
-            ) -> tuple[gs.Variable, QuantRecord, dict]:
-    """dgq.DequantizeLog(dgq.QuantizeLog(A, S), S); S = max(A) (dynamic) or the step's calibrated scale."""
+def sample_max(graph: gs.Graph, a: gs.Tensor, batch_of: gs.Tensor, prefix: str) -> gs.Variable:
+    """Each sample's maximum of an attention map `a`, shaped to broadcast against it: [B*heads, N, M] ->
+    [B*heads, 1, 1] (a sample is `heads` consecutive rows), [B, heads, N, M] -> [B, heads, 1, 1]. B = dim 0 of
+    `batch_of` (the attention's [B, N, C] query). Maxima over the last two axes, then over a sample's heads:
+    exact, and a sample's scale does not depend on the rest of its batch (CFG's cond/uncond halves included)."""
+    p = f"{prefix}/scale"
+    rows = add_node(graph, "ReduceMax", f"{p}/ReduceMax", [a, constant(f"{p}/row_axes", _i64([-2, -1]))],
+                    attrs={"keepdims": 1})                                        # [B*heads, 1, 1] / [B, heads, 1, 1]
+    batch = add_node(graph, "Shape", f"{p}/Shape", [batch_of], dtype=np.int64, attrs={"start": 0, "end": 1})
+    per_sample = add_node(graph, "Concat", f"{p}/Concat", [batch, constant(f"{p}/rest", _i64([-1]))],
+                          dtype=np.int64, attrs={"axis": 0})
+    heads = add_node(graph, "Reshape", f"{p}/Reshape", [rows, per_sample])        # [B, heads]
+    peak = add_node(graph, "ReduceMax", f"{p}/ReduceMax_heads", [heads, constant(f"{p}/head_axes", _i64([1]))],
+                    attrs={"keepdims": 1})                                        # [B, 1]
+    spread = add_node(graph, "Expand", f"{p}/Expand",
+                      [peak, add_node(graph, "Shape", f"{p}/Shape_heads", [heads], dtype=np.int64)])
+    return add_node(graph, "Reshape", f"{p}/Reshape_rows",
+                    [spread, add_node(graph, "Shape", f"{p}/Shape_rows", [rows], dtype=np.int64)])
+
+
+def log_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | None = None,
+            batch_of: gs.Tensor | None = None) -> tuple[gs.Variable, QuantRecord, dict]:
+    """dgq.DequantizeLog(dgq.QuantizeLog(A, S), S); S = each sample's max of A (dynamic; `batch_of`: a tensor
+    whose dim 0 is the batch, see sample_max) or the step's calibrated scale."""
     prefix = prefix or node_prefix(tq.module, tq.role)
     ensure_log_functions(graph)
     if tq.dynamic:
-        s = add_node(graph, "ReduceMax", f"{prefix}/ReduceMax", [a], attrs={"keepdims": 0})
+        if batch_of is None:
+            raise PassError(f"({tq.module}, {tq.role}): a dynamic log2 scale needs the attention's batch size")
+        s = sample_max(graph, a, batch_of, prefix)
     else:
         table = constant(table_name(prefix, SCALE_TABLE), tq.scale.astype(np.float32))
         s = step_gather(graph, table, step, prefix, "scale", [], np.float32)
@@ -131,11 +166,11 @@ def log_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | No
     return out, record, {q_name: meta}
 
 
-def probs_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | None = None
-              ) -> tuple[gs.Variable, QuantRecord, dict]:
+def probs_qdq(graph: gs.Graph, a: gs.Tensor, tq, step: gs.Tensor, prefix: str | None = None,
+              batch_of: gs.Tensor | None = None) -> tuple[gs.Variable, QuantRecord, dict]:
     """Quantize attention probabilities: log2 (DGQ), or per-tensor uniform (the baselines)."""
     if tq.quantizer == "log2":
-        return log_qdq(graph, a, tq, step, prefix)
+        return log_qdq(graph, a, tq, step, prefix, batch_of)
     if tq.axis != "tensor":
         raise PassError(f"recipe ({tq.module}, attn_probs): uniform probabilities must be per tensor, got {tq.axis!r}")
     return uniform_qdq(graph, a, tq, "nlc", step, prefix)

@@ -3,7 +3,7 @@
     out = A[..., :1] @ V[..., :1, :]  (FP branch)  +  DQ(Q(A[..., 1:])) @ V[..., 1:, :]  (quantized branch)
 
 summed by `dgq/<module>/split/Add` into the original A.V output tensor. The quantized branch keeps the
-original A.V node name; the log scale is the max of A[..., 1:] only. (k and v rows 0 stay FP by
+original A.V node name; the log scale is each sample's max of A[..., 1:] only. (k and v rows 0 stay FP by
 insert_activation_qdq, from their own exclude_bos entries.)
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class SplitCrossAttention(Pass):
             a_rest = slice_axis(graph, a, -1, 1, INT64_MAX, f"{prefix}/Slice_probs_rest")
             v_bos = slice_axis(graph, v, -2, 0, 1, f"{prefix}/Slice_v_bos")  # tokens: [B*H, N, D] or [B, H, N, D]
             v_rest = slice_axis(graph, v, -2, 1, INT64_MAX, f"{prefix}/Slice_v_rest")
-            dq, record, meta = probs_qdq(graph, a_rest, tq, step, node_prefix(tq.module, "attn_probs"))
+            dq, record, meta = probs_qdq(graph, a_rest, tq, step, node_prefix(tq.module, "attn_probs"), match.q)
             record.tensor, record.bos_split = a.name, True
             fp_branch = add_node(graph, "MatMul", f"{prefix}/MatMul_bos", [a_bos, v_bos])
             out = match.av.outputs[0]

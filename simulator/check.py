@@ -192,6 +192,7 @@ def _reductions(model: onnx.ModelProto, info: GraphInfo, latent_size, batch) -> 
                 del node.attribute[:]
                 node.op_type, node.domain = "Identity", ""
         del m.functions[:]
+        _drop_dead_nodes(m.graph)  # the log scales' nodes now feed nothing (and symbolic inference trips on them)
         for vi in m.graph.input:
             for d in vi.type.tensor_type.shape.dim:
                 if d.dim_param:
@@ -209,3 +210,15 @@ def _reductions(model: onnx.ModelProto, info: GraphInfo, latent_size, batch) -> 
         if shape and shape[-1] > 0:
             out[mm.node] = int(shape[-1])
     return out
+
+
+def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes none of whose outputs reach a graph output (in place)."""
+    live = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in live for o in node.output):
+            keep.append(node)
+            live.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))

@@ -68,6 +68,7 @@ class GraphInfo:
 
 
 _TABLE_PATH = ("Gather", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Cast")
+_SCALE_PATH = ("Reshape", "Expand", "ReduceMax", "Identity")
 
 
 class _Graph(GraphIndex):
@@ -167,9 +168,10 @@ def _quantizer(g: _Graph, node) -> Quantizer | None:
     deq = next((u for u in g.users(code) if is_dequantizer_node(u)), None)
     if is_log:
         attr_bits = next((a.i for a in node.attribute if a.name == "bits"), 8)
-        s_prod = g.producer.get(node.input[1])
-        source = "dynamic" if s_prod is not None and s_prod.op_type == "ReduceMax" else \
-            ("constant" if g.array(node.input[1]) is not None else "computed")
+        # dynamic: a maximum of the probabilities at run time (per sample: ReduceMax -> Reshape/Expand)
+        reduced = any(g.producer[t].op_type == "ReduceMax" for t in g.walk_back(node.input[1], _SCALE_PATH, 6)
+                      if t in g.producer)
+        source = "dynamic" if reduced else ("constant" if g.array(node.input[1]) is not None else "computed")
         return Quantizer(node.name, "log2", record.module if record else "", record.role if record else "attn_probs",
                          record.bits if record else int(attr_bits), "tensor", 1, False, code, onnx.TensorProto.UINT8,
                          source, True, dequantizer=deq.name if deq is not None else "")

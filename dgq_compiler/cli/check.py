@@ -18,7 +18,8 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_graph_and_target(p)
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
-                   help="latent height/width for attention reduction lengths; none: from compile.json/export.json or the model")
+                   help="latent height/width: the graph is run once at this size (batch 1) and attention reduction "
+                        "lengths come from it; none: from compile.json/export.json or the model (not run)")
     p.add_argument("--batch", type=argtypes.batch, default=2, help="batch used for shape inference")
     p.add_argument("--all", action="store_true", help="list every violation, not only the first 40")
     p.set_defaults(run=run)
@@ -29,9 +30,9 @@ def run(args) -> int:
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
     from dgq_compiler.verify import latent_size_of
-    from simulator.check import check_graph, load_for_analysis
-
     from dgq_compiler.adapt import graphs_for_target
+    from dgq_compiler.verify.latent_probe import probe_latent_size
+    from simulator.check import Violation, check_graph, load_for_analysis
 
     graphs = graphs_for_target(args.graph, args.target, lambda p: read_graph(p, "compiled")[0])
     reports = []
@@ -42,6 +43,10 @@ def run(args) -> int:
         except DgqError:  # attention reduction lengths then stay unknown
             latent = None
         report = check_graph(model, args.target, latent_size=latent, batch=args.batch)
+        if args.latent_size:  # a size the user asks about: run the graph there (shapes alone cannot tell)
+            problem = probe_latent_size(graph, args.latent_size)
+            if problem:
+                report.violations.insert(0, Violation("graph", "latent size", problem, "a graph that runs at that size"))
         if not report.info.quantizers:
             raise DgqError(f"graph {str(graph)!r} has no quantizers: nothing to check")
         reports.append(report)

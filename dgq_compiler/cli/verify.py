@@ -47,7 +47,7 @@ def run(args) -> int:
     graph = read_graph(args.graph, "compiled")[0]
     lowered_for = _lowered_for(graph)
     if lowered_for:  # an integer-lowered graph: its accumulators against the simulator's integer kernels
-        return _run_lowered(args, lowered_for)
+        return _run_lowered(args, graph, lowered_for)
     target = load_target(args.target)  # a bad target name fails before the progress bar starts
     quiet_onnxruntime()
     bar = tqdm(desc="verify", unit="run", leave=False)
@@ -117,7 +117,7 @@ def _lowered_for(graph) -> str | None:
     return {p.key: p.value for p in model.metadata_props}.get(LOWERED)
 
 
-def _run_lowered(args, lowered_for: str) -> int:
+def _run_lowered(args, graph, lowered_for: str) -> int:
     """An integer-lowered graph: its int32 accumulators (onnxruntime) vs the simulator's integer kernels."""
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError

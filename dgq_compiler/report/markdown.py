@@ -28,12 +28,23 @@ def summary_rows(summary: dict) -> list[list]:
                      f"{min(snr):.1f} / {sum(snr) / len(snr):.1f}" if snr else "-",
                      "pass" if r["verify_passed"] else "FAIL",
                      f"{r['verify']['worst_mismatch_rate']:.2e}", r["verify"]["max_lsb"],
-                     sum(r["check_violations"].values())])
+                     sum(r["check_violations"].values()), _stock_onnxruntime(r)])
     return rows
 
 
+def _stock_onnxruntime(r: dict) -> str:
+    """Ran in a default onnxruntime session; its UNet call against the fp32 graph's."""
+    if not r.get("onnxruntime", {}).get("default_session"):
+        return "-"
+    seconds = r.get("seconds", {})
+    if not seconds.get("fp32_unet_call"):
+        return "yes"
+    return f"yes, {seconds['unet_call'] / seconds['fp32_unet_call']:.2f}x fp32"
+
+
 SUMMARY_HEADERS = ["configuration", "TBOPs (exact)", "graph MB", "noise SNR dB (min / mean)",
-                   "verify (generic-npu)", "worst code mismatch", "max LSB", "TensorRT-like violations"]
+                   "verify (generic-npu)", "worst code mismatch", "max LSB", "TensorRT-like violations",
+                   "stock onnxruntime (UNet call)"]
 
 
 def _shortened(changes: dict | None) -> list[str]:
@@ -65,7 +76,10 @@ def write_report(summary: dict, out: Path) -> Path:
         "",
         "Noise SNR: the compiled graph's noise prediction against FP on the FP sampling trajectory "
         "(all steps, all image prompts). Verify: the integer simulator against onnxruntime on the same "
-        "compiled graph. Violations: what a TensorRT-like INT8 target cannot run (see below).",
+        "compiled graph. Violations: what a TensorRT-like INT8 target cannot run (see below); the row "
+        "`<preset>@tensorrt-int8` is that preset compiled for it (`dgq compile --target`), its violations counted "
+        "over its static per-step graphs. Stock onnxruntime: the graph ran in a default session (no options), "
+        "and its median UNet call time against the fp32 graph's in the same kind of session.",
         "",
         "## Export",
         "",

@@ -9,7 +9,7 @@ from simulator.ops import (abs, add, arg_min, cast, clip, concat, constant, cons
                            expand, flatten, floor, gather, gelu, gemm, greater, greater_or_equal, identity,
                            instance_normalization, layer_normalization, less, less_or_equal, log, matmul,
                            matmul_integer, max, min, mul, neg, not_, pow, qlinear_conv, qlinear_matmul,
-                           quantize_linear, quantize_log, reciprocal, reduce_max, reduce_mean, relu,
+                           quantize_linear, quantize_log, range, reciprocal, reduce_max, reduce_mean, relu,
                            reshape, resize, round, shape, sigmoid, sin, slice, softmax, split, sqrt,
                            squeeze, sub, tanh, transpose, unsqueeze, where)
 
@@ -31,7 +31,7 @@ REGISTRY = {
     "Gather": gather.run, "Reshape": reshape.run, "Transpose": transpose.run, "Unsqueeze": unsqueeze.run,
     "Squeeze": squeeze.run, "Flatten": flatten.run, "Concat": concat.run, "Slice": slice.run,
     "Split": split.run, "Expand": expand.run, "Cast": cast.run, "Identity": identity.run,
-    "Resize": resize.run,
+    "Resize": resize.run, "Range": range.run,
     # matrix products (integer when both operands are dequantized codes)
     "MatMul": matmul.run, "Gemm": gemm.run, "Conv": conv.run,
     # quantization and the ONNX integer ops

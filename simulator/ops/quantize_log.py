@@ -3,6 +3,8 @@
 q = clamp(round(-log2(x / S)), 0, 2^bits - 1). With r = x / S = m * 2^E (m in [1, 2)):
 round(-log2 r) = -E - [m > sqrt(2)] exactly (no tie is possible: sqrt(2) is irrational), so the
 exponent and one mantissa comparison give the code; x == 0 gives the largest code.
+S is a scalar or one scale per leading index (the dynamic scale: one per sample, repeated for its heads,
+[B*heads, 1, 1]); each leading block is then coded with its own S.
 """
 import numpy as np
 
@@ -27,6 +29,30 @@ def log_codes(x: np.ndarray, s, bits: int, out: np.ndarray | None = None) -> np.
     return out.reshape(x.shape)
 
 
+def leading_blocks(s: np.ndarray, shape) -> int:
+    """How many leading blocks a scale broadcastable to `shape` selects: s varies only along leading axes it
+    shares with the tensor (then its size), 0 when it does not have that form."""
+    s = np.asarray(s)
+    if s.ndim > len(shape):
+        return 0
+    s_shape = (1,) * (len(shape) - s.ndim) + s.shape
+    lead = 0
+    while lead < len(shape) and s_shape[lead] == shape[lead]:
+        lead += 1
+    return int(s.size) if all(d == 1 for d in s_shape[lead:]) else 0
+
+
 def run(ctx):
-    x, s = ctx.value(0), ctx.value(1)
-    return [log_codes(x, np.asarray(s).reshape(-1)[0], int(ctx.attr("bits", 8)), ctx.empty(x.shape, np.uint8))]
+    x, s = ctx.value(0), np.asarray(ctx.value(1), dtype=np.float32)
+    bits = int(ctx.attr("bits", 8))
+    out = ctx.empty(x.shape, np.uint8)
+    if s.size == 1:
+        return [log_codes(x, s.reshape(-1)[0], bits, out)]
+    blocks = leading_blocks(s, x.shape)
+    if not blocks:
+        raise ValueError(f"QuantizeLog scale of shape {list(s.shape)} is neither a scalar nor one per leading index "
+                         f"of the input {list(x.shape)}")
+    rows, flat_out, scales = x.reshape(blocks, -1), out.reshape(blocks, -1), s.reshape(-1)
+    for i in range(blocks):
+        log_codes(rows[i], scales[i], bits, flat_out[i])
+    return [out]

@@ -94,12 +94,22 @@ def test_cross_attention_keeps_the_start_token_in_full_precision(tiny_unet):
     assert torch.equal(kq[:, 0], k[:, 0]) and not torch.equal(kq[:, 1:], k[:, 1:])
 
 
-def test_recipe_for_another_resolution_is_refused_at_run_time(tiny_unet):
+def test_pixel_groups_resample_at_another_resolution_and_an_unknown_map_is_refused(tiny_unet):
+    """At 24x24 (16x16 calibrated) pixel maps are resampled as the graph does; a map whose length is no level of
+    the calibrated grid cannot be resampled and is refused by name."""
+    import dataclasses
+
     from dgq_compiler.errors import DgqError
 
     recipe = random_recipe(tiny_unet, preset("dgq-w8a8-g8"), (901, 101), seed=5)
     assert any(tq.axis == "pixel" for tq in recipe.tensors.values())
-    sample, t, context = _inputs(101.0)
+    _, t, context = _inputs(101.0)
     with torch.no_grad(), apply_recipe(tiny_unet, recipe):
-        with pytest.raises(DgqError, match="calibrated resolution"):
+        out = tiny_unet(torch.randn(2, 4, 24, 24), t, context).sample
+    assert out.shape == (2, 4, 24, 24) and torch.isfinite(out).all()
+    key, tq = next((k, v) for k, v in recipe.tensors.items() if v.axis == "pixel" and v.group_map.shape[1] == 256)
+    odd = dataclasses.replace(tq, group_map=tq.group_map[:, :250])  # 250 pixels: no level of 16x16 has that many
+    broken = dataclasses.replace(recipe, tensors={**recipe.tensors, key: odd})
+    with torch.no_grad(), apply_recipe(tiny_unet, broken):
+        with pytest.raises(DgqError, match=r"groups 250 pixels/tokens.*no level of the calibrated grid"):
             tiny_unet(torch.randn(2, 4, 24, 24), t, context)

@@ -63,6 +63,9 @@ def test_every_configuration_was_compiled_verified_and_checked(two_runs):
     checked = json.loads((out / "graphs" / trt["preset"] / "check.json").read_text())
     assert len(checked["graphs"]) == len(summary["calibration"]["timesteps"])
     assert trt["cost"]["model_size_bytes"] > dgq["cost"]["model_size_bytes"]  # W8 instead of W4
+    for config in summary["configs"]:  # every graph ran in a default onnxruntime session, timed against fp32
+        assert config["onnxruntime"] == {"default_session": True}
+        assert config["seconds"]["unet_call"] > 0 and config["seconds"]["fp32_unet_call"] > 0
     assert set(summary["cost"]) == {"this model (from its ONNX graph)", "sd-v1.4 (from its config)",
                                     "sdxl-base (from its config)"}
 

@@ -47,6 +47,23 @@ def _reference(tg, model, feed, quantize):
     return h
 
 
+def _peak(probs, per_sample: bool, heads: int = 2):
+    """The dynamic log scale: each sample's max over its `heads` rows of [B*heads, N, M], or the whole batch's."""
+    if not per_sample:
+        return probs.max()
+    return probs.reshape(-1, heads * probs[0].size).max(axis=1).repeat(heads).reshape(-1, 1, 1)
+
+
+def _log_reference(tg, per_sample: bool):
+    """A.V of the test graph's attentions with log2 probabilities: attn1 6 bits, attn2 4 bits with <start> FP."""
+    def quantize(name, probs, v):
+        if name == "attn1":
+            return tg.log_fake_quant(probs, _peak(probs, per_sample), 6)[0] @ v
+        rest = probs[..., 1:]
+        return probs[..., :1] @ v[:, :1] + tg.log_fake_quant(rest, _peak(rest, per_sample), 4)[0] @ v[:, 1:]
+    return quantize
+
+
 def test_log2_probs_self_and_cross_with_bos_split(tg):
     model = tg.attention_model()
     recipe = tg.make_recipe([_log_entry("attn1", bits=6), _log_entry("attn2", bits=4, exclude_bos=True)])
@@ -65,19 +82,34 @@ def test_log2_probs_self_and_cross_with_bos_split(tg):
     assert av.input[1] == "dgq/attn2/split/Slice_v_rest_output_0"
     assert not any(n.name.startswith("dgq/attn1/split") for n in out.graph.node)  # self-attention: no split
 
-    def quantize(name, probs, v):
-        if name == "attn1":
-            return tg.log_fake_quant(probs, probs.max(), 6)[0] @ v
-        rest = probs[..., 1:]
-        return probs[..., :1] @ v[:, :1] + tg.log_fake_quant(rest, rest.max(), 4)[0] @ v[:, 1:]
-
     feed = _feed()
     got = tg.run(out, feed)[0]
-    np.testing.assert_allclose(got, _reference(tg, model, feed, quantize), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, _reference(tg, model, feed, _log_reference(tg, per_sample=True)),
+                               rtol=1e-4, atol=1e-5)
     fp = _reference(tg, model, feed, lambda n, p, v: p @ v)
     assert np.abs(got - fp).max() > 1e-3  # quantization really happened
+    # the whole-batch scale (one max over both samples) is a different quantizer, and the test can tell
+    whole_batch = _reference(tg, model, feed, _log_reference(tg, per_sample=False))
+    assert np.abs(got - whole_batch).max() > 1e-3
     assert [(r.module, r.bos_split) for r in sorted(ctx.records, key=lambda r: r.module)] == \
         [("attn1", False), ("attn2", True)]
+
+
+def test_dynamic_log_scale_is_per_sample_so_a_sample_ignores_its_batch(tg):
+    """Sample 1 run alone equals sample 1 run beside sample 0 (and the per-sample scale nodes reduce per row)."""
+    model = tg.attention_model()
+    recipe = tg.make_recipe([_log_entry("attn1", bits=6), _log_entry("attn2", bits=4, exclude_bos=True)])
+    out, _ = tg.compile_model(model, recipe, PASSES)
+    reduce_axes = {n.name: numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == n.input[1]))
+                   for n in out.graph.node if n.op_type == "ReduceMax"}
+    assert len(reduce_axes) == 4 and all(a.tolist() in ([-2, -1], [1]) for a in reduce_axes.values())
+    # the test graph has a fixed batch 2: sample 1 beside two different partners must give the same output
+    feed = _feed(seed=3)
+    other = _feed(seed=4)
+    mixed = {k: (np.concatenate([other[k][:1], feed[k][1:]]) if k != "timestep" else v) for k, v in feed.items()}
+    a, b = tg.run(out, feed)[0], tg.run(out, mixed)[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    assert np.abs(a[0] - b[0]).max() > 1e-3
 
 
 def test_static_log_scale_and_uniform_probs_follow_the_step(tg):
