@@ -263,10 +263,10 @@ def _compiled_model(graph_path: Path, recipe, target: str | None = None, progres
 
         progress("measuring per-tensor op output ranges on the exact lowering (fast variant) ...")
         exact = model
-        ranges = output_ranges(exact, recipe, ctx.artifacts.get("lowering.json", "[]"))
+        ranges = output_ranges(exact, recipe, ctx.artifacts.get("lowering.json", "[]"), base_dir=graph_path.parent)
         model, ctx = build(lowering_passes(ranges))
         progress("measuring the fast variant's extra error against the exact lowering ...")
-        fast_error = extra_error(exact, model, recipe)
+        fast_error = extra_error(exact, model, recipe, base_dir=graph_path.parent)
     return model, ctx, metadata, fast_error
 
 

@@ -12,8 +12,9 @@ import json
 import numpy as np
 
 
-def output_ranges(model, recipe, lowering_json: str, batch: int = 1, seed: int = 0) -> dict:
-    """module -> [T, 2] (min, max) of the op's output at each calibrated step, for per-tensor Convs/MatMuls."""
+def output_ranges(model, recipe, lowering_json: str, batch: int = 1, seed: int = 0, base_dir=None) -> dict:
+    """module -> [T, 2] (min, max) of the op's output at each calibrated step, for per-tensor Convs/MatMuls.
+    `base_dir`: the folder of the weights file the model's unchanged (FP) initializers still point into."""
     import onnx
 
     from dgq_compiler import runtime
@@ -22,7 +23,7 @@ def output_ranges(model, recipe, lowering_json: str, batch: int = 1, seed: int =
     if not rows:
         return {}
     probe = runtime.with_outputs(model, {r["output"]: onnx.TensorProto.FLOAT for r in rows})
-    session = runtime.session(probe, "default")
+    session = runtime.session(probe, "default", base_dir=base_dir)
     ranges = {r["module"]: np.zeros((len(recipe.timesteps), 2), np.float32) for r in rows}
     for k, t in enumerate(recipe.timesteps):
         values = runtime.run_all(session, runtime.example_feeds(model, recipe.resolution, batch, seed + k, float(t)))
@@ -32,12 +33,13 @@ def output_ranges(model, recipe, lowering_json: str, batch: int = 1, seed: int =
     return ranges
 
 
-def extra_error(exact_model, fast_model, recipe, batch: int = 2, seed: int = 100) -> dict:
+def extra_error(exact_model, fast_model, recipe, batch: int = 2, seed: int = 100, base_dir=None) -> dict:
     """timestep -> max |fast - exact| / max |exact| of the UNet output (first, middle and last calibrated step),
     on inputs other than the calibration ones."""
     from dgq_compiler import runtime
 
-    exact, fast = runtime.session(exact_model, "default"), runtime.session(fast_model, "default")
+    exact = runtime.session(exact_model, "default", base_dir=base_dir)
+    fast = runtime.session(fast_model, "default", base_dir=base_dir)
     steps = sorted({0, len(recipe.timesteps) // 2, len(recipe.timesteps) - 1})
     errors = {}
     for k in steps:

@@ -36,6 +36,10 @@ class RunOptions:
     guidance: float = 7.5
     seed: int = 0
     verify_timesteps: int = 3
+    verify_latent_size: int | None = None  # simulator vs onnxruntime latent (default: the calibrated one)
+    latent_size: int | None = None     # calibration and image latents (default: the UNet's sample_size)
+    device: str | None = None          # torch device of calibration (default: cuda when present, else cpu)
+    quick: bool = False                # a try-out budget: QUICK replaces the options left at their defaults
 
     def __post_init__(self):
         from dgq_compiler.config import preset
@@ -52,6 +56,25 @@ class RunOptions:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
         if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
             raise DgqError(f"--guidance must be a finite number > 1 (classifier-free guidance), got {self.guidance}")
+        if self.latent_size is not None and (self.latent_size < 8 or self.latent_size % 8):
+            raise DgqError(f"--latent-size must be a positive multiple of 8, got {self.latent_size}")
+
+
+# `--quick`: few prompts, steps, images and configurations, so a real-size model can be tried on a laptop
+QUICK = {"num_prompts": 2, "steps": 4, "num_images": 1, "verify_timesteps": 1, "verify_latent_size": 32,
+         "presets": ("dgq-w8a8-g8",)}
+FULL_LABELS = {"num_prompts": "all", "verify_latent_size": "the calibrated latent"}
+
+
+def shortened(options: RunOptions) -> tuple[RunOptions, dict]:
+    """With `quick`, the options with QUICK in place of every default; and {option: {full, quick}} for the report."""
+    if not options.quick:
+        return options, {}
+    defaults = RunOptions()
+    changes = {name: value for name, value in QUICK.items() if getattr(options, name) == getattr(defaults, name)}
+    report = {name: {"full": FULL_LABELS.get(name, getattr(defaults, name)), "quick": value}
+              for name, value in changes.items()}
+    return replace(options, **changes), report
 
 
 @dataclass
@@ -108,10 +131,12 @@ def run(options: RunOptions, output: str | Path, overwrite: bool = False, log=pr
     """Run every stage into `output`; returns the summary that is also written as summary.json. Paths in the
     folder's JSON reports are relative to the folder, so it can be moved as a whole."""
     output = check_writable(output, overwrite=overwrite, kind="folder")
+    options, quick = shortened(options)
     source, label = resolve_model(options.model)
     started = time.perf_counter()
     with atomic_path(output, directory=True) as out:
         summary = _run_into(options, source, label, out, log)
+        summary["shortened"] = quick
         summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
         from dgq_compiler.report.markdown import write_report
 
@@ -152,6 +177,7 @@ def _stage(timer, name: str):
 
 def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> dict:
     import numpy as np
+    import torch
 
     from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, use_pndm
     from dgq_compiler.config import preset
@@ -169,7 +195,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                       image_prompts=options.image_prompts or image_file)
     figures_dir = out / "figures"
     figures_dir.mkdir()
-    pipe = open_pipeline(source, seed=options.seed, device="cpu")
+    pipe = open_pipeline(source, seed=options.seed, device="cpu")  # the ONNX stages and references run on CPU
     use_pndm(pipe)
     unet = pipe.unet
 
@@ -180,8 +206,15 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         prompts = read_prompts(options.prompts)
         if options.num_prompts:
             prompts = prompts[: options.num_prompts]
+        device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            pipe.to(torch.device(device))
+        except (RuntimeError, AssertionError) as exc:
+            raise DgqError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
         stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
-                          seed=options.seed, model_seed=options.seed if source == "tiny" else None, progress=True)
+                          seed=options.seed, latent_size=options.latent_size,
+                          model_seed=options.seed if source == "tiny" else None, progress=True)
+        pipe.to(torch.device("cpu"))
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")
 
@@ -190,16 +223,18 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         seeds = [options.seed + i for i in range(len(image_prompts))]
         calls: list[analysis.UNetCall] = []
         fp_latents = sample(pipe, torch_predictor(unet), image_prompts, seeds, options.steps, options.guidance,
-                            on_step=lambda i, t, x, s, e: calls.append(analysis.UNetCall(i, t, x, s, e)))
+                            latent_size=options.latent_size, on_step=lambda i, t, x, s, e: calls.append(analysis.UNetCall(i, t, x, s, e)))
         images = {"FP32": decode(pipe, fp_latents)}
-        probe_calls = [calls[i] for i in sorted({0, len(calls) // 2, len(calls) - 1})]
+        # every layer's output is held for each probe call (GBs at 512 px): --quick probes the middle call only
+        probe = [len(calls) // 2] if options.quick else [0, len(calls) // 2, len(calls) - 1]
+        probe_calls = [calls[i] for i in sorted(set(probe))]
         layers = [name for name, m in unet.named_modules()
                   if type(m).__name__ in ("Conv2d", "Linear", "LoRACompatibleConv", "LoRACompatibleLinear")]
         fp_layers = analysis.layer_outputs(unet, probe_calls, layers)
 
     shared = Shared(pipe, out / "export", out, options, calls, probe_calls, layers, fp_layers, image_prompts, seeds,
                     images, inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
-                                                 resolution=export.latent_size * 8, model="export/unet.onnx"))
+                                                 resolution=stats.resolution[0] * 8, model="export/unet.onnx"))
     results: list[ConfigResult] = []
     for name in options.presets:
         with _stage(timer, f"{name}: quantize, compile, verify, check"):
@@ -272,7 +307,8 @@ def _one_config(name: str, config, stats, shared: Shared, target: str | None = N
         graph = graph_dir / "unet.onnx"
 
     with timer.stage("verify_check"):
-        verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed, latent_size=stats.resolution[0],
+        verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed,
+                              latent_size=min(stats.resolution[0], options.verify_latent_size or stats.resolution[0]),
                               timesteps=_spread(stats.timesteps, options.verify_timesteps))
         verify.graph = str(graph.relative_to(out))
         (graph_dir / "verify.json").write_text(verify.to_json() + "\n")
@@ -289,7 +325,8 @@ def _one_config(name: str, config, stats, shared: Shared, target: str | None = N
         step_s = _median_call_s(predictor, shared.calls)
         step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states)))
                     for c in shared.calls]
-        latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance)
+        latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
+                         latent_size=options.latent_size)
         shared.images[name] = decode(pipe, latents)
         with apply_recipe(pipe.unet, recipe):
             quantized_layers = analysis.layer_outputs(pipe.unet, shared.probe_calls, shared.layers)

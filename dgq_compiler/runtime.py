@@ -28,7 +28,7 @@ PROVIDERS = ["CPUExecutionProvider"]
 
 
 def session_options(mode: str = "reference", *, threads: int | None = None, prepacking: bool = True,
-                    log_severity: int | None = None):
+                    log_severity: int | None = None, arena: bool = True):
     """onnxruntime SessionOptions for a named mode (see the module docstring)."""
     import onnxruntime as ort
 
@@ -41,6 +41,8 @@ def session_options(mode: str = "reference", *, threads: int | None = None, prep
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if not prepacking:  # no second, prepacked copy of the weights (memory of large exports)
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if not arena:  # activations freed after each run instead of kept in an arena (memory of large graphs)
+        options.enable_cpu_mem_arena = False
     if threads:
         options.intra_op_num_threads = threads
     if log_severity is not None:
@@ -49,7 +51,7 @@ def session_options(mode: str = "reference", *, threads: int | None = None, prep
 
 
 def session(graph, mode: str = "reference", *, base_dir: str | Path | None = None, threads: int | None = None,
-            prepacking: bool = True, log_severity: int | None = None):
+            prepacking: bool = True, log_severity: int | None = None, arena: bool = True):
     """An onnxruntime CPU session of `graph`: a file path, serialized bytes, or a ModelProto.
 
     A ModelProto whose initializers live in external files reads them from `base_dir` (the folder of the graph
@@ -58,7 +60,7 @@ def session(graph, mode: str = "reference", *, base_dir: str | Path | None = Non
     import onnx
     import onnxruntime as ort
 
-    options = session_options(mode, threads=threads, prepacking=prepacking, log_severity=log_severity)
+    options = session_options(mode, threads=threads, prepacking=prepacking, log_severity=log_severity, arena=arena)
     if isinstance(graph, (str, Path)):
         return ort.InferenceSession(str(graph), options, providers=PROVIDERS)
     if isinstance(graph, bytes):

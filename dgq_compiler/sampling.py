@@ -58,7 +58,7 @@ def initial_latents(pipe, seeds: list[int], latent_size: int | None = None) -> n
 
 
 def sample(pipe, predictor: NoisePredictor, prompts: list[str], seeds: list[int], steps: int = 25,
-           guidance: float = 7.5, on_step: Callable | None = None) -> np.ndarray:
+           guidance: float = 7.5, on_step: Callable | None = None, latent_size: int | None = None) -> np.ndarray:
     """Latents after `steps` PNDM steps with CFG; `on_step(i, t, eps_cond_uncond_input)` sees every UNet call."""
     import copy
 
@@ -68,7 +68,7 @@ def sample(pipe, predictor: NoisePredictor, prompts: list[str], seeds: list[int]
     scheduler.set_timesteps(steps)
     cond, uncond = encode_prompts(pipe, prompts)
     states = np.concatenate([uncond, cond])
-    latents = torch.from_numpy(initial_latents(pipe, seeds)) * scheduler.init_noise_sigma
+    latents = torch.from_numpy(initial_latents(pipe, seeds, latent_size)) * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
         x = scheduler.scale_model_input(torch.cat([latents, latents]), t).numpy()
         eps = predictor(x, float(t), states)

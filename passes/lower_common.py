@@ -110,6 +110,20 @@ def weight_of(node: gs.Node) -> QuantWeight:
                        integer_values(zero).reshape(-1), axis)
 
 
+def lowerable_nodes(graph: gs.Graph, ctx, kind: str):
+    """(module-map entry, node, input quantizer, float input, quantized weight) of every `kind` ("conv" or
+    "linear") node whose input and weight the recipe quantizes and that no earlier pass has lowered."""
+    by_name = {n.name: n for n in graph.nodes}
+    for entry in ctx.module_map:
+        tq = ctx.entry(entry.module, "input")
+        if entry.kind != kind or tq is None or ctx.entry(entry.module, "weight") is None:
+            continue
+        node = by_name.get(entry.node)
+        if node is None:  # lowered already (lower_qlinear, the fast variant)
+            continue
+        yield entry, node, tq, float_source(node.inputs[0], input_prefix(entry.module)), weight_of(node)
+
+
 def lowered_prefix(module: str) -> str:
     return node_prefix(module, LOWER_ROLE)
 

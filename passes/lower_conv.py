@@ -18,16 +18,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.base import Pass, PassContext, add_node, constant, nodes_by_name, step_index_tensor
+from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
 from passes.lower_common import (
     add_report_row,
     ones_scale,
     product_meta,
-    input_prefix,
     lowered_prefix,
+    lowerable_nodes,
     add_all,
-    float_source,
     group_layout,
     group_scalars,
     im2col_nhwc,
@@ -37,7 +36,6 @@ from passes.lower_common import (
     rescale,
     split_groups,
     step_row,
-    weight_of,
     weight_tensor,
     with_zero_point_columns,
     zero_point_rows,
@@ -155,18 +153,8 @@ class LowerConv(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         step = step_index_tensor(graph)
-        by_name = nodes_by_name(graph)
-        for entry in ctx.module_map:
-            if entry.kind != "conv" or ctx.entry(entry.module, "input") is None \
-                    or ctx.entry(entry.module, "weight") is None:
-                continue
-            node = by_name.get(entry.node)
-            if node is None:  # lowered already (lower_qlinear, the fast variant)
-                continue
-            tq = ctx.entry(entry.module, "input")
+        for entry, node, tq, x, wt in lowerable_nodes(graph, ctx, "conv"):
             prefix = lowered_prefix(entry.module)
-            x = float_source(node.inputs[0], input_prefix(entry.module))
-            wt = weight_of(node)
             if wt.codes.ndim != 4:
                 raise PassError(f"Conv {node.name!r}: only 2-D convolutions can be lowered")
             kernel_shape, strides, pads, dilations = conv_attrs(node, wt.codes.shape[2:])

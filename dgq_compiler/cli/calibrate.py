@@ -12,7 +12,10 @@ def register(sub) -> None:
         description="Sample with the diffusers pipeline (PNDM, classifier-free guidance: cond + uncond in one batch, "
                     "prompt i seeded seed + i) and record, at every quantization point and distinct timestep, "
                     "per-channel and per-pixel/token min/max and the attention statistics. Writes STATS.json "
-                    "(manifest) + STATS.safetensors. Shards (--shard i/n) merge exactly with `dgq merge-stats`.",
+                    "(manifest) + STATS.safetensors. Shards (--shard i/n) merge exactly with `dgq merge-stats`. Under torchrun "
+                    "(`torchrun --nproc-per-node N -m dgq_compiler calibrate ...`) the ranks split the prompts and "
+                    "reduce their statistics with collective min/max (gloo on CPU, NCCL on CUDA): the file one "
+                    "process writes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="a local diffusers pipeline folder, 'embedded' (the shipped trained model) or "
                                  "'tiny' (the embedded random pipeline); the statistics record it for `dgq quantize`")
@@ -26,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None, help="latent height/width; None: the UNet's sample_size")
     p.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N slices of the prompts (0-based)")
-    p.add_argument("--device", default=None, help="torch device; None: cuda if available, else cpu")
+    p.add_argument("--device", default=None,
+                   help="torch device; None: cuda if available (under torchrun cuda:LOCAL_RANK), else cpu")
     p.add_argument("--model-seed", type=argtypes.seed, default=0, help="weights seed of the 'tiny' model")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=run)
@@ -48,6 +52,7 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
+    from dgq_compiler.calibrate import distributed
     from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, shard_indices
     from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
@@ -62,16 +67,34 @@ def run(args) -> int:
     prompts = read_prompts(args.prompts)
     if args.num_prompts is not None:
         prompts = prompts[: args.num_prompts]
-    indices = shard_indices(len(prompts), parse_shard(args.shard))
-    pipe = open_pipeline(resolve_model(args.model)[0], seed=args.model_seed, device=args.device)
+    rank = None
+    if distributed.launched_by_torchrun():
+        if args.shard is not None:
+            raise DgqError("--shard splits prompts across independent jobs; under torchrun the ranks split them "
+                           "already: drop --shard")
+        rank = distributed.init_rank(args.device)
+        indices = shard_indices(len(prompts), (rank.rank, rank.world))
+    else:
+        indices = shard_indices(len(prompts), parse_shard(args.shard))
+    pipe = open_pipeline(resolve_model(args.model)[0], seed=args.model_seed,
+                         device=rank.device if rank else args.device)
     check_attention_memory(pipe.unet.config, args.latent_size or int(pipe.unet.config.sample_size), 2)  # cond+uncond
     start = time.perf_counter()
     stats = calibrate(pipe, prompts, model_name=args.model, steps=args.steps, guidance=args.guidance,
                       seed=args.seed, indices=indices, latent_size=args.latent_size,
                       negative_prompt=args.negative_prompt,
-                      model_seed=args.model_seed if args.model == "tiny" else None, progress=True)
+                      model_seed=args.model_seed if args.model == "tiny" else None,
+                      progress=rank is None or rank.rank == 0)
+    if rank is not None:
+        stats = distributed.reduce_stats(stats, rank)
+        indices = list(stats.prompt_indices)
     seconds = time.perf_counter() - start
+    if rank is not None and rank.rank != 0:
+        distributed.finish()  # rank 0 writes the file and the summary
+        return 0
     stats.save(out, overwrite=args.overwrite)
+    if rank is not None:
+        distributed.finish()
     roles: dict = {}
     for p in stats.points:
         roles[p.role] = roles.get(p.role, 0) + 1
@@ -81,7 +104,7 @@ def run(args) -> int:
             ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]}"],
             ["latent resolution", "x".join(map(str, stats.resolution))],
             ["points", ", ".join(f"{r} {n}" for r, n in roles.items())],
-            ["device", str(pipe.device)],
+            ["device", f"{pipe.device} x {rank.world} ranks ({rank.backend})" if rank else str(pipe.device)],
             ["time", f"{seconds:.1f} s ({seconds / len(indices):.2f} s per prompt)"]]
     print(format_table(["calibrate", args.model], rows))
     return 0

@@ -19,10 +19,13 @@ def register(sub) -> None:
                    help="output folder to create: unet.onnx, module_map.json, export.json")
     p.add_argument("--batch", type=argtypes.batch, default=2, help="batch used to trace and validate (2 = CFG)")
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
-                   help="latent height/width used to trace and validate (default: the UNet's sample_size)")
+                   help="latent height/width used to trace and validate (default: the UNet's sample_size, at most 32)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed for random weights and validation inputs")
-    p.add_argument("--tolerance", type=argtypes.tolerance, default=1e-4,
-                   help="largest allowed |onnxruntime - torch| / max(1, max|torch|)")
+    p.add_argument("--tolerance", type=argtypes.tolerance, default=None,
+                   help="largest allowed |onnxruntime - torch| / max(1, max|torch|); None: 1e-4, or 1e-2 with --fp16")
+    p.add_argument("--fp16", action="store_true",
+                   help="float16 weights and arithmetic inside the graph (half the file; inputs and output stay "
+                        "float32), validated against the float32 torch model")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
 
@@ -30,23 +33,23 @@ def register(sub) -> None:
 def run(args) -> int:
     from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
-    from dgq_compiler.export import export_unet
+    from dgq_compiler.export import MAX_DEFAULT_LATENT, export_model, model_config
     from dgq_compiler.io import check_writable
-    from models.loader import get_unet
 
     check_writable(args.output, overwrite=args.overwrite, kind="folder")  # before minutes of loading and tracing
-    unet = get_unet(args.model, seed=args.seed)
-    check_attention_memory(unet.config, args.latent_size or int(unet.config.sample_size), args.batch)
-    report = export_unet(unet, args.output, model_name=args.model, batch=args.batch,
-                         latent_size=args.latent_size, seed=args.seed, tolerance=args.tolerance,
-                         overwrite=args.overwrite)
+    config, _ = model_config(args.model)  # the architecture alone: the weights are read tensor by tensor
+    check_attention_memory(config, args.latent_size or min(int(config["sample_size"]), MAX_DEFAULT_LATENT), args.batch)
+    report = export_model(args.model, args.output, batch=args.batch, latent_size=args.latent_size,
+                          seed=args.seed, tolerance=args.tolerance, overwrite=args.overwrite, float16=args.fp16)
     rows = [["graph", f"{args.output}/{report.graph}"],
             ["parameters", f"{report.parameters / 1e6:.2f} M"],
             ["external data", "yes (unet.onnx.data)" if report.external_data else "no"],
+            ["weights", report.dtype],
             ["inputs", ", ".join(report.inputs)],
             *[[f"max abs error @ t={t}", f"{e:.3g}"] for t, e in report.max_abs_error.items()],
             ["tolerance", f"{report.tolerance:g}  (passed)"],
             ["time (export / save / validate)",
-             " / ".join(f"{report.seconds[k]:.1f} s" for k in ("export", "save_and_check", "validate"))]]
+             " / ".join(f"{report.seconds[k]:.1f} s" for k in ("export", "save_and_check", "validate"))],
+            ["time (weights: generate or read, classify)", f"{report.seconds['weights']:.1f} s"]]
     print(format_table(["export", args.model], rows))
     return 0

@@ -27,6 +27,14 @@ def register(sub) -> None:
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of sampling (and of the random tiny weights)")
+    p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
+                   help="latent height/width of calibration and images (default: the UNet's sample_size; "
+                        "image pixels = 8x for SD/SDXL VAEs)")
+    p.add_argument("--device", default=None,
+                   help="torch device of calibration (default: cuda when present, else cpu); the ONNX stages run on CPU")
+    p.add_argument("--quick", action="store_true",
+                   help="try-out budget for real-size models: 2 prompts, 4 steps, 1 image, dgq-w8a8-g8 only, verify at "
+                        "1 timestep and latent 32 (options given explicitly are kept); the report lists what was shortened")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)
 
@@ -45,7 +53,8 @@ def run(args) -> int:
 
     options = RunOptions(model=args.model, presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
                          prompts=args.prompts, num_prompts=args.num_prompts, image_prompts=args.image_prompts,
-                         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed)
+                         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                         latent_size=args.latent_size, device=args.device, quick=args.quick)
     summary = run_all(options, args.output, overwrite=args.overwrite)
     print()
     print(format_table(SUMMARY_HEADERS, summary_rows(summary),

@@ -47,6 +47,17 @@ SUMMARY_HEADERS = ["configuration", "TBOPs (exact)", "graph MB", "noise SNR dB (
                    "stock onnxruntime (UNet call)"]
 
 
+def _shortened(changes: dict | None) -> list[str]:
+    """The `--quick` paragraph: which options ran shortened, against the full run's values."""
+    if not changes:
+        return []
+    items = ", ".join(f"{name.replace('_', ' ')} {c['quick'] if not isinstance(c['quick'], (list, tuple)) else ', '.join(c['quick'])}"
+                      f" (full run: {c['full'] if not isinstance(c['full'], (list, tuple)) else len(c['full'])})"
+                      for name, c in changes.items())
+    return [f"**Quick run (`--quick`)**: shortened to {items}. The figures show what the method does, not its "
+            "full-budget fidelity.", ""]
+
+
 def write_report(summary: dict, out: Path) -> Path:
     opts = summary["options"]
     cal = summary["calibration"]
@@ -58,6 +69,7 @@ def write_report(summary: dict, out: Path) -> Path:
         f"{cal['prompts']} calibration prompts, {opts['steps']} PNDM steps, guidance {opts['guidance']}). "
         f"Total time {summary['seconds'].get('total', 0):.0f} s.",
         "",
+        *_shortened(summary.get("shortened")),
         "## Summary",
         "",
         _table(SUMMARY_HEADERS, summary_rows(summary)),

@@ -184,7 +184,6 @@ def test_step_count_mismatch_is_refused(tmp_path, compiled, tiny_pipeline_dir):
 
 def _module_map(compiled_out):
     report = json.loads((compiled_out / "compile.json").read_text())
-    from pathlib import Path
     return (compiled_out / report["graph"]).parent / "module_map.json"  # the graph path is relative to compile.json
 
 

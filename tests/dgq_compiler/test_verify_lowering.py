@@ -15,6 +15,7 @@ from dgq_compiler.config import preset
 from dgq_compiler.errors import DgqError
 from tests.random_recipes import random_recipe
 from dgq_compiler.verify.lowering import verify_lowered
+from simulator.errors import SimulatorError
 
 TIMESTEPS = (901, 501, 101)
 
@@ -130,9 +131,19 @@ def test_lowered_embedded_model_is_exact(tmp_path):
 def test_compile_refuses_an_unknown_target_and_static_lowering(tiny_export_dir, tiny_pipeline_dir, tmp_path):
     config = json.loads((tiny_pipeline_dir / "unet" / "config.json").read_text())
     recipe = random_recipe(config, preset("tfmq-w8a8"), TIMESTEPS, model_name="m")
-    with pytest.raises(DgqError, match="not supported"):
+    with pytest.raises((DgqError, SimulatorError), match="'gpu'"):
         compile_graph(tiny_export_dir, recipe, tmp_path / "a", target="gpu", progress=lambda _m: None)
     with pytest.raises(DgqError, match="cannot be combined"):
         compile_graph(tiny_export_dir, recipe, tmp_path / "b", target="onnxruntime-cpu", static=True,
                       progress=lambda _m: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_verify_of_a_lowered_graph_runs_the_integer_comparison(lowered, capsys):
+    from dgq_compiler.cli.main import main
+
+    out, _report, _recipe = lowered
+    assert main(["verify", str(out), "--target", "onnxruntime-cpu", "--timesteps", "101"]) == 0
+    assert "EXACT" in capsys.readouterr().out
+    assert main(["verify", str(out), "--target", "generic-npu"]) == 2
+    assert "verify it with --target onnxruntime-cpu" in capsys.readouterr().err

@@ -55,3 +55,56 @@ def test_malformed_config_json_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match="is not valid JSON"):
         read_unet_config(tmp_path / "config.json")
+
+
+SDXL_LIKE = {"addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": 16 + 6 * 8, "transformer_layers_per_block": [1, 2, 1],
+             "use_linear_projection": True}
+
+
+@pytest.mark.parametrize("overrides,seed", [({}, 0), ({}, 5), (SDXL_LIKE, 1)])
+def test_streamed_random_weights_equal_the_built_model_bit_for_bit(overrides, seed):
+    import torch
+
+    from models.zoo import stream_random_weights
+
+    config = dict(zoo_config("tiny"), **overrides)
+    got, sizes_seen = {}, []
+
+    def write(index, tensor):
+        got[index] = tensor.clone()
+        sizes_seen.append(len(got))
+
+    names = stream_random_weights(config, seed, write)
+    reference = unet_from_config(config, device="cpu", seed=seed).state_dict()
+    assert sorted(names) == sorted(reference)
+    assert all(torch.equal(got[i], reference[name]) for i, name in enumerate(names))
+    other = unet_from_config(config, device="cpu", seed=seed + 1).state_dict()
+    assert not all(torch.equal(got[i], other[name]) for i, name in enumerate(names))
+
+
+def test_streamed_random_weights_leave_the_global_generator_alone():
+    import torch
+
+    from models.zoo import stream_random_weights
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    stream_random_weights(zoo_config("tiny"), 0, lambda _i, _t: None)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_saved_random_unet_folder_loads_to_the_zoo_weights(tmp_path):
+    import torch
+
+    from models.loader import load_unet
+    from models.zoo import save_random_unet
+
+    config = dict(zoo_config("tiny"), **SDXL_LIKE)
+    save_random_unet(config, 2, tmp_path / "unet")
+    loaded = load_unet(tmp_path / "unet").state_dict()
+    reference = unet_from_config(config, device="cpu", seed=2).state_dict()
+    assert sorted(loaded) == sorted(reference)
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    assert read_unet_config(tmp_path / "unet")["addition_embed_type"] == "text_time"
