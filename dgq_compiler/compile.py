@@ -15,6 +15,7 @@ from dgq_compiler import runtime
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable, relative_path, report_json
 from dgq_compiler.verify.fakequant import DEFAULT_TOLERANCE, MAX_LSB, point_errors, reference_errors
+from passes.contract import LOWERING_REPORT
 
 GRAPH_NAME = runtime.GRAPH_NAME
 WEIGHTS_NAME = "unet.onnx.data"
@@ -193,7 +194,7 @@ def _compile_export(graph_path: str | Path, recipe, out_path: str | Path, option
                            tensors=summary_rows(ctx.records),
                            fp32_bytes=fp_bytes, compiled_bytes=0, tolerance=options.tolerance,
                            target=options.target, gave_up=[list(asdict(g).values()) for g in gave_up],
-                           kernels=kernel_rows(ctx.artifacts.get("lowering.json")), fast_extra_error=fast_error)
+                           kernels=kernel_rows(ctx.artifacts.get(LOWERING_REPORT)), fast_extra_error=fast_error)
     with atomic_path(out_path, directory=True) as tmp:
         compiled = tmp / GRAPH_NAME
         with timer.stage("save"):
@@ -243,7 +244,7 @@ def _compiled_model(graph_path: Path, recipe, target: str | None = None, progres
     from passes.base import PassContext
     from passes.contract import MODEL_COMPILED, MODEL_NAME, MODEL_RECIPE_CONFIG, MODEL_TIMESTEPS
     from passes.graph_io import export_model, load_graph
-    from passes.lower_common import LOWERED
+    from passes.contract import LOWERED
     from passes.lower_pipeline import lowering_passes
     from passes.manager import run_passes
     from passes.module_map import load_module_map
@@ -263,7 +264,7 @@ def _compiled_model(graph_path: Path, recipe, target: str | None = None, progres
 
         progress("measuring per-tensor op output ranges on the exact lowering (fast variant) ...")
         exact = model
-        ranges = output_ranges(exact, recipe, ctx.artifacts.get("lowering.json", "[]"), base_dir=graph_path.parent)
+        ranges = output_ranges(exact, recipe, ctx.artifacts.get(LOWERING_REPORT, "[]"), base_dir=graph_path.parent)
         model, ctx = build(lowering_passes(ranges))
         progress("measuring the fast variant's extra error against the exact lowering ...")
         fast_error = extra_error(exact, model, recipe, base_dir=graph_path.parent)

@@ -245,7 +245,11 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             results.append(_one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
 
     with _stage(timer, "cost model"):
+        from dgq_compiler.report.roofline import preset_configs, roofline_summary
+
         cost = _cost_tables(shared.inventory, options)
+        roofline = roofline_summary(shared.inventory, preset_configs(options.presets), figures_dir / "roofline.png",
+                                    steps=options.steps)
 
     with _stage(timer, "figures"):
         figs = {}
@@ -269,7 +273,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             "calibration": {"prompts": len(prompts), "timesteps": list(stats.timesteps),
                             "points": len(stats.points)},
             "image_prompts": image_prompts, "seeds": seeds,
-            "configs": [asdict(r) for r in results], "cost": cost, "figures": figs,
+            "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
             "attention": attention, "seconds": seconds,
             "fp_image_mean": float(np.mean(images["FP32"]))}
 

@@ -78,6 +78,15 @@ MODEL_TIMESTEPS = "dgq.timesteps"
 MODEL_STATIC_STEP = "dgq.static_step"
 MODEL_STATIC_TIMESTEP = "dgq.static_timestep"
 
+# integer lowering (`dgq compile --target onnxruntime-cpu`, passes/lower_*.py; read by dgq verify)
+LOWER_ROLE = "lower"                           # lowered nodes and initializers: dgq/{module}/lower/...
+LOWERED = f"{NAMESPACE}.lowered"               # model metadata: the target the graph was lowered for
+LOWERED_INPUT = f"{NAMESPACE}.lowered_input"   # MatMulInteger metadata: the float tensor the op quantizes
+LOWERED_KERNEL = f"{NAMESPACE}.kernel"
+LOWERED_GROUP = f"{NAMESPACE}.group"           # the recipe group (or kernel tap) of this accumulator (-1: the only one)
+LOWERED_LAYOUT = f"{NAMESPACE}.acc_layout"     # nlc (rows x out channels) | nhwc (conv, channels last) | tap
+LOWERING_REPORT = "lowering.json"              # beside the lowered graph: one row per lowered op
+
 # ONNX element types narrower than a byte -> their bit width (the one table of them)
 NARROW_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT2: 2, onnx.TensorProto.UINT2: 2}
 SIGNED_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.INT16, onnx.TensorProto.INT2})

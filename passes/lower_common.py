@@ -26,17 +26,13 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from passes.base import add_node, constant
-from passes.contract import FUSION_BARRIER_SUFFIX, META_MODULE, NAMESPACE, node_prefix
+from passes.contract import (  # noqa: F401  (the lowering's contract names, re-exported for the lowering passes)
+    FUSION_BARRIER_SUFFIX, LOWER_ROLE, LOWERED, LOWERED_GROUP, LOWERED_INPUT, LOWERED_KERNEL, LOWERED_LAYOUT,
+    LOWERING_REPORT, META_MODULE, NAMESPACE, node_prefix,
+)
 from passes.errors import PassError
 
-LOWER_ROLE = "lower"                           # lowered nodes: dgq/{module}/lower/...
-LOWERED = f"{NAMESPACE}.lowered"               # model metadata: the target the graph was lowered for
 LOWERED_MODULE = META_MODULE
-LOWERED_INPUT = f"{NAMESPACE}.lowered_input"   # the float tensor the op quantizes
-LOWERED_KERNEL = f"{NAMESPACE}.kernel"
-LOWERED_GROUP = f"{NAMESPACE}.group"           # the recipe group (or kernel tap) of this accumulator (-1: the only one)
-LOWERED_LAYOUT = f"{NAMESPACE}.acc_layout"     # nlc (rows x out channels) | nhwc (conv, channels last) | tap
-LOWERING_REPORT = "lowering.json"
 
 
 INT64_MAX = np.iinfo(np.int64).max

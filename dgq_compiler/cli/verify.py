@@ -111,7 +111,7 @@ def _lowered_for(graph) -> str | None:
     """The target a graph was lowered for (model metadata dgq.lowered), or None for a QDQ graph."""
     import onnx
 
-    from passes.lower_common import LOWERED
+    from passes.contract import LOWERED
 
     model = onnx.load(str(graph), load_external_data=False)  # read_graph has checked it is a readable model
     return {p.key: p.value for p in model.metadata_props}.get(LOWERED)

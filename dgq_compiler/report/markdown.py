@@ -96,6 +96,9 @@ def write_report(summary: dict, out: Path) -> Path:
                   _table(["bits", "G", "TBOPs", "model size MB", "quant. params MB"],
                          [[r["bits"], r["groups"], r["tbops"], _mb(r["model_size_bytes"]),
                            _mb(r["qparam_bytes"])] for r in rows]), ""]
+    r = summary["roofline"]
+    parts += [f"### Latency and energy (roofline on {r['target']})", "", f"![roofline](figures/{r['figure']})", "",
+              _table(r["headers"], r["rows"]), ""]
     parts += ["Exact-convention TBOPs of each configuration of this model are in the summary table.", "",
               "## Fidelity", "",
               f"![per-layer SQNR](figures/{summary['figures']['layer_sqnr']})", "",

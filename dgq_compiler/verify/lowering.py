@@ -175,9 +175,10 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
 
     from dgq_compiler import runtime
     from dgq_compiler.verify.integer import latent_size_of
+    from passes.contract import LOWER_ROLE, LOWERED_GROUP, LOWERED_INPUT, LOWERING_REPORT, META_MODULE, node_prefix
 
     graph = runtime.resolve_graph(graph, "a compiled folder or its unet.onnx")
-    all_rows = _read_json(graph.parent / "lowering.json", "lowering report")
+    all_rows = _read_json(graph.parent / LOWERING_REPORT, "lowering report")
     rows = [r for r in all_rows if r["accumulators"] > 0]  # QLinear ops (fast variant): no accumulator to compare
     encodings = _read_json(graph.parent / "encodings.json", "encodings file")
     by_module = {e["module"]: e for e in encodings["activations"] if e["role"] == "input"}
@@ -192,12 +193,12 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
     accs, inputs, code_names = {}, {}, {}
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
-        if node.op_type == "MatMulInteger" and meta.get("dgq.module") in {r["module"] for r in rows}:
-            accs.setdefault(meta["dgq.module"], {})[int(meta["dgq.group"])] = node.output[0]
-            inputs[meta["dgq.module"]] = meta["dgq.lowered_input"]
+        if node.op_type == "MatMulInteger" and meta.get(META_MODULE) in {r["module"] for r in rows}:
+            accs.setdefault(meta[META_MODULE], {})[int(meta[LOWERED_GROUP])] = node.output[0]
+            inputs[meta[META_MODULE]] = meta[LOWERED_INPUT]
     for node in model.graph.node:
         for r in rows:
-            prefix = f"dgq/{r['module']}/lower/"
+            prefix = node_prefix(r["module"], LOWER_ROLE) + "/"
             if node.name in (prefix + "QuantizeLinear", prefix + "Clip"):
                 code_names[r["module"]] = node.output[0]  # the Clip (b < 8) comes after the Q: it wins
     wanted = sorted(set(inputs.values()) | set(code_names.values()) | {n for a in accs.values() for n in a.values()})
@@ -218,7 +219,7 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
             m = r["module"]
             res = results[m]
             enc = by_module[m]
-            zero_w = init[f"dgq/{m}/lower/w_zero_point"]
+            zero_w = init[node_prefix(m, LOWER_ROLE) + "/w_zero_point"]
             codes, ref = reference_accumulators(r, enc, step, values[inputs[m]], _weight_ints(r, init, zero_w))
             got_codes = values[code_names[m]].astype(np.int64).reshape(codes.shape)
             res.codes += codes.size
