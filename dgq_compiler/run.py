@@ -7,19 +7,17 @@ finished (built under a temporary name, then renamed).
 from __future__ import annotations
 
 import json
-from collections import Counter
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.run_config import CHECK_TARGET, Shared, one_config
 
 DGQ_PRESETS = ("dgq-w8a8-g8", "dgq-w4a8-g8", "dgq-w8a6-g16", "dgq-w4a6-g16")
 BASELINE_PRESETS = ("qdiffusion-w8a8", "tfmq-w8a8", "qdiffusion-w4a6", "tfmq-w4a6")
 DEFAULT_PRESETS = DGQ_PRESETS + BASELINE_PRESETS
-VERIFY_TARGET = "generic-npu"
-CHECK_TARGET = "tensorrt-int8"
 COST_MODELS = ("sd-v1.4", "sdxl-base")
 EMBEDDED_LABEL = "shapes-sd (embedded, trained)"
 
@@ -77,23 +75,6 @@ def shortened(options: RunOptions) -> tuple[RunOptions, dict]:
     return replace(options, **changes), report
 
 
-@dataclass
-class ConfigResult:
-    preset: str
-    recipe: str
-    graph: str
-    compiled_bytes: int
-    point_check: dict
-    verify_passed: bool
-    verify: dict
-    check_violations: dict
-    cost: dict
-    step_snr: list = field(default_factory=list)
-    layer_sqnr: dict = field(default_factory=dict)
-    seconds: dict = field(default_factory=dict)
-    onnxruntime: dict = field(default_factory=dict)  # ran in a default session (call times: in seconds)
-
-
 def resolve_model(model: str) -> tuple[str, str]:
     """(pipeline source for `open_pipeline`, a label): 'embedded' is the shipped trained model."""
     if model == "embedded":
@@ -149,25 +130,6 @@ def _json(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-@dataclass
-class Shared:
-    """What every configuration's stage reads: made once by the earlier stages, kept in memory."""
-    pipe: object
-    export_dir: Path
-    out: Path
-    options: RunOptions
-    calls: list                 # every UNet call of the FP reference sampling (analysis.UNetCall)
-    probe_calls: list           # three of them, for per-layer SQNR
-    layers: list                # Conv/Linear module names
-    fp_layers: dict             # their FP outputs on the probe calls
-    image_prompts: list
-    seeds: list
-    images: dict                # label -> uint8 images; each configuration adds its own
-    inventory: object           # the fp32 graph's cost inventory (the same for every configuration)
-    recipes: dict = field(default_factory=dict)   # preset -> Recipe
-    fp32_step_s: float | None = None              # median UNet call of the fp32 graph, default onnxruntime session
 
 
 def _stage(timer, name: str):
@@ -235,14 +197,14 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     shared = Shared(pipe, out / "export", out, options, calls, probe_calls, layers, fp_layers, image_prompts, seeds,
                     images, inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
                                                  resolution=stats.resolution[0] * 8, model="export/unet.onnx"))
-    results: list[ConfigResult] = []
+    results = []  # run_config.ConfigResult per configuration
     for name in options.presets:
         with _stage(timer, f"{name}: quantize, compile, verify, check"):
-            results.append(_one_config(name, preset(name), stats, shared))
+            results.append(one_config(name, preset(name), stats, shared))
     dgq = next((name for name in options.presets if name.startswith("dgq")), None)
     if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
         with _stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
-            results.append(_one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
+            results.append(one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
 
     with _stage(timer, "cost model"):
         from dgq_compiler.report.roofline import preset_configs, roofline_summary
@@ -276,108 +238,6 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
             "attention": attention, "seconds": seconds,
             "fp_image_mean": float(np.mean(images["FP32"]))}
-
-
-def _one_config(name: str, config, stats, shared: Shared, target: str | None = None) -> ConfigResult:
-    """quantize (-> adapt to `target`) -> compile -> verify / check -> images and fidelity -> cost, for one
-    configuration; with a target the row is `<preset>@<target>` and the check covers its static graphs."""
-    from dgq_compiler.adapt import adapt_recipe, graphs_for_target, kxk_conv_modules
-    from dgq_compiler.compile import CompileOptions, compile_graph
-    from dgq_compiler.fakequant import apply_recipe
-    from dgq_compiler.quantize import quantize_stats
-    from dgq_compiler.report import analysis
-    from dgq_compiler.sampling import decode, onnx_predictor, sample
-    from dgq_compiler.verify import verify_graph
-    from dgq_compiler.timing import StageTimer
-    from simulator.check import check_graph
-    from simulator.cost.report import cost_row
-
-    out, options, pipe = shared.out, shared.options, shared.pipe
-    timer = StageTimer(digits=2)
-    with timer.stage("quantize"):
-        recipe, _summary = quantize_stats(stats, config, pipe.unet)
-        if target is not None:
-            recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(shared.export_dir / "unet.onnx"))
-            name = f"{name}@{target}"
-        (out / "recipes").mkdir(exist_ok=True)
-        recipe_path = recipe.save(out / "recipes" / f"{name}.json")
-        shared.recipes[name] = recipe
-
-    with timer.stage("compile"):
-        (out / "graphs").mkdir(exist_ok=True)
-        graph_dir = out / "graphs" / name
-        report = compile_graph(shared.export_dir, recipe, graph_dir,
-                               CompileOptions(paths_relative_to=str(out), target=target), progress=lambda *_: None)
-        graph = graph_dir / "unet.onnx"
-
-    with timer.stage("verify_check"):
-        verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed,
-                              latent_size=min(stats.resolution[0], options.verify_latent_size or stats.resolution[0]),
-                              timesteps=_spread(stats.timesteps, options.verify_timesteps))
-        verify.graph = str(graph.relative_to(out))
-        (graph_dir / "verify.json").write_text(verify.to_json() + "\n")
-        checked = graphs_for_target(graph_dir, CHECK_TARGET, lambda p: Path(p) / "unet.onnx")
-        violations = [v for g in checked for v in check_graph(g, CHECK_TARGET).violations]
-        (graph_dir / "check.json").write_text(json.dumps(
-            {"target": CHECK_TARGET, "graphs": [g.name for g in checked],
-             "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
-
-    with timer.stage("images_and_fidelity"):
-        predictor = onnx_predictor(graph)  # a default session: what a client opens
-        if shared.fp32_step_s is None:
-            shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
-        step_s = _median_call_s(predictor, shared.calls)
-        step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states)))
-                    for c in shared.calls]
-        latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
-                         latent_size=options.latent_size)
-        shared.images[name] = decode(pipe, latents)
-        with apply_recipe(pipe.unet, recipe):
-            quantized_layers = analysis.layer_outputs(pipe.unet, shared.probe_calls, shared.layers)
-        layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
-    seconds = timer.seconds
-
-    bits = {role == "weight": tq.bits for (_m, role), tq in recipe.tensors.items()}  # the compiled widths
-    row = cost_row(shared.inventory, f"W{bits.get(True, config.weight_bits)}A{bits.get(False, config.act_bits)}",
-                   groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
-                   shared_group_map=config.shared_group_map and target is None)
-    worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
-    return ConfigResult(
-        preset=name, recipe=str(recipe_path.relative_to(out)), graph=str(graph.relative_to(out)),
-        compiled_bytes=report.compiled_bytes, point_check=report.point_check,
-        verify_passed=verify.passed,
-        verify={"tensors": len(verify.tensors), "worst_mismatch_rate": worst_mismatch,
-                "max_lsb": max((t.max_lsb for t in verify.tensors), default=0),
-                "overflows": sum(o.overflows for o in verify.overflows),
-                "output_error": max(verify.output_error.values(), default=0.0), "failures": verify.failures},
-        check_violations=dict(Counter(v.rule for v in violations)),
-        cost={"tbops_exact": row.tbops, "model_size_bytes": row.model_size_bytes, "qparam_bytes": row.qparam_bytes},
-        step_snr=[(float(t), float(s)) for t, s in step_snr],
-        layer_sqnr={k: float(v) for k, v in layer_sqnr.items()},
-        seconds={**seconds, "unet_call": step_s, "fp32_unet_call": shared.fp32_step_s},  # wall clock: kept apart
-        onnxruntime={"default_session": True})
-
-
-def _median_call_s(predictor, calls, count: int = 3) -> float:
-    """Median wall time of one UNet call over the first `count` reference calls (after one warm-up call)."""
-    import statistics
-
-    first = calls[0]
-    predictor(first.sample, first.timestep, first.states)
-    times = []
-    for c in calls[:count]:
-        start = time.perf_counter()
-        predictor(c.sample, c.timestep, c.states)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _spread(timesteps, count: int) -> list[float]:
-    """`count` calibrated timesteps spread over the schedule (first, middle, last, ...)."""
-    import numpy as np
-
-    idx = sorted({int(round(i)) for i in np.linspace(0, len(timesteps) - 1, max(1, count))})
-    return [float(timesteps[i]) for i in idx]
 
 
 def _cost_tables(inventory, options: RunOptions) -> dict:
