@@ -3,6 +3,8 @@
 On disk: `foo.json` (the manifest, written last) and `foo.safetensors` (the arrays, written first); the
 manifest records the arrays' sha256, so a truncated, swapped or edited array file is caught on load.
 Keyed by (module path, role); carries the calibrated timestep schedule and the QuantConfig that made it.
+(About 350 lines: the format, its save/load and its field-by-field validation belong together, so that a
+reader sees in one file everything a recipe file may and may not contain.)
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Integer arithmetic, exactly as the simulator's contract (DESIGN.md section 6) de
 Every lowered op's accumulators are MatMulInteger outputs named `dgq/<module>/lower/acc<g>` with node
 metadata (LOWERED_* keys) naming the float input, the grouping and the kernel, so `dgq verify` can expose them
 as graph outputs and compare them with the simulator's integer kernels, bit for bit.
-(About 320 lines: the shared builders of three lowering passes, which may not import one another.)
+(About 340 lines: the shared builders of three lowering passes, which may not import one another.)
 """
 from __future__ import annotations
 
