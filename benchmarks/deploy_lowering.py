@@ -39,20 +39,15 @@ def time_graph(path: str, runs: int, profile_dir: str) -> dict:
     """In this (child) process: session start-up, step times, peak RSS, per-op-kind profile shares."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
 
     from dgq_compiler import runtime
 
     header = onnx.load(path, load_external_data=False)
     feed = runtime.example_feeds(header, (LATENT, LATENT), batch=BATCH, timestep=501.0)
-    options = runtime.session_options("default", threads=THREADS)   # stock settings, as a client's session
-    options.inter_op_num_threads = 1
-    # one session, profiled throughout (a second session start-up of a large lowered graph costs a minute);
-    # the profiler adds microseconds per node, small against a step of seconds
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(profile_dir, "profile")
+    # one session in stock settings (as a client's), profiled throughout (a second session start-up of a large
+    # lowered graph costs a minute); the profiler adds microseconds per node, small against a step of seconds
     start = time.perf_counter()
-    session = ort.InferenceSession(path, options, providers=runtime.PROVIDERS)
+    session = runtime.session(path, "default", threads=THREADS, profile_prefix=os.path.join(profile_dir, "profile"))
     startup = time.perf_counter() - start
     out = session.run(None, feed)[0]
     times = []

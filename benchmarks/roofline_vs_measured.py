@@ -32,7 +32,6 @@ TRACED = ("Conv", "Gemm", "MatMul")   # also their fused forms (FusedConv, Fused
 def measure_step(graph: Path, latent: int, runs: int, profile_dir: Path) -> tuple:
     """(median seconds of one step at batch 2, {op type: profiled seconds}) in default sessions."""
     import onnx
-    import onnxruntime as ort
 
     from dgq_compiler import runtime
 
@@ -46,10 +45,7 @@ def measure_step(graph: Path, latent: int, runs: int, profile_dir: Path) -> tupl
         session.run(None, feed)
         times.append(time.perf_counter() - start)
     del session
-    options = runtime.session_options("default")
-    options.enable_profiling = True
-    options.profile_file_prefix = str(profile_dir / graph.parent.name)
-    session = ort.InferenceSession(str(graph), options, providers=runtime.PROVIDERS)
+    session = runtime.session(graph, "default", profile_prefix=profile_dir / graph.parent.name)
     session.run(None, feed)
     session.run(None, feed)
     trace = json.loads(Path(session.end_profiling()).read_text())

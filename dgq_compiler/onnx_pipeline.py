@@ -16,10 +16,11 @@ class OnnxUNet:
     """Callable like `UNet2DConditionModel` (sample, timestep, encoder_hidden_states) over an ONNX UNet graph."""
 
     def __init__(self, graph: str | Path, config: dict):
-        import onnxruntime as ort
         from diffusers.configuration_utils import FrozenDict
 
-        self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        from dgq_compiler import runtime
+
+        self.session = runtime.session(graph, "default")  # stock settings, as optimum opens it
         self.config = FrozenDict({**config, "time_cond_proj_dim": config.get("time_cond_proj_dim")})
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.calls: list[tuple[int, ...]] = []  # timestep shapes fed, for whoever wants to check

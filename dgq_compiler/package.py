@@ -109,9 +109,10 @@ def _export(module, args: tuple, path: Path, inputs: list, outputs: list, axes: 
 
 def _max_error(path: Path, feed: dict, reference: list) -> float:
     import numpy as np
-    import onnxruntime as ort
 
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    from dgq_compiler import runtime
+
+    got = runtime.session(path, "default").run(None, feed)  # as the client opens it
     return max(float(np.max(np.abs(g - r)) / max(1.0, float(np.max(np.abs(r))))) for g, r in zip(got, reference))
 
 

@@ -51,16 +51,21 @@ def session_options(mode: str = "reference", *, threads: int | None = None, prep
 
 
 def session(graph, mode: str = "reference", *, base_dir: str | Path | None = None, threads: int | None = None,
-            prepacking: bool = True, log_severity: int | None = None, arena: bool = True):
+            prepacking: bool = True, log_severity: int | None = None, arena: bool = True,
+            profile_prefix: str | Path | None = None):
     """An onnxruntime CPU session of `graph`: a file path, serialized bytes, or a ModelProto.
 
     A ModelProto whose initializers live in external files reads them from `base_dir` (the folder of the graph
-    it was loaded from): nothing is copied or written.
+    it was loaded from): nothing is copied or written. `profile_prefix`: profile every run (benchmarks; the
+    trace file is `session.end_profiling()`).
     """
     import onnx
     import onnxruntime as ort
 
     options = session_options(mode, threads=threads, prepacking=prepacking, log_severity=log_severity, arena=arena)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     if isinstance(graph, (str, Path)):
         return ort.InferenceSession(str(graph), options, providers=PROVIDERS)
     if isinstance(graph, bytes):

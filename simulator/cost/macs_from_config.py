@@ -215,10 +215,3 @@ def inventory_from_config(config: dict, *, batch: int = 2, resolution: int | Non
                      quantized_weight_elements=quantized_elements,
                      weight_channels=sum(m.weight.shape[0] for m in quantized),
                      fp_param_elements=total - quantized_elements, points=tuple(counter.points))
-
-
-def inventory_from_model_name(name_or_path: str, **kwargs) -> Inventory:
-    """A zoo name or a path to a diffusers UNet config.json / folder."""
-    from models.zoo import resolve_config
-
-    return inventory_from_config(resolve_config(name_or_path), model=name_or_path, **kwargs)

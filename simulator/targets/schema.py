@@ -244,8 +244,3 @@ def load_target_file(path: str | Path) -> Target:
     except (ValueError, TypeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise SimulatorError(f"target file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
     return target_from_dict(data, source=str(path))
-
-
-def field_names() -> dict[str, list[str]]:
-    """Section -> field names (for docs and --help)."""
-    return {name: [f.name for f in fields(cls)] for name, cls in _SECTIONS.items()}
