@@ -8,7 +8,7 @@ roofline latency and energy estimates.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from simulator.errors import SimulatorError
