@@ -48,22 +48,22 @@ def _write_pair(dst: Path, manifest: dict, arrays: dict | None = None) -> str:
     return str(dst)
 
 
-def _stats(chain, ws, edit_manifest=None, edit_arrays=None) -> str:
-    manifest, arrays = _copy_pair(chain["stats"], ws / "bad.json")
+def _edited_pair(source, ws, edit_manifest=None, edit_arrays=None) -> str:
+    """A copy of a manifest + safetensors pair with the manifest and/or the arrays edited."""
+    manifest, arrays = _copy_pair(source, ws / "bad.json")
     if edit_manifest:
         edit_manifest(manifest)
     if edit_arrays:
         edit_arrays(arrays)
     return _write_pair(ws / "bad.json", manifest, arrays if edit_arrays else None)
+
+
+def _stats(chain, ws, edit_manifest=None, edit_arrays=None) -> str:
+    return _edited_pair(chain["stats"], ws, edit_manifest, edit_arrays)
 
 
 def _recipe(chain, ws, edit_manifest=None, edit_arrays=None) -> str:
-    manifest, arrays = _copy_pair(chain["recipe"], ws / "bad.json")
-    if edit_manifest:
-        edit_manifest(manifest)
-    if edit_arrays:
-        edit_arrays(arrays)
-    return _write_pair(ws / "bad.json", manifest, arrays if edit_arrays else None)
+    return _edited_pair(chain["recipe"], ws, edit_manifest, edit_arrays)
 
 
 def _swap_min_max(arrays):
