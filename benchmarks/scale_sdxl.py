@@ -7,7 +7,7 @@ from wait4) and wall time are printed:
   1. an SDXL-architecture pipeline with random weights, built offline (benchmarks/scale_pipelines.py:
      the same UNet weights as the zoo's sdxl-base, two one-layer text encoders of SDXL's widths, a small VAE)
   2. dgq export sdxl-base      (zoo architecture, random weights; budget 12 GB; prints the validation error)
-  3. dgq export sd-v1.4        (budget 6 GB)
+  3. dgq export sd-v1.4        (budget 6 GB)   3b. dgq export sdxl-turbo (budget 12 GB)
   4. dgq calibrate (1 prompt, 2 steps, 32x32 latent)   5. dgq quantize (dgq-w8a8-g8)
   6. dgq compile --static      7. dgq verify (simulator, 16x16 latent)   8. dgq cost (the graph)
 Stages 4-8 have a 20 GB budget. With --sd14-pipeline, `dgq run --quick` on that SD v1.4 folder (512 px)
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_GB = {"export sd-v1.4": 6, "export sdxl-base": 12, "dgq run --quick (SD v1.4, 512 px)": 16}
+BUDGET_GB = {"export sd-v1.4": 6, "export sdxl-base": 12, "export sdxl-turbo": 12, "dgq run --quick (SD v1.4, 512 px)": 16}
 STAGE_BUDGET_GB = 20
 
 
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     parser.add_argument("--lock", type=Path, help="hold this lock file during each stage")
     parser.add_argument("--skip-sd14", action="store_true", help="skip the SD v1.4 export")
+    parser.add_argument("--skip-turbo", action="store_true", help="skip the SDXL-Turbo export")
     parser.add_argument("--pipeline", type=Path, help="an SDXL pipeline folder scale_pipelines.py built (default: build one)")
     parser.add_argument("--sd14-pipeline", type=Path,
                         help="also run `dgq run --model DIR --quick` (512 px, budget 16 GB) on this SD v1.4 folder")
@@ -73,6 +74,8 @@ def main() -> None:
     stages.append(("export sdxl-base", dgq + ["export", "sdxl-base", "-o", str(work / "sdxl"), "--overwrite"]))
     if not args.skip_sd14:
         stages.append(("export sd-v1.4", dgq + ["export", "sd-v1.4", "-o", str(work / "sd14"), "--overwrite"]))
+    if not args.skip_turbo:
+        stages.append(("export sdxl-turbo", dgq + ["export", "sdxl-turbo", "-o", str(work / "turbo"), "--overwrite"]))
     stages += [
         ("calibrate", dgq + ["calibrate", str(pipe), "-o", str(work / "stats.json"), "--num-prompts", "1",
                              "--steps", "2", "--latent-size", "32", "--device", "cpu", "--overwrite"]),
@@ -100,7 +103,7 @@ def main() -> None:
                 print(f"{name} failed; see {log}", flush=True)
                 break
         exports = {}
-        for label, folder in (("sd-v1.4", work / "sd14"), ("sdxl-base", work / "sdxl")):
+        for label, folder in (("sd-v1.4", work / "sd14"), ("sdxl-base", work / "sdxl"), ("sdxl-turbo", work / "turbo")):
             if (folder / "export.json").is_file():
                 report = json.loads((folder / "export.json").read_text())
                 exports[label] = {"max_abs_error": report["max_abs_error"], "tolerance": report["tolerance"],
