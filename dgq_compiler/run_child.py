@@ -99,6 +99,16 @@ def _release_weights(unet) -> None:
 
     for param in unet.parameters():
         param.data = torch.empty(0, dtype=param.dtype)
+    _give_back_freed_heap()
+
+
+def _give_back_freed_heap() -> None:
+    """glibc keeps freed small blocks (most conv weights are a few MB) in its heap: return them to the machine."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc: nothing to trim
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
 def _restore_weights(unet, source: str, seed: int) -> None:
