@@ -31,6 +31,8 @@ from passes.contract import (  # noqa: F401  (the lowering's contract names, re-
     LOWERING_REPORT, META_MODULE, NAMESPACE, node_prefix,
 )
 from passes.errors import PassError
+from passes.insert_activation_qdq import reads_text_tokens
+from passes.pixel_groups import group_index, level_grid
 
 LOWERED_MODULE = META_MODULE
 
@@ -180,11 +182,27 @@ def quantize_codes(graph: gs.Graph, x: gs.Tensor, scale: gs.Tensor, zero: gs.Ten
     return codes
 
 
-def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str) -> tuple[gs.Tensor, gs.Tensor]:
-    """Per-index (channel or pixel) scale [N] and zero point [N] of the step: table row -> group map gather."""
+def pixel_resample(graph: gs.Graph, ctx, tq, x: gs.Tensor, layout: str, prefix: str) -> gs.Tensor | None:
+    """int64 indices into a pixel map's calibrated row for `x`'s pixels at run time (pixel_groups.group_index), or
+    None: not pixel groups, or a map the QDQ graph keeps at its length (text tokens; no level of the calibrated grid).
+    The same decision and the same resampling as the QDQ graph's (insert_activation_qdq.pixel_grid), so the lowered
+    graph runs at any latent size and quantizes exactly as the QDQ graph does there."""
+    if tq.axis != "pixel" or layout == "nc" or reads_text_tokens(graph, x):
+        return None
+    grid = level_grid(tq.group_map.shape[1], ctx.recipe.resolution)
+    return None if grid is None else group_index(graph, grid, x, layout, prefix)
+
+
+def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str,
+                     resample: gs.Tensor | None = None) -> tuple[gs.Tensor, gs.Tensor]:
+    """Per-index (channel or pixel) scale [N] and zero point [N] of the step: table row -> group map gather.
+    `resample` (pixel_resample): the run-time pixels' indices into the map row."""
     scale = step_row(graph, tq.scale, step, f"{prefix}/scale", [-1], np.float32)
     zero = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [-1], np.uint8)
     index = step_row(graph, tq.group_map.astype(np.int64), step, f"{prefix}/group_map", [-1], np.int64)
+    if resample is not None:
+        index = add_node(graph, "Gather", f"{prefix}/group_map/Resample", [index, resample], dtype=np.int64,
+                         attrs={"axis": 0})
     return (add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale, index], attrs={"axis": 0}),
             add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero, index], dtype=np.uint8,
                      attrs={"axis": 0}))

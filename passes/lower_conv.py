@@ -32,6 +32,7 @@ from passes.lower_common import (
     im2col_nhwc,
     integer_product,
     per_index_params,
+    pixel_resample,
     quantize_codes,
     rescale,
     split_groups,
@@ -61,8 +62,9 @@ def conv_attrs(node: gs.Node, kernel) -> tuple:
 
 
 def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Tensor, prefix: str, module: str,
-               metadata: dict, steps: int) -> tuple[gs.Tensor, str, int]:
-    """-> (float NHWC output [B, Ho, Wo, Co] without bias, kernel name, accumulators)."""
+               metadata: dict, steps: int, resample: gs.Tensor | None = None) -> tuple[gs.Tensor, str, int]:
+    """-> (float NHWC output [B, Ho, Wo, Co] without bias, kernel name, accumulators). `resample`: pixel groups'
+    run-time indices into the map row (lower_common.pixel_resample)."""
     co, c, kh, kw = wt.codes.shape
     kernel, strides, pads, dilations = conv_attrs(node, (kh, kw))
     pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and not any(pads)
@@ -84,7 +86,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
                               w_zero,
                               f"{prefix}/acc0", product_meta(module, x, name, -1, "nhwc"), metadata)
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
-    s, z = per_index_params(tq, step, graph, prefix)
+    s, z = per_index_params(tq, step, graph, prefix, resample)
     if tq.axis == "channel":
         g_count = tq.scale.shape[1]
         codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix)
@@ -159,7 +161,7 @@ class LowerConv(Pass):
                 raise PassError(f"Conv {node.name!r}: only 2-D convolutions can be lowered")
             kernel_shape, strides, pads, dilations = conv_attrs(node, wt.codes.shape[2:])
             y, kernel, accs = lower_conv(graph, node, x, tq, wt, step, prefix, entry.module, ctx.node_metadata,
-                                         ctx.steps)
+                                         ctx.steps, pixel_resample(graph, ctx, tq, x, "nchw", prefix))
             if len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]
