@@ -31,7 +31,7 @@ from passes.contract import (  # noqa: F401  (the lowering's contract names, re-
     LOWERING_REPORT, META_MODULE, NAMESPACE, node_prefix,
 )
 from passes.errors import PassError
-from passes.insert_activation_qdq import reads_text_tokens
+from passes.patterns import reads_text_tokens
 from passes.pixel_groups import group_index, level_grid
 
 LOWERED_MODULE = META_MODULE
