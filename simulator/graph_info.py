@@ -175,25 +175,29 @@ def _quantizer(g: _Graph, node) -> Quantizer | None:
         return Quantizer(node.name, "log2", record.module if record else "", record.role if record else "attn_probs",
                          record.bits if record else int(attr_bits), "tensor", 1, False, code, onnx.TensorProto.UINT8,
                          source, True, dequantizer=deq.name if deq is not None else "")
-    zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    # the parameters as the dequantizer reads them: the same tensors in a QDQ pair, and the real ones where a
+    # lowering spelled the quantizer out as Div/Round/Add -> QuantizeLinear(1, 0) (passes/lower_axis_quantizers.py)
+    params = deq if deq is not None and deq.op_type == "DequantizeLinear" else node
+    scale_name = params.input[1]
+    zp_name = params.input[2] if len(params.input) > 2 and params.input[2] else ""
     zp_table = g.find_table(zp_name, ZERO_POINT_TABLE) if zp_name else None
     # the codes' type is the zero point's: read it from the [T, G] table when the zero point is gathered per step
     code_type = g.elem_type(zp_table or zp_name, onnx.TensorProto.UINT8) if zp_name else onnx.TensorProto.UINT8
     storage_bits = NARROW_BITS.get(code_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code_type)).itemsize)
     bits = record.bits if record else int(clip_bits or storage_bits)
-    scale_table = g.find_table(node.input[1], SCALE_TABLE)
+    scale_table = g.find_table(scale_name, SCALE_TABLE)
     steps, groups = 1, 1
     if scale_table is not None:
         shape = list(g.initializers[scale_table].dims)
         steps, groups = (shape + [1, 1])[:2] if len(shape) == 2 else (shape[0], 1)
         source = "computed"
     else:
-        source = "constant" if g.array(node.input[1]) is not None else "computed"
-        scale = g.array(node.input[1])
+        source = "constant" if g.array(scale_name) is not None else "computed"
+        scale = g.array(scale_name)
         groups = 1 if scale is None else int(np.unique(np.asarray(scale)).size)
     zp = g.array(zp_table) if zp_table else (g.array(zp_name) if zp_name else None)
     symmetric = zp is None or not np.any(np.asarray(zp).astype(np.int64))
-    gmap_name = g.find_table(node.input[1], GROUP_MAP)
+    gmap_name = g.find_table(scale_name, GROUP_MAP)
     per_step = False
     if gmap_name is not None:
         gmap = g.array(gmap_name)
