@@ -144,7 +144,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     codes = nhwc(add_node(graph, "Reshape", f"{prefix}/unflatten", [codes_flat, add_node(
         graph, "Shape", f"{prefix}/x_shape4", [x], dtype=np.int64)], dtype=np.uint8))
     kernel_name = f"MatMulInteger u8xs8, per-tap {kh}x{kw} products with per-row scales (pixel groups)"
-    y = pixel_groups_by_tap(graph, codes, z, s, x, w4, wt.zero_point, w_zero, w_scale,
+    y = pixel_groups_by_tap(graph, codes, z, s, x, w4, wt.zero_point, w_zero, wt.scale.astype(np.float32),
                             ones_scale(graph, steps, step, f"{prefix}/one"), kernel, strides, pads, dilations,
                             f"{prefix}/taps", lambda t: product_meta(module, x, kernel_name, t, "tap"), metadata)
     return y, kernel_name, taps
