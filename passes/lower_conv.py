@@ -29,6 +29,7 @@ from passes.lower_common import (
     add_all,
     group_layout,
     group_scalars,
+    input_record,
     im2col_nhwc,
     integer_product,
     per_index_params,
@@ -80,7 +81,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     if tq.axis == "tensor":
         s = step_row(graph, tq.scale, step, f"{prefix}/scale", [], np.float32)
         z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
-        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, None, prefix))
+        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, None, prefix, metadata, input_record(module, tq)))
         cols = im2col_nhwc(graph, codes, z, kernel, strides, pads, dilations, f"{prefix}/im2col")
         acc = integer_product(graph, cols, weight_tensor(graph, f"{prefix}/w", w4.reshape(taps * c, co)), z,
                               w_zero,
@@ -89,7 +90,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     s, z = per_index_params(tq, step, graph, prefix, resample)
     if tq.axis == "channel":
         g_count = tq.scale.shape[1]
-        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix)
+        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
         perms, perms_w, sizes = group_layout(tq)
         perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
         perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
@@ -119,7 +120,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
     # pixel groups: codes per pixel on [B, C, H*W]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
-    codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix)
+    codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
     if pointwise:
         rows = add_node(graph, "Transpose", f"{prefix}/rows", [codes_flat], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
         w = w4.reshape(c, co)

@@ -27,6 +27,7 @@ from passes.lower_common import (
     add_all,
     group_layout,
     group_scalars,
+    input_record,
     integer_product,
     per_index_params,
     pixel_resample,
@@ -54,7 +55,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     if tq.axis == "tensor":
         s = step_row(graph, tq.scale, step, f"{prefix}/scale", [], np.float32)
         z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
-        codes = quantize_codes(graph, x, s, z, tq.bits, None, prefix)
+        codes = quantize_codes(graph, x, s, z, tq.bits, None, prefix, metadata, input_record(module, tq))
         kernel = "MatMulInteger u8xs8"
         acc = integer_product(graph, codes, weight_tensor(graph, f"{prefix}/w", w), z, w_zero,
                               f"{prefix}/acc0",
@@ -64,7 +65,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         if rank not in (3, None):
             raise PassError(f"({module}, input): token groups need a [B, N, C] input, {x.name!r} has rank {rank}")
         s, z = per_index_params(tq, step, graph, prefix, resample)
-        codes = quantize_codes(graph, x, s, z, tq.bits, -2, prefix)
+        codes = quantize_codes(graph, x, s, z, tq.bits, -2, prefix, metadata, input_record(module, tq))
         d = zero_point_rows(w, zw)
         r = d.shape[0]
         wide = with_zero_point_columns(graph, codes, z, r, prefix)
@@ -79,7 +80,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     # channel groups: split-K
     g_count = tq.scale.shape[1]
     s, z = per_index_params(tq, step, graph, prefix)
-    codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix)
+    codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
     perms, perms_w, sizes = group_layout(tq)
     perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
     perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
