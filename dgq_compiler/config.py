@@ -47,6 +47,7 @@ class QuantConfig:
     text_bos_fp: bool = False         # MixDQ: <start> row of the text embedding at attn2 to_k/to_v inputs stays FP
     mixed_weight_bits: float | None = None  # MixDQ: average weight bits per parameter (a size budget), per-layer 4/8
     mixed_act_bits: float | None = None     # MixDQ: average activation bits per MAC of Conv/Linear inputs, 6/8
+    reconstruct: bool = False         # EDA-DM: weights from block reconstruction (dgq_compiler.edadm), composed
 
     def __post_init__(self):
         def need(ok: bool, what: str):
@@ -56,7 +57,7 @@ class QuantConfig:
         for name in ("weight_bits", "act_bits", "groups", "mse_candidates", "kmeans_seed", "kmeans_iters"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
-        for name in ("per_step", "shared_group_map", "log_dynamic", "exclude_bos", "text_bos_fp"):
+        for name in ("per_step", "shared_group_map", "log_dynamic", "exclude_bos", "text_bos_fp", "reconstruct"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         need(self.weight_bits in (4, 8), f"weight_bits must be 4 or 8, got {self.weight_bits}")
@@ -116,10 +117,12 @@ class QuantConfig:
 
     @property
     def name(self) -> str:
-        """A short label, e.g. dgq-w8a8-g8, tfmq-w4a6, mixdq-w5a8 (average widths), dgq-mixdq-w5a8-g8."""
+        """A short label, e.g. dgq-w8a8-g8, tfmq-w4a6, mixdq-w5a8 (average widths), dgq-mixdq-w5a8-g8,
+        dgq-mixdq-edadm-w5a8-g8 (with reconstructed weights)."""
         w = _width(self.mixed_weight_bits) if self.mixed_weight_bits is not None else str(self.weight_bits)
         a = _width(self.mixed_act_bits) if self.mixed_act_bits is not None else str(self.act_bits)
         family = "dgq-mixdq" if self.method == "dgq" and self.mixed else self.method
+        family += "-edadm" if self.reconstruct else ""
         base = f"{family}-w{w}a{a}"
         return f"{base}-g{self.groups}{'-shared' if self.shared_group_map else ''}" if self.method == "dgq" else base
 
@@ -173,6 +176,10 @@ def _build_presets() -> dict[str, QuantConfig]:
         for g in (8,):
             config = QuantConfig("dgq", groups=g, text_bos_fp=True, weight_method="mse", **mixed)
             presets[config.name] = config
+    # the compositions with EDA-DM's reconstructed weights: DGQ groups (+ MixDQ widths), MixDQ alone
+    for config in (presets["dgq-w4a8-g8"], presets["dgq-mixdq-w5a8-g8"], presets["mixdq-w5a8"]):
+        config = config.replace(reconstruct=True)
+        presets[config.name] = config
     return presets
 
 

@@ -1,6 +1,12 @@
 """A configuration -> its recipe, whatever methods it combines: DGQ groups / MixDQ's per-layer widths (a
 sensitivity table and an ILP allocation) / EDA-DM's reconstructed weights. `dgq run` calls `recipe_for_run`;
 `dgq quantize --allocation` and `dgq allocate` use the pieces directly.
+
+Order: quantize (groups, per-layer widths) -> reconstruct. EDA-DM's stage is the edadm engineer's
+`dgq_compiler.edadm.reconstruct_recipe(recipe, calibration, unet, seed=...) -> Recipe` (a recipe + calibration
+data in, a recipe with learned weight codes out; it keeps every entry's width, so MixDQ's allocation survives),
+with `calibration` from `dgq_compiler.edadm.calibration_for_run(pipe, prompts, options)`; configs with
+`reconstruct` need it.
 """
 from __future__ import annotations
 
@@ -52,4 +58,32 @@ def recipe_for_run(name: str, config, stats, pipe, out: Path, options):
         allocation.save(folder / f"allocation-{name}.json", overwrite=True)
         widths = allocation.widths()
     recipe, _summary = quantize_stats(stats, config, pipe.unet, widths=widths)
+    if config.reconstruct:
+        recipe = _reconstructed(recipe, pipe, options)
     return recipe
+
+
+def _reconstructed(recipe, pipe, options):
+    """EDA-DM's block reconstruction of the recipe's weights (see the module docstring for the interface)."""
+    try:
+        from dgq_compiler.edadm import calibration_for_run, reconstruct_recipe
+    except ImportError:
+        raise DgqError(f"config {recipe.config.name} reconstructs its weights (EDA-DM), but this build has no "
+                       "dgq_compiler.edadm.reconstruct_recipe") from None
+    from dgq_compiler.calibrate.run import read_prompts
+
+    calibration = calibration_for_run(pipe, read_prompts(options.prompts), options)
+    return reconstruct_recipe(recipe, calibration, pipe.unet, seed=options.seed)
+
+
+def compiled_cost_row(graph: Path, config, inventory, steps: int):
+    """The cost row of a compiled graph at its own per-op widths (MixDQ's per-layer allocation, the FP <start>
+    row of a BOS-aware text embedding), or None for configurations with one width everywhere."""
+    if not (config.mixed or config.text_bos_fp):
+        return None
+    from simulator.cost import cost_row
+    from simulator.cost.macs_from_graph import inventory_from_graph
+
+    compiled = inventory_from_graph(graph, batch=inventory.batch, resolution=inventory.resolution[0])
+    return cost_row(compiled, "W8A8", groups=config.groups, steps=steps, convention="exact", compiled=True,
+                    shared_group_map=config.shared_group_map)
