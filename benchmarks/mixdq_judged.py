@@ -117,7 +117,7 @@ def main() -> None:
     from dgq_compiler.mixdq.allocate import Budget, allocate, random_allocation
     from dgq_compiler.mixdq.compose import compiled_cost_row, sensitivity_calls
     from dgq_compiler.mixdq.figures import front_figure
-    from dgq_compiler.mixdq.sensitivity import measure
+    from dgq_compiler.mixdq.sensitivity import SensitivityTable, measure
     from dgq_compiler.quantize import quantize_stats
     from dgq_compiler.sampling import decode, onnx_predictor, sample, torch_predictor
     from dgq_compiler.verify import verify_graph
@@ -152,9 +152,15 @@ def main() -> None:
     for base_name, mixed_name in (("mixdq-w4a8", "mixdq-w5a8"), ("dgq-w4a8-g8", "dgq-mixdq-w5a8-g8")):
         mixed = preset(mixed_name)
         t0 = time.perf_counter()
-        table = measure(pipe, stats, mixed, sens_calls, prompts=4)
+        table_path = work / f"sensitivity-{mixed_name}.json"  # reused by a rerun into the same folder
+        if table_path.is_file():
+            table = SensitivityTable.load(table_path)
+        elif tables:  # A8 budgets measure weights only, with activations FP: the same for every base quantizer
+            table = next(iter(tables.values()))
+        else:
+            table = measure(pipe, stats, mixed, sens_calls, progress=True, prompts=4)
+            table.save(table_path)
         tables[mixed_name] = table
-        table.save(work / f"sensitivity-{mixed_name}.json", overwrite=True)
         best = allocate(table, Budget(weight_bits=BUDGET))
         allocations[mixed_name] = best
         print(f"sensitivity {mixed_name}: {len(table.layers)} layers in {time.perf_counter() - t0:.0f} s; ILP "
@@ -169,10 +175,15 @@ def main() -> None:
     configs["tfmq-w8a8"] = (preset("tfmq-w8a8"), None)
 
     results, recipes = {}, {}
+    (work / "results").mkdir(exist_ok=True)
     for label, (config, widths) in configs.items():
         t0 = time.perf_counter()
         recipe, _ = quantize_stats(stats, config, unet, widths=widths)
         recipes[label] = recipe
+        done = work / "results" / f"{label}.json"  # a rerun into the same folder skips finished configurations
+        if done.is_file():
+            results[label] = json.loads(done.read_text())
+            continue
         with apply_recipe(unet, recipe):
             torch_snr = mean_snr(torch_predictor(unet), calls)
         graph_dir = work / "graphs" / label
@@ -198,6 +209,7 @@ def main() -> None:
             "allocation": allocations[label].achieved if label in allocations else None,
             "allocation_objective": allocations[label].objective if label in allocations else None,
             "seconds": round(time.perf_counter() - t0, 1)}
+        done.write_text(json.dumps(results[label], indent=1, sort_keys=True) + "\n")
         print(f"{label}: SNR {ort_snr:.2f} dB (torch {torch_snr:.2f}), alignment {align.mean():.3f}, verify "
               f"{'pass' if verify.passed else 'FAIL'} ({results[label]['overflows']} overflows), size "
               f"{row.model_size_bytes / 1e6:.3f} MB ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -46,7 +46,9 @@ def recipe_for_run(name: str, config, stats, pipe, out: Path, options):
         folder = out / "mixdq"
         folder.mkdir(exist_ok=True)
         base = config.replace(mixed_weight_bits=None, mixed_act_bits=None)
-        table_path = folder / f"sensitivity-{base.name}.json"
+        # without an input budget only the weights are measured (activations FP): one table per weight quantizer
+        key = base.name if config.mixed_act_bits is not None else f"weights-{config.weight_method}"
+        table_path = folder / f"sensitivity-{key}.json"
         if table_path.is_file():
             table = SensitivityTable.load(table_path)
         else:

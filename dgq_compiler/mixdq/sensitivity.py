@@ -9,7 +9,9 @@ relative errors against the FP noise prediction of the same calls:
 Text-carrying layers (a cross-attention's to_k / to_v: their weights and the text embedding they read) are
 scored on alignment, the rest on content; each class is normalised on its own (divided by the class's total
 error at the narrowest widths), so a handful of alignment-critical layers are not drowned out by the many
-content layers. The table is JSON (format dgq-sensitivity), written atomically.
+content layers. When the budget does not choose input widths (no `mixed_act_bits`: every input stays at 8
+bits) only the weights are measured and the inputs' sensitivities are recorded as 0 (`measured` says which),
+which halves the work. The table is JSON (format dgq-sensitivity), written atomically.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class SensitivityTable:
     prompts: int
     layers: tuple               # LayerSensitivity, in module order
     normaliser: dict            # metric -> the class total the raw errors were divided by
+    measured: tuple = ("weight", "input")  # what was quantized one layer at a time (else recorded as 0)
 
     def by_module(self) -> dict:
         return {layer.module: layer for layer in self.layers}
@@ -63,6 +66,7 @@ class SensitivityTable:
         doc = {"format": FORMAT, "version": VERSION,
                "model": {"name": self.model_name, "config_sha256": self.config_sha256},
                "config": self.config, "calls": self.calls, "prompts": self.prompts, "normaliser": self.normaliser,
+               "measured": list(self.measured),
                "layers": [asdict(layer) for layer in self.layers]}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -83,7 +87,7 @@ class SensitivityTable:
         try:
             layers = tuple(LayerSensitivity(**entry) for entry in doc["layers"])
             table = cls(doc["model"]["name"], doc["model"]["config_sha256"], doc["config"], doc["calls"],
-                        doc["prompts"], layers, doc["normaliser"])
+                        doc["prompts"], layers, doc["normaliser"], tuple(doc.get("measured", ("weight", "input"))))
         except (KeyError, TypeError) as exc:
             raise DgqError(f"{what} is missing or has a malformed field: {exc}") from None
         for layer in table.layers:
@@ -146,8 +150,10 @@ def _guidance(eps: np.ndarray) -> np.ndarray:
     return cond - uncond
 
 
-def measure(pipe, stats, config: QuantConfig, calls, progress: bool = False, prompts: int = 0) -> SensitivityTable:
-    """Every quantizable layer's sensitivity at the candidate widths (see the module docstring)."""
+def measure(pipe, stats, config: QuantConfig, calls, progress: bool = False, prompts: int = 0,
+            inputs: bool | None = None) -> SensitivityTable:
+    """Every quantizable layer's sensitivity at the candidate widths (see the module docstring). `inputs`: also
+    measure the input activations (default: when the config's budget chooses input widths)."""
     from tqdm import tqdm
 
     from dgq_compiler.fakequant import apply_recipe
@@ -164,10 +170,12 @@ def measure(pipe, stats, config: QuantConfig, calls, progress: bool = False, pro
     modules = sorted(m for (m, role) in candidates[(wide, high_a)].tensors if role == "weight")
     params = {name: int(mod.weight.numel()) for name, mod in unet.named_modules() if name in modules}
     macs = layer_macs(unet, stats.resolution)
-    raw = {m: {} for m in modules}
+    inputs = config.mixed_act_bits is not None if inputs is None else inputs
+    measured = ("weight", "input") if inputs else ("weight",)
+    raw = {m: {f"a{b}": {"content": 0.0, "alignment": 0.0} for b in MIXED_ACT_CHOICES} for m in modules}
     jobs = [(m, role, bits, key) for m in modules
             for role, choices, key in (("weight", MIXED_WEIGHT_CHOICES, "w"), ("input", MIXED_ACT_CHOICES, "a"))
-            for bits in choices]
+            if role in measured for bits in choices]
     for module, role, bits, key in tqdm(jobs, desc="sensitivity", unit="layer-width", disable=not progress):
         source = candidates[(narrow, low_a)] if bits in (narrow, low_a) else candidates[(wide, high_a)]
         entry = source.tensors[(module, role)]
@@ -186,4 +194,5 @@ def measure(pipe, stats, config: QuantConfig, calls, progress: bool = False, pro
         weight={str(b): raw[m][f"w{b}"][metric[m]] / normaliser[metric[m]] for b in MIXED_WEIGHT_CHOICES},
         act={str(b): raw[m][f"a{b}"][metric[m]] / normaliser[metric[m]] for b in MIXED_ACT_CHOICES},
         raw=raw[m]) for m in modules)
-    return SensitivityTable(stats.model_name, stats.config_sha256, base.name, len(calls), prompts, layers, normaliser)
+    return SensitivityTable(stats.model_name, stats.config_sha256, base.name, len(calls), prompts, layers, normaliser,
+                            measured)
