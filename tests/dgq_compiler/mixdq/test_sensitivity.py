@@ -1,6 +1,8 @@
 """Metric-decoupled sensitivity on the tiny pipeline: classes, normalisation, widths, file round trip."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dgq_compiler.config import preset
@@ -11,12 +13,17 @@ PROMPTS = ["a red circle", "two blue squares"]
 
 
 @pytest.fixture(scope="module")
-def table():
+def tiny():
     from dgq_compiler.calibrate.run import calibrate
     from models.tiny_pipeline import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(0)
-    stats = calibrate(pipe, PROMPTS, model_name="tiny", steps=2, seed=1)
+    return pipe, calibrate(pipe, PROMPTS, model_name="tiny", steps=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def table(tiny):
+    pipe, stats = tiny
     calls = record_calls(pipe, PROMPTS[:1], [0], steps=2, guidance=7.5, count=2)
     assert len(calls) == 2 and calls[0].step == 0 and calls[1].step > 0  # the first and the last call
     return measure(pipe, stats, preset("mixdq-w5a8"), calls, prompts=1, inputs=True)
@@ -52,3 +59,24 @@ def test_table_round_trips_and_bad_tables_are_refused(table, tmp_path):
         SensitivityTable.load(path)
     with pytest.raises(DgqError, match="not found"):
         SensitivityTable.load(tmp_path / "missing.json")
+
+
+def test_dgq_run_stage_allocates_within_budget_and_shares_the_weight_table(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from dgq_compiler.mixdq.compose import recipe_for_run
+
+    pipe, stats = tiny
+    options = SimpleNamespace(prompts=None, steps=2, guidance=7.5, seed=0, latent_size=None)
+    recipe = recipe_for_run("mixdq-w5a8", preset("mixdq-w5a8"), stats, pipe, tmp_path, options)
+    table_path = tmp_path / "mixdq" / "sensitivity-weights-mse.json"
+    allocation = json.loads((tmp_path / "mixdq" / "allocation-mixdq-w5a8.json").read_text())
+    assert allocation["achieved"]["weight_bits"] <= 5.0 + 1e-9
+    weights = {m: tq.bits for (m, r), tq in recipe.tensors.items() if r == "weight"}
+    assert set(weights.values()) == {4, 8}
+    assert all(weights[m] == w["weight_bits"] for m, w in allocation["layers"].items())
+    stamp = table_path.stat().st_mtime_ns
+    grouped = recipe_for_run("dgq-mixdq-w5a8-g8", preset("dgq-mixdq-w5a8-g8"), stats, pipe, tmp_path, options)
+    assert table_path.stat().st_mtime_ns == stamp  # the weight table is measured once per weight quantizer
+    assert {tq.bits for (m, r), tq in grouped.tensors.items() if r == "weight"} == {4, 8}
+    assert any(tq.groups > 1 for (m, r), tq in grouped.tensors.items() if r == "input")
