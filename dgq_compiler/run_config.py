@@ -54,7 +54,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
     from dgq_compiler.adapt import adapt_recipe, graphs_for_target, kxk_conv_modules
     from dgq_compiler.compile import CompileOptions, compile_graph
     from dgq_compiler.fakequant import apply_recipe
-    from dgq_compiler.quantize import quantize_stats
+    from dgq_compiler.mixdq.compose import compiled_cost_row, recipe_for_run
     from dgq_compiler.report import analysis
     from dgq_compiler.sampling import decode, onnx_predictor, sample
     from dgq_compiler.verify import verify_graph
@@ -65,7 +65,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
     out, options, pipe = shared.out, shared.options, shared.pipe
     timer = StageTimer(digits=2)
     with timer.stage("quantize"):
-        recipe, _summary = quantize_stats(stats, config, pipe.unet)
+        recipe = recipe_for_run(name, config, stats, pipe, out, options)  # DGQ / MixDQ / EDA-DM, composed
         if target is not None:
             recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(shared.export_dir / "unet.onnx"))
             name = f"{name}@{target}"
@@ -109,9 +109,10 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
     seconds = timer.seconds
 
     bits = {role == "weight": tq.bits for (_m, role), tq in recipe.tensors.items()}  # the compiled widths
-    row = cost_row(shared.inventory, f"W{bits.get(True, config.weight_bits)}A{bits.get(False, config.act_bits)}",
-                   groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
-                   shared_group_map=config.shared_group_map and target is None)
+    row = (target is None and compiled_cost_row(graph, config, shared.inventory, len(stats.timesteps))) or cost_row(
+        shared.inventory, f"W{bits.get(True, config.weight_bits)}A{bits.get(False, config.act_bits)}",
+        groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
+        shared_group_map=config.shared_group_map and target is None)
     worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
     return ConfigResult(
         preset=name, recipe=str(recipe_path.relative_to(out)), graph=str(graph.relative_to(out)),
