@@ -7,6 +7,8 @@ from dgq_compiler.cli import argtypes
 
 
 def register(sub) -> None:
+    from dgq_compiler.calibrate.run import SCHEDULERS  # no torch at import: the CLI still starts fast
+
     p = sub.add_parser(
         "calibrate", help="run the FP sampling loop over prompts and record per-timestep activation statistics",
         description="Sample with the diffusers pipeline (PNDM, classifier-free guidance: cond + uncond in one batch, "
@@ -23,7 +25,10 @@ def register(sub) -> None:
     p.add_argument("--prompts", default=None,
                    help="text file with one prompt per line; None: the 64 built-in calibration prompts")
     p.add_argument("--num-prompts", type=argtypes.count, default=None, help="use only the first N prompts of the set; None: all")
-    p.add_argument("--steps", type=argtypes.steps, default=25, help="denoising steps (PNDM)")
+    p.add_argument("--steps", type=argtypes.steps, default=25, help="denoising steps (1 and up: few-step models)")
+    p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
+                   help="sampler of the FP loop (the pipeline's noise schedule kept); the statistics hold one row "
+                        "per distinct timestep it calls the UNet with")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale (> 1)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (prompt i uses seed + i)")
     p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
@@ -84,7 +89,7 @@ def run(args) -> int:
                       seed=args.seed, indices=indices, latent_size=args.latent_size,
                       negative_prompt=args.negative_prompt,
                       model_seed=args.model_seed if args.model == "tiny" else None,
-                      progress=rank is None or rank.rank == 0)
+                      progress=rank is None or rank.rank == 0, scheduler=args.scheduler)
     if rank is not None:
         stats = distributed.reduce_stats(stats, rank)
         indices = list(stats.prompt_indices)
@@ -101,7 +106,8 @@ def run(args) -> int:
     size = out.with_suffix(".safetensors").stat().st_size
     rows = [["statistics", f"{out} (+ {out.with_suffix('.safetensors').name}, {size / 1e6:.2f} MB)"],
             ["prompts", f"{len(indices)} of {len(prompts)} (indices {indices[0]}..{indices[-1]})"],
-            ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]}"],
+            ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]} ({args.scheduler}, "
+                              f"{args.steps} steps)"],
             ["latent resolution", "x".join(map(str, stats.resolution))],
             ["points", ", ".join(f"{r} {n}" for r, n in roles.items())],
             ["device", f"{pipe.device} x {rank.world} ranks ({rank.backend})" if rank else str(pipe.device)],
