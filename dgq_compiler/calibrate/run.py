@@ -175,3 +175,41 @@ def calibrate(pipe, prompts: list[str], *, model_name: str, steps: int = DEFAULT
     return CalibrationStats(model_name=model_name, config_sha256=config_fingerprint(unet.config),
                             timesteps=tuple(observer.timesteps), resolution=(size, size), sampling=sampling,
                             prompt_indices=tuple(indices), points=points, arrays=observer.arrays())
+
+
+def calibrate_selected(pipe, prompts: list[str], per_step: int, *, model_name: str, steps: int = DEFAULT_STEPS,
+                       guidance: float = DEFAULT_GUIDANCE, seed: int = 0, latent_size: int | None = None,
+                       model_seed: int | None = None, scheduler: str = DEFAULT_SCHEDULER,
+                       selection: str = "density-diversity"):
+    """Statistics of a chosen calibration set (EDA-DM): FP trajectories of every prompt make the pool, `per_step`
+    latents per timestep are chosen by density and diversity (dgq_compiler/edadm/select.py), and the observer
+    sees the UNet's CFG calls on those alone. -> (CalibrationStats, CalibrationSet)."""
+    import numpy as np
+    import torch
+
+    from dgq_compiler.calibrate.observer import StatsObserver
+    from dgq_compiler.calibrate.stats import CalibrationStats
+    from dgq_compiler.edadm.calset import select_calibration_set
+    from dgq_compiler.recipe import config_fingerprint
+
+    if steps < 1:
+        raise DgqError(f"steps must be at least 1, got {steps}")
+    use_scheduler(pipe, scheduler)
+    unet = pipe.unet
+    calset = select_calibration_set(pipe, prompts, per_step, steps=steps, guidance=guidance, seed=seed,
+                                    latent_size=latent_size, selection=selection)
+    device = next(unet.parameters()).device
+    with torch.inference_mode(), StatsObserver(unet) as observer:
+        for _step, t, x, states in calset.calls():
+            unet(torch.from_numpy(x).to(device), torch.tensor([float(t)], device=device),
+                 torch.from_numpy(np.ascontiguousarray(states)).to(device), return_dict=False)
+    size = latent_size or int(unet.config.sample_size)
+    sampling = {**scheduler_record(pipe, scheduler), "steps": steps, "guidance": guidance, "seed": seed,
+                "negative_prompt": "", "prompt_count": len(prompts),
+                "prompts_sha256": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest(),
+                "model_seed": model_seed, "selection": {"rule": selection, **calset.summary()}}
+    stats = CalibrationStats(model_name=model_name, config_sha256=config_fingerprint(unet.config),
+                             timesteps=tuple(observer.timesteps), resolution=(size, size), sampling=sampling,
+                             prompt_indices=tuple(range(len(prompts))), points=tuple(observer.points.values()),
+                             arrays=observer.arrays())
+    return stats, calset

@@ -29,6 +29,11 @@ def register(sub) -> None:
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
                    help="sampler of the FP loop (the pipeline's noise schedule kept); the statistics hold one row "
                         "per distinct timestep it calls the UNet with")
+    p.add_argument("--select", type=argtypes.count, default=None, metavar="K",
+                   help="EDA-DM calibration set: sample every prompt's FP trajectory (the pool), choose K latents per "
+                        "timestep whose distribution matches the pool's (density and diversity: greedy kernel MMD) "
+                        "and record statistics on those alone; the summary says how well they match the pool. "
+                        "None: statistics over every prompt's trajectory")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale (> 1)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (prompt i uses seed + i)")
     p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
@@ -85,6 +90,8 @@ def run(args) -> int:
                          device=rank.device if rank else args.device)
     check_attention_memory(pipe.unet.config, args.latent_size or int(pipe.unet.config.sample_size), 2)  # cond+uncond
     start = time.perf_counter()
+    if args.select is not None:
+        return _run_selected(args, pipe, prompts, rank, out, start)
     stats = calibrate(pipe, prompts, model_name=args.model, steps=args.steps, guidance=args.guidance,
                       seed=args.seed, indices=indices, latent_size=args.latent_size,
                       negative_prompt=args.negative_prompt,
@@ -113,4 +120,40 @@ def run(args) -> int:
             ["device", f"{pipe.device} x {rank.world} ranks ({rank.backend})" if rank else str(pipe.device)],
             ["time", f"{seconds:.1f} s ({seconds / len(indices):.2f} s per prompt)"]]
     print(format_table(["calibrate", args.model], rows))
+    return 0
+
+
+def _run_selected(args, pipe, prompts, rank, out, start) -> int:
+    """`--select K`: one process over the whole pool (selection compares every prompt's latents)."""
+    import time
+
+    from dgq_compiler.calibrate.run import calibrate_selected
+    from dgq_compiler.cli.table import format_table
+    from dgq_compiler.errors import DgqError
+
+    if rank is not None or args.shard is not None:
+        raise DgqError("--select chooses among every prompt's latents: it runs in one process (drop --shard / "
+                       "torchrun)")
+    if args.select > len(prompts):
+        raise DgqError(f"--select {args.select} exceeds the pool: {len(prompts)} prompts give {len(prompts)} latents "
+                       "per timestep")
+    if args.negative_prompt:
+        raise DgqError("--select samples with the empty unconditional prompt: drop --negative-prompt")
+    stats, calset = calibrate_selected(pipe, prompts, args.select, model_name=args.model, steps=args.steps,
+                                       guidance=args.guidance, seed=args.seed, latent_size=args.latent_size,
+                                       model_seed=args.model_seed if args.model == "tiny" else None,
+                                       scheduler=args.scheduler)
+    seconds = time.perf_counter() - start
+    stats.save(out, overwrite=args.overwrite)
+    summary = calset.summary()
+    rows = [["statistics", f"{out} (+ {out.with_suffix('.safetensors').name})"],
+            ["pool", f"{len(prompts)} prompts x {stats.T} timesteps ({args.scheduler}, {args.steps} steps)"],
+            ["chosen", f"{args.select} latents per timestep (density and diversity: greedy kernel MMD)"],
+            ["match: kernel MMD to the pool", f"{summary['mean_mmd']:.4f} (random subsets of {args.select}: "
+                                              f"{summary['mean_random_mmd']:.4f})"],
+            ["match: mean error (pool std)", f"{summary['mean_mean_error']:.4f}"],
+            ["match: std ratio error", f"{summary['mean_std_error']:.4f}"],
+            ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]}"],
+            ["time", f"{seconds:.1f} s"]]
+    print(format_table(["calibrate --select", args.model], rows))
     return 0
