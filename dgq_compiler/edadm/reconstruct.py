@@ -164,10 +164,11 @@ def _relative(a, b):
     return ((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-12)
 
 
-def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None = None, progress=None):
+def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None = None, progress=None,
+                       only: list[str] | None = None):
     """The recipe with learned weight rounding for every block (-> (Recipe, ReconstructReport)). `unet` is the FP
     UNet the recipe was made for (left as it was); `calset` an edadm.calset.CalibrationSet whose timesteps the
-    recipe's schedule covers (each maps to its nearest calibrated step)."""
+    recipe's schedule covers (each maps to its nearest calibrated step); `only`: these blocks alone."""
     import torch
     from torch.nn.utils import parametrize
 
@@ -178,6 +179,12 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
     recipe.check_unet(unet)
     unet.eval()
     blocks = find_blocks(unet, recipe)
+    if only is not None:
+        unknown = sorted(set(only) - {name for name, _ in blocks})
+        if unknown:
+            raise DgqError(f"no block {unknown[0]!r} with quantized weights: expected one of "
+                           f"{', '.join(name for name, _ in blocks[:6])}, ...")
+        blocks = [b for b in blocks if b[0] in only]
     if not blocks:
         raise DgqError("the recipe quantizes no Conv/Linear weight of this UNet: nothing to reconstruct")
     data = capture(unet, calset, blocks)
