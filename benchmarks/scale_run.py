@@ -6,8 +6,8 @@ The run's own stage lines go to stdout with, every 30 s, a line `[memory] <elaps
 (sum of Pss over `dgq run` and its configuration child processes, benchmarks/rss.py), so a run stopped
 early still says how far it got and what it held. The last line is a JSON row: exit code, seconds, peak
 GB (the larger of the tree's peak Pss sum and the largest single process's RSS from wait4), against
-DESIGN's 16 GB budget for `dgq run --quick` on an SD v1.4-size pipeline at 512 px. `--in-process` sets DGQ_RUN_CHILD=0 (every
-configuration in the run's own process, as before run_child.py) to compare.
+DESIGN's 16 GB budget for `dgq run --quick` on an SD v1.4-size pipeline at 512 px. `--in-process` sets
+DGQ_RUN_CHILD=0 (every configuration in the run's own process, as before run_child.py) to compare.
 Build a random-weight SD v1.4 folder with `python benchmarks/scale_pipelines.py sd-v1.4 DIR`.
 """
 from __future__ import annotations

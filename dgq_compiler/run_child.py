@@ -73,7 +73,8 @@ def config_runner(shared: Shared, source: str, stats):
 def _save_calls(shared: Shared, jobs: Path) -> None:
     from safetensors.numpy import save_file
 
-    arrays = {f"{i}/{part}": getattr(c, part) for i, c in enumerate(shared.calls) for part in ("sample", "states", "eps")}
+    arrays = {f"{i}/{part}": getattr(c, part)
+              for i, c in enumerate(shared.calls) for part in ("sample", "states", "eps")}
     save_file(arrays, str(jobs / "calls.safetensors"))
     probe = [next(i for i, c in enumerate(shared.calls) if c is p) for p in shared.probe_calls]
     (jobs / "calls.json").write_text(json.dumps({"calls": [[c.step, c.timestep] for c in shared.calls],
