@@ -205,6 +205,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
         with _stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
             results.append(one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
+    with _stage(timer, "lowered for onnxruntime-cpu: compile, time, verify, check"):
+        from dgq_compiler.report.deploy import run_hook
+
+        deploy = run_hook(shared, results)
 
     with _stage(timer, "cost model"):
         from dgq_compiler.report.roofline import preset_configs, roofline_summary
@@ -236,7 +240,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                             "points": len(stats.points)},
             "image_prompts": image_prompts, "seeds": seeds,
             "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
-            "attention": attention, "seconds": seconds,
+            "attention": attention, "seconds": seconds, "deploy": deploy,
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 
