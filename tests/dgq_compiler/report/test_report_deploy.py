@@ -38,10 +38,11 @@ def test_lowered_rows_and_section(tmp_path, tiny_export_dir, tiny_pipeline_dir):
     assert [r["preset"] for r in rows] == list(recipes) and len(timed) == 2
     for r in rows:
         assert (tmp_path / r["graph"]).is_file() and (tmp_path / r["graph"]).parent.name == f"{r['preset']}@onnxruntime-cpu"
-        assert r["products"] > 0 and r["accumulators"] >= r["products"] and r["unet_call"] > 0
+        assert r["products"] > 0 and r["accumulators"] >= r["products"] and r["seconds"]["unet_call"] > 0
         assert r["accumulators_exact"] and r["ops_verified"] > 0 and r["violations"] == 0
     assert rows[0]["accumulators"] > rows[0]["products"] and rows[1]["accumulators"] == rows[1]["products"]
     text = "\n".join(deploy_section({"deploy": rows}))
     assert "## Deployment" in text and "dgq-w8a8-g8" in text and "tfmq-w8a8" in text
-    assert f"{rows[0]['unet_call'] / 0.5:.2f}x" in text and f"{rows[0]['unet_call'] / 0.25:.2f}x" in text
+    call = rows[0]["seconds"]["unet_call"]
+    assert f"{call / 0.5:.2f}x" in text and f"{call / 0.25:.2f}x" in text
     assert deploy_section({}) == [] and deploy_section({"deploy": []}) == []
