@@ -44,16 +44,24 @@ def lowered_rows(export_dir: Path, out: Path, recipes: dict, time_call: Callable
 
 
 def run_hook(shared, results) -> list[dict]:
-    """`dgq run`: lower every configuration it compiled (not those adapted to a target) and measure them."""
+    """`dgq run`: lower every configuration it compiled (not those adapted to a target) and measure them, from the
+    recipes and times the configurations wrote. Real-size models (configurations in child processes, see
+    run_child.py) are left out: a lowered session beside the parent's pipeline is the memory the children avoid;
+    benchmarks/deploy_lowering.py measures that size."""
+    from dgq_compiler.recipe import Recipe
+    from dgq_compiler.run_child import use_children
     from dgq_compiler.run_config import _median_call_s
     from dgq_compiler.sampling import onnx_predictor
 
-    recipes = {r.preset: shared.recipes[r.preset] for r in results if "@" not in r.preset}
+    if use_children(shared.pipe.unet):
+        return []
+    recipes = {r.preset: Recipe.load(shared.out / r.recipe) for r in results if "@" not in r.preset}
     if not recipes:
         return []
     steps = list(next(iter(recipes.values())).timesteps)
+    fp32 = next((r.seconds.get("fp32_unet_call") for r in results if r.seconds.get("fp32_unet_call")), None)
     return lowered_rows(shared.export_dir, shared.out, recipes,
-                        lambda graph: _median_call_s(onnx_predictor(graph), shared.calls), shared.fp32_step_s,
+                        lambda graph: _median_call_s(onnx_predictor(graph), shared.calls), fp32,
                         {r.preset: r.seconds.get("unet_call") for r in results}, [steps[0], steps[-1]])
 
 
