@@ -20,6 +20,7 @@ from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable
 from dgq_compiler.run import RunOptions
 
+TABLES = ("grouping", "attention")
 DIMENSIONS = ("channel", "pixel", "auto")     # auto = chosen by the metric (DGQ's dimension selection)
 ATTENTION_VARIANTS = (("uniform", False, True), ("uniform", True, True), ("log2", False, True),
                       ("log2", True, True), ("log2", False, False), ("log2", True, False))  # quantizer, bos, dynamic
@@ -33,6 +34,7 @@ class AblateOptions:
     groups: tuple[int, ...] = (1, 2, 4, 8, 16)
     attention_groups: int = 8
     sets: tuple[str, ...] = ("heldout", "rephrased")
+    tables: tuple[str, ...] = TABLES
 
     def __post_init__(self):
         from dgq_compiler.config import GROUP_COUNTS
@@ -45,6 +47,8 @@ class AblateOptions:
         if self.attention_groups not in GROUP_COUNTS:
             raise DgqError(f"--attention-groups must be one of {', '.join(map(str, GROUP_COUNTS))}, "
                            f"got {self.attention_groups}")
+        if not self.tables or any(t not in TABLES for t in self.tables):
+            raise DgqError(f"--tables must be some of {', '.join(TABLES)}, got {', '.join(self.tables) or 'none'}")
         if self.run.images < 2:
             raise DgqError(f"--images must be at least 2 for the ablation tables, got {self.run.images}")
 
@@ -65,12 +69,12 @@ def ablations(options: AblateOptions) -> list[Ablation]:
     rows = []
     for a in options.act_bits:
         base = QuantConfig("dgq", options.weight_bits, a, 1, weight_method=weights)
-        for g in options.groups:
+        for g in options.groups if "grouping" in options.tables else ():
             for dim in (("auto",) if g == 1 else DIMENSIONS):
                 rows.append(Ablation("grouping", f"w{options.weight_bits}a{a}-g{g}" + (f"-{dim}" if g > 1 else ""),
                                      base.replace(groups=g, dimension=dim),
                                      {"act_bits": a, "groups": g, "dimension": dim if g > 1 else "-"}))
-        for quantizer, bos, dynamic in ATTENTION_VARIANTS:
+        for quantizer, bos, dynamic in ATTENTION_VARIANTS if "attention" in options.tables else ():
             name = (f"w{options.weight_bits}a{a}-g{options.attention_groups}-{quantizer}"
                     f"{'' if dynamic or quantizer == 'uniform' else '-static'}{'-bos' if bos else ''}")
             rows.append(Ablation("attention", name,

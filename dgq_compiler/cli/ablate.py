@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--weight-bits", type=argtypes.int_range(4, 8), default=8, help="weight width (4 or 8)")
     p.add_argument("--groups", type=_widths, default=(1, 2, 4, 8, 16), help="group counts of the grouping table")
     p.add_argument("--attention-groups", type=int, default=8, help="G of the attention table's activations")
+    p.add_argument("--tables", default="grouping,attention", help="tables to build (grouping, attention)")
     p.add_argument("--sets", default="heldout,rephrased", help="prompt sets scored (heldout, rephrased)")
     p.add_argument("--images", type=argtypes.int_range(2, 4096), default=32,
                    help="images per prompt set and configuration")
@@ -57,7 +58,8 @@ def run(args) -> int:
                              guidance=args.guidance, seed=args.seed, images=args.images)
     options = AblateOptions(run=run_options, weight_bits=args.weight_bits, act_bits=args.act_bits,
                             groups=args.groups, attention_groups=args.attention_groups,
-                            sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()))
+                            sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),
+                            tables=tuple(t.strip() for t in args.tables.split(",") if t.strip()))
     from dgq_compiler.quality.stage import QualityOptions
 
     QualityOptions(images=args.images, sets=options.sets)  # an unknown set name fails now, not after calibration

@@ -78,6 +78,8 @@ def unsupported(pipe, options: QualityOptions) -> str | None:
 
 
 class QualityStage:
+    """Prepared once per run; `score_graph` per row (FP first, `fp=True`); `to_json` for summary.json."""
+
     def __init__(self, pipe, options: QualityOptions = QualityOptions()):
         from dgq_compiler.quality.evaluator_check import check_evaluator
         from models.evaluator import load_evaluator, reference_batch
@@ -116,9 +118,9 @@ class QualityStage:
         seeds = [s for n in names for s in self.requests[n][1]]
         images = generate(self.pipe, graph, prompts, seeds, self.options)
         count = self.options.images
-        split = {n: images[k * count:(k + 1) * count] for k, n in enumerate(names)}
-        self.images[label] = {n: (np.clip(im, 0, 1) * 255).round().astype(np.uint8) for n, im in split.items()}
-        self.scores[label] = {n: self._score(n, im) for n, im in split.items()}
+        as_saved = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)  # scored as a user would keep them
+        self.images[label] = {n: as_saved[k * count:(k + 1) * count] for k, n in enumerate(names)}
+        self.scores[label] = {n: self._score(n, im.astype(np.float32) / 255.0) for n, im in self.images[label].items()}
         if fp:
             self.fp_label = label
         return self.scores[label]
@@ -135,7 +137,8 @@ class QualityStage:
 
     def to_json(self) -> dict:
         opts = self.options
-        return {"options": {**asdict(opts), "bootstrap": "percentile, resamples shared by every row (paired)"},
+        return {"options": {**asdict(opts), "intervals": "alignment: percentile bootstrap, resamples shared by every "
+                                                         "row (paired); Fréchet, IS-like: jackknife (normal)"},
                 "sets": {n: {"description": s.description, "prompts": len(s.prompts), "images": opts.images,
                              "seeds": [self.requests[n][1][0], self.requests[n][1][-1]]}
                          for n, s in self.sets.items()},

@@ -122,10 +122,12 @@ def write_ablation_report(summary: dict, out: Path) -> Path:
     quality = summary["quality"]
     sets = list(quality["sets"])
     opts, run = summary["options"], summary["options"]["run"]
+    tables = opts["tables"]
     figures = {}
     for set_name in sets:
-        figures[f"grouping_{set_name}"] = grouping_figure(summary, set_name, out / "figures" / f"grouping_{set_name}.png").name
-        figures[f"attention_{set_name}"] = attention_figure(summary, set_name, out / "figures" / f"attention_{set_name}.png").name
+        for name, draw in (("grouping", grouping_figure), ("attention", attention_figure)):
+            if name in tables:
+                figures[f"{name}_{set_name}"] = draw(summary, set_name, out / "figures" / f"{name}_{set_name}.png").name
     summary["figures"] = figures
     seconds = summary["seconds"]
     builds = [r for r in summary["rows"] if r["seconds"]]
@@ -139,20 +141,25 @@ def write_ablation_report(summary: dict, out: Path) -> Path:
              "95% intervals in brackets (alignment: bootstrap; Fréchet, IS-like: jackknife); **bold**: separates "
              "from FP. Weights W"
              f"{opts['weight_bits']} per output channel ({'min-max' if opts['weight_bits'] == 8 else 'MSE search'}).",
-             "", "## (b) Grouping: group count and dimension selection", "",
-             "Activations grouped along channels only, pixels only, or the dimension the metric V_d chooses per "
-             "layer (DGQ); G = 1 is per tensor. Attention as in DGQ (log2, dynamic scale, <start> separated).", "",
-             grouping_table(summary, sets), ""]
-    parts += [f"![grouping ablation, {SET_TITLES.get(s, s)}](figures/{figures[f'grouping_{s}']})" for s in sets]
-    parts += ["", "## (c) Attention-aware quantization", "",
-              f"Activations as DGQ at G = {opts['attention_groups']} (dimension chosen); the attention probabilities "
-              "quantized linearly (one scale per step) or by log2 with a dynamic (max of the tensor at inference) "
-              "or static (calibrated) scale; <start> separated: the <start> column of cross-attention "
-              "probabilities and its key/value row kept FP.", "",
-              attention_table(summary, sets), ""]
-    parts += [f"![attention ablation, {SET_TITLES.get(s, s)}](figures/{figures[f'attention_{s}']})" for s in sets]
+             ""]
+    if "grouping" in tables:
+        parts += ["## (b) Grouping: group count and dimension selection", "",
+                  "Activations grouped along channels only, pixels only, or the dimension the metric V_d chooses "
+                  "per layer (DGQ); G = 1 is per tensor. Attention as in DGQ (log2, dynamic scale, <start> "
+                  "separated).", "", grouping_table(summary, sets), ""]
+        parts += [f"![grouping ablation, {SET_TITLES.get(s, s)}](figures/{figures[f'grouping_{s}']})" for s in sets]
+        parts += [""]
+    if "attention" in tables:
+        parts += ["## (c) Attention-aware quantization", "",
+                  f"Activations as DGQ at G = {opts['attention_groups']} (dimension chosen); the attention "
+                  "probabilities quantized linearly (one scale per step) or by log2 with a dynamic (max of the "
+                  "tensor at inference) or static (calibrated) scale; <start> separated: the <start> column of "
+                  "cross-attention probabilities and its key/value row kept FP.", "",
+                  attention_table(summary, sets), ""]
+        parts += [f"![attention ablation, {SET_TITLES.get(s, s)}](figures/{figures[f'attention_{s}']})" for s in sets]
+        parts += [""]
     accuracy = ", ".join(f"{k} {v:.2f}" for k, v in check["accuracy"].items())
-    parts += ["", f"Evaluator check: accuracy per attribute on {check['scenes']} fresh rendered scenes of these "
+    parts += [f"Evaluator check: accuracy per attribute on {check['scenes']} fresh rendered scenes of these "
               f"prompts {accuracy} ({'passed' if check['passed'] else 'FAILED'}, threshold {check['threshold']}).",
               "", "## Time", "",
               f"Total {seconds['total']:.0f} s. Per configuration: quantize + compile + images "
