@@ -61,6 +61,8 @@ def _shortened(changes: dict | None) -> list[str]:
 
 
 def write_report(summary: dict, out: Path) -> Path:
+    from dgq_compiler.report.quality import quality_section
+
     opts = summary["options"]
     cal = summary["calibration"]
     exp = summary["export"]
@@ -72,6 +74,7 @@ def write_report(summary: dict, out: Path) -> Path:
         f"Total time {summary['seconds'].get('total', 0):.0f} s.",
         "",
         *_shortened(summary.get("shortened")),
+        *quality_section(summary),
         "## Summary",
         "",
         _table(SUMMARY_HEADERS, summary_rows(summary)),
