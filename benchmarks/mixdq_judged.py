@@ -176,6 +176,7 @@ def main() -> None:
 
     results, recipes = {}, {}
     (work / "results").mkdir(exist_ok=True)
+    (work / "graphs").mkdir(exist_ok=True)
     for label, (config, widths) in configs.items():
         t0 = time.perf_counter()
         recipe, _ = quantize_stats(stats, config, unet, widths=widths)
