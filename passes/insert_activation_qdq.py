@@ -10,9 +10,9 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, nodes_by_name, step_index_tensor
-from passes.contract import QKV_ROLES, SAMPLE_INPUT, bos_row_names, node_prefix
+from passes.contract import QKV_ROLES, bos_row_names, node_prefix
 from passes.errors import PassError
-from passes.patterns import LAYOUT_OPS, attention_matches, match_weighted_op
+from passes.patterns import attention_matches, match_weighted_op, reads_text_tokens
 from passes.pixel_groups import LevelGrid, level_grid
 from passes.qdq import INT64_MAX, slice_axis, uniform_qdq
 
@@ -30,17 +30,6 @@ def rewire_consumers(tensor: gs.Tensor, new: gs.Tensor, skip: set) -> int:
                 node.inputs[i] = new
                 count += 1
     return count
-
-
-def reads_text_tokens(graph: gs.Graph, x: gs.Tensor) -> bool:
-    """Whether `x` is (a layout view of) a graph input other than the latent `sample`: encoder_hidden_states."""
-    for _ in range(12):
-        if not x.inputs:
-            return x.name != SAMPLE_INPUT and x in graph.inputs
-        if x.inputs[0].op not in LAYOUT_OPS:
-            return False
-        x = x.inputs[0].inputs[0]
-    return False
 
 
 def pixel_grid(tq, layout: str, pixels_are_tokens: bool, ctx: PassContext) -> LevelGrid | None:
