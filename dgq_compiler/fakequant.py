@@ -8,6 +8,7 @@ float32, round half to even (torch.round), the step index of the nearest calibra
            (dynamic: probs are [B*heads, N, M], a sample is `heads` consecutive rows)
 Pixel groups at another resolution than the calibrated one: the map resampled as the graph does
 (passes/pixel_groups.py: the nearest calibrated pixel below, integer arithmetic).
+Text embedding with exclude_bos (MixDQ, the input of attn2.to_k/to_v): token 0 stays FP.
 Cross-attention with exclude_bos: k/v token 0 and the probs' column 0 stay FP, and
   A.V = A[..., :1] @ V[:, :1] + Qlog(A[..., 1:]) @ V[:, 1:].
 So quantized images come from the ordinary diffusers pipeline, on any device, and the ONNX graph can be
@@ -167,10 +168,15 @@ class FakeQuant:
         return x + (x_hat - x).detach() if self.straight_through and x.requires_grad else x_hat
 
     def _input_hook(self, module):
+        import torch
+
         tq = self.recipe.tensors[(module, "input")]
 
         def hook(_module, args):
-            return (self._uniform(tq, args[0]), *args[1:])
+            x = args[0]
+            if tq.exclude_bos:  # the text embedding's <start> row stays FP (token axis 1 of [B, N, C])
+                return (torch.cat([x[:, :1], self._uniform(tq, x[:, 1:])], dim=1), *args[1:])
+            return (self._uniform(tq, x), *args[1:])
         return hook
 
     def qkv(self, name, role, tensor, cross):

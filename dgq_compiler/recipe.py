@@ -103,8 +103,10 @@ class TensorQuant:
                         f"{list(self.codes.shape)}")
             if self.codes.size and (self.codes.min() < lo or self.codes.max() > hi):
                 return f"codes must be in {lo}..{hi} ({self.bits}-bit signed)"
-        if self.exclude_bos and self.role not in ("k", "v", "attn_probs"):
-            return "exclude_bos applies to k, v and attn_probs of a cross-attention only"
+        if self.exclude_bos and self.role not in ("k", "v", "attn_probs") and \
+                not reads_text_embedding(self.module, self.role):
+            return ("exclude_bos applies to k, v and attn_probs of a cross-attention and to the text embedding at "
+                    "its to_k/to_v inputs only")
         return ""
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -339,12 +341,17 @@ def _pixel_counts(resolution) -> set[int]:
     return counts
 
 
+def reads_text_embedding(module: str, role: str) -> bool:
+    """The input of a cross-attention's to_k/to_v: the text embedding (diffusers names a transformer block's
+    cross-attention attn2)."""
+    parts = module.split(".")
+    return parts[-2:-1] == ["attn2"] and parts[-1] in ("to_k", "to_v") and role == "input"
+
+
 def _text_tokens(tq: TensorQuant) -> bool:
     """Entries whose pixel axis is the text tokens (a cross-attention's keys/values and their projections'
-    input), not the latent's pixels: diffusers names a transformer block's cross-attention attn2."""
-    parts = tq.module.split(".")
-    return (parts[-1] == "attn2" and tq.role in ("k", "v")) or \
-        (parts[-2:-1] == ["attn2"] and parts[-1] in ("to_k", "to_v") and tq.role == "input")
+    input), not the latent's pixels."""
+    return (tq.module.split(".")[-1] == "attn2" and tq.role in ("k", "v")) or reads_text_embedding(tq.module, tq.role)
 
 
 def config_fingerprint(unet_config) -> str:
