@@ -3,8 +3,9 @@ sensitivity table and an ILP allocation) / EDA-DM's reconstructed weights. `dgq 
 `dgq quantize --allocation` and `dgq allocate` use the pieces directly.
 
 Order: quantize (groups, per-layer widths) -> reconstruct. EDA-DM's stage is the edadm engineer's
-`dgq_compiler.edadm.reconstruct_recipe(recipe, calibration, unet, seed=...) -> Recipe` (a recipe + calibration
-data in, a recipe with learned weight codes out; it keeps every entry's width, so MixDQ's allocation survives),
+`dgq_compiler.edadm.reconstruct_recipe(recipe, unet, calibration, ReconstructOptions(seed=...)) -> (Recipe, report)`
+(a recipe + calibration data in, a recipe with learned weight codes out; it keeps every entry's width, so MixDQ's
+allocation survives),
 with `calibration` from `dgq_compiler.edadm.calibration_for_run(pipe, prompts, options)`; configs with
 `reconstruct` need it.
 """
@@ -74,8 +75,11 @@ def _reconstructed(recipe, pipe, options):
                        "dgq_compiler.edadm.reconstruct_recipe") from None
     from dgq_compiler.calibrate.run import read_prompts
 
+    from dgq_compiler.edadm import RUN_ITERATIONS, ReconstructOptions
+
     calibration = calibration_for_run(pipe, read_prompts(options.prompts), options)
-    return reconstruct_recipe(recipe, calibration, pipe.unet, seed=options.seed)
+    return reconstruct_recipe(recipe, pipe.unet, calibration,
+                              ReconstructOptions(iterations=RUN_ITERATIONS, seed=options.seed))[0]
 
 
 def compiled_cost_row(graph: Path, config, inventory, steps: int):
