@@ -32,6 +32,7 @@ class RunOptions:
     image_prompts: str | None = None   # prompts of the image grid (default: the first held-out ones)
     num_images: int = 4
     steps: int = 25
+    scheduler: str = "pndm"            # sampler of calibration and images (calibrate.run.SCHEDULERS)
     guidance: float = 7.5
     seed: int = 0
     verify_timesteps: int = 3
@@ -51,6 +52,10 @@ class RunOptions:
             raise DgqError(f"--num-prompts must be at least 1, got {self.num_prompts}")
         if not 1 <= self.num_images <= 16:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
+        from dgq_compiler.calibrate.run import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise DgqError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
         if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
@@ -142,7 +147,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     import numpy as np
     import torch
 
-    from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, use_pndm
+    from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, use_scheduler
     from dgq_compiler.config import preset
     from dgq_compiler.export import export_unet
     from dgq_compiler.report import analysis, figures
@@ -159,7 +164,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     figures_dir = out / "figures"
     figures_dir.mkdir()
     pipe = open_pipeline(source, seed=options.seed, device="cpu")  # the ONNX stages and references run on CPU
-    use_pndm(pipe)
+    use_scheduler(pipe, options.scheduler)
     unet = pipe.unet
 
     with _stage(timer, "export the fp32 UNet to ONNX"):
@@ -176,7 +181,8 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             raise DgqError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
         stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, latent_size=options.latent_size,
-                          model_seed=options.seed if source == "tiny" else None, progress=True)
+                          model_seed=options.seed if source == "tiny" else None, progress=True,
+                          scheduler=options.scheduler)
         pipe.to(torch.device("cpu"))
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")

@@ -8,6 +8,7 @@ from dgq_compiler.cli import argtypes
 
 def register(sub) -> None:
     from dgq_compiler.run import DEFAULT_PRESETS
+    from dgq_compiler.calibrate.run import SCHEDULERS
 
     p = sub.add_parser(
         "run", help="calibrate, quantize, compile, verify, cost and report, end to end",
@@ -25,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--image-prompts", help="prompt file for the image grid (default: the held-out prompts)")
     p.add_argument("--num-images", type=argtypes.int_range(1, 16), default=4, help="columns of the image grid")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
+    p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
+                   help="sampler of calibration and images, e.g. --scheduler euler --steps 4 for few-step models")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of sampling (and of the random tiny weights)")
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
@@ -53,7 +56,8 @@ def run(args) -> int:
 
     options = RunOptions(model=args.model, presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
                          prompts=args.prompts, num_prompts=args.num_prompts, image_prompts=args.image_prompts,
-                         num_images=args.num_images, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                         num_images=args.num_images, steps=args.steps, scheduler=args.scheduler,
+                         guidance=args.guidance, seed=args.seed,
                          latent_size=args.latent_size, device=args.device, quick=args.quick)
     summary = run_all(options, args.output, overwrite=args.overwrite)
     print()
