@@ -7,7 +7,9 @@ The two calls a composed configuration makes (dgq_compiler/mixdq/compose.py, `dg
 """
 from __future__ import annotations
 
-from dgq_compiler.edadm.reconstruct import ReconstructOptions, reconstruct_recipe  # noqa: F401
+from dgq_compiler.edadm.reconstruct import ReconstructOptions, reconstruct_recipe
+
+__all__ = ["ReconstructOptions", "reconstruct_recipe", "calibration_for_run"]
 
 RUN_POOL = 16        # `dgq run`: calibration prompts in the pool
 RUN_PER_STEP = 2     # latents chosen per timestep
