@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--images-per-prompt", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", default=None, help="folder to keep the recipes in (nearest and reconstructed)")
     args = ap.parse_args()
 
     import torch
@@ -95,6 +96,10 @@ def main() -> None:
             totals = report.totals()
             print(f"{name}: reconstructed in {rec_seconds:.0f} s, block loss {totals['loss_nearest']:.4f} -> "
                   f"{totals['loss_after']:.4f} ({totals['learned']}/{totals['blocks']} blocks learned)", flush=True)
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                recipe.save(Path(args.keep) / f"{name}-nearest.json", overwrite=True)
+                rec.save(Path(args.keep) / f"{name}-reconstructed.json", overwrite=True)
             aligns = {}
             for variant, r in (("nearest", recipe), ("reconstructed", rec)):
                 out = tmp / f"{name}-{variant}"
