@@ -33,6 +33,7 @@ class RunOptions:
     num_images: int = 4
     images: int = 32                   # quality stage: images per prompt set and configuration (0: no quality stage)
     steps: int = 25
+    scheduler: str = "pndm"            # sampler of calibration and images (calibrate.run.SCHEDULERS)
     guidance: float = 7.5
     seed: int = 0
     verify_timesteps: int = 3
@@ -54,6 +55,10 @@ class RunOptions:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
         if self.images == 1 or self.images < 0:
             raise DgqError(f"--images must be 0 (no quality stage) or at least 2, got {self.images}")
+        from dgq_compiler.calibrate.run import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise DgqError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
         if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
@@ -142,14 +147,14 @@ def run_stage(timer, name: str):
 
 
 def open_model(options: RunOptions, source: str, label: str):
-    """(pipeline on the CPU with PNDM, options with the model's default prompt files filled in)."""
-    from dgq_compiler.calibrate.run import open_pipeline, use_pndm
+    """(pipeline on the CPU with the run's scheduler, options with the model's default prompt files filled in)."""
+    from dgq_compiler.calibrate.run import open_pipeline, use_scheduler
 
     calibration_file, image_file = default_prompt_files(label)
     options = replace(options, prompts=options.prompts or calibration_file,
                       image_prompts=options.image_prompts or image_file)
     pipe = open_pipeline(source, seed=options.seed, device="cpu")  # the ONNX stages and references run on CPU
-    use_pndm(pipe)
+    use_scheduler(pipe, options.scheduler)
     return pipe, options
 
 
@@ -176,7 +181,8 @@ def export_and_calibrate(timer, pipe, options: RunOptions, source: str, label: s
             raise DgqError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
         stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, latent_size=options.latent_size,
-                          model_seed=options.seed if source == "tiny" else None, progress=True)
+                          model_seed=options.seed if source == "tiny" else None, progress=True,
+                          scheduler=options.scheduler)
         pipe.to(torch.device("cpu"))
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")

@@ -2,10 +2,12 @@
 sensitivity table and an ILP allocation) / EDA-DM's reconstructed weights. `dgq run` calls `recipe_for_run`;
 `dgq quantize --allocation` and `dgq allocate` use the pieces directly.
 
-Order: quantize (groups, per-layer widths) -> reconstruct. EDA-DM's stage is the edadm package's
-`reconstruct_recipe(recipe, unet, calset, options)` on a density/diversity-selected calibration set
-(`select_calibration_set`, dgq reconstruct's defaults: 16 pool prompts, 4 samples per step, 300 iterations per
-block); it learns the rounding on each entry's own grid, so MixDQ's per-layer widths survive it.
+Order: quantize (groups, per-layer widths) -> reconstruct. EDA-DM's stage is the edadm engineer's
+`dgq_compiler.edadm.reconstruct_recipe(recipe, unet, calibration, ReconstructOptions(seed=...)) -> (Recipe, report)`
+(a recipe + calibration data in, a recipe with learned weight codes out; it keeps every entry's width, so MixDQ's
+allocation survives),
+with `calibration` from `dgq_compiler.edadm.calibration_for_run(pipe, prompts, options)`; configs with
+`reconstruct` need it.
 """
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ from dgq_compiler.errors import DgqError
 
 SENSITIVITY_PROMPTS = 4   # calibration prompts sampled for the sensitivity calls (never the held-out ones)
 SENSITIVITY_CALLS = 6     # UNet calls kept, spread over the schedule
-RECONSTRUCT_POOL = 16     # EDA-DM: calibration prompts in the pool (dgq reconstruct's defaults)
-RECONSTRUCT_PER_STEP = 4  # EDA-DM: samples chosen per step
 
 
 def check_allocation(allocation, stats) -> None:
@@ -69,14 +69,11 @@ def recipe_for_run(name: str, config, stats, pipe, out: Path, options):
 def _reconstructed(recipe, pipe, options):
     """EDA-DM's fine-grained block reconstruction of the recipe's weights (learned rounding, same widths)."""
     from dgq_compiler.calibrate.run import read_prompts
-    from dgq_compiler.edadm.calset import select_calibration_set
-    from dgq_compiler.edadm.reconstruct import ReconstructOptions, reconstruct_recipe
+    from dgq_compiler.edadm import RUN_ITERATIONS, ReconstructOptions, calibration_for_run, reconstruct_recipe
 
-    prompts = read_prompts(options.prompts)[:RECONSTRUCT_POOL]
-    calset = select_calibration_set(pipe, prompts, min(RECONSTRUCT_PER_STEP, len(prompts)), steps=options.steps,
-                                    guidance=options.guidance, seed=options.seed, latent_size=options.latent_size)
-    recipe, _report = reconstruct_recipe(recipe, pipe.unet, calset, ReconstructOptions(seed=options.seed))
-    return recipe
+    calibration = calibration_for_run(pipe, read_prompts(options.prompts), options)
+    return reconstruct_recipe(recipe, pipe.unet, calibration,
+                              ReconstructOptions(iterations=RUN_ITERATIONS, seed=options.seed))[0]
 
 
 def compiled_cost_row(graph: Path, config, inventory, steps: int):
