@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable
-from dgq_compiler.run_config import CHECK_TARGET, Shared, one_config
+from dgq_compiler.run_child import config_runner
+from dgq_compiler.run_config import CHECK_TARGET, Shared
 
 DGQ_PRESETS = ("dgq-w8a8-g8", "dgq-w4a8-g8", "dgq-w8a6-g16", "dgq-w4a6-g16")
 BASELINE_PRESETS = ("qdiffusion-w8a8", "tfmq-w8a8", "qdiffusion-w4a6", "tfmq-w4a6")
@@ -198,13 +199,14 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                     images, inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
                                                  resolution=stats.resolution[0] * 8, model="export/unet.onnx"))
     results = []  # run_config.ConfigResult per configuration
-    for name in options.presets:
-        with _stage(timer, f"{name}: quantize, compile, verify, check"):
-            results.append(one_config(name, preset(name), stats, shared))
-    dgq = next((name for name in options.presets if name.startswith("dgq")), None)
-    if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
-        with _stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
-            results.append(one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
+    with config_runner(shared, source, stats) as run_config:  # real-size models: one child process each
+        for name in options.presets:
+            with _stage(timer, f"{name}: quantize, compile, verify, check"):
+                results.append(run_config(name, preset(name), stats, shared))
+        dgq = next((name for name in options.presets if name.startswith("dgq")), None)
+        if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
+            with _stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
+                results.append(run_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
 
     with _stage(timer, "cost model"):
         from dgq_compiler.report.roofline import preset_configs, roofline_summary
