@@ -179,7 +179,7 @@ def build_pipeline(tokenizer, text_encoder, unet, vae):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
-def train(out: str | Path, seed: int = 0, vae_steps: int = 1500, unet_steps: int = 2000, batch: int = 32,
+def train(out: str | Path, seed: int = 0, vae_steps: int = 800, unet_steps: int = 3000, batch: int = 32,
           pool_size: int = 24576, threads: int = 2, quiet: bool = False, overwrite: bool = False) -> dict:
     """Train and save the pipeline to `out` (an existing `out` only with `overwrite`; written under a
     temporary name and renamed, so an interrupted run leaves nothing); returns a summary."""
@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     # step than OMP_WAIT_POLICY=PASSIVE on an idle 2-core machine, with bit-identical results. On
     # a machine shared with other jobs, spinning threads fight them: set OMP_WAIT_POLICY=PASSIVE.
     parser = training_parser(__doc__, "folder to write the diffusers pipeline to")
-    parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=2000)
+    parser.add_argument("--vae-steps", type=int, default=800)
+    parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--pool-size", type=int, default=24576, help="scenes encoded once for stage 2")
     args = parser.parse_args(argv)
