@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=3, help="random allocations (seeds 0..R-1)")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--verify-timesteps", type=int, default=2)
+    ap.add_argument("--front-bits", type=lambda t: [float(b) for b in t.split(",")], default=list(FRONT_BITS),
+                    help="budgets of the measured front, comma-separated average weight bits")
+    ap.add_argument("--front-random", type=int, default=2, help="random allocations per budget on the front")
     args = ap.parse_args()
 
     import torch
@@ -174,16 +177,16 @@ def main() -> None:
     configs["mixdq-w8a8"] = (preset("mixdq-w8a8"), None)
     configs["tfmq-w8a8"] = (preset("tfmq-w8a8"), None)
 
-    results, recipes = {}, {}
+    results = {}
     (work / "results").mkdir(exist_ok=True)
+    (work / "graphs").mkdir(exist_ok=True)
     for label, (config, widths) in configs.items():
         t0 = time.perf_counter()
-        recipe, _ = quantize_stats(stats, config, unet, widths=widths)
-        recipes[label] = recipe
         done = work / "results" / f"{label}.json"  # a rerun into the same folder skips finished configurations
         if done.is_file():
             results[label] = json.loads(done.read_text())
             continue
+        recipe, _ = quantize_stats(stats, config, unet, widths=widths)
         with apply_recipe(unet, recipe):
             torch_snr = mean_snr(torch_predictor(unet), calls)
         graph_dir = work / "graphs" / label
@@ -219,16 +222,17 @@ def main() -> None:
         r["alignment_minus_mixdq_w4a8_ci95"] = interval(diff)
 
     text = text_embedding_error(pipe, prompts, {
-        "plain per-tensor (tfmq-w8a8)": recipes["tfmq-w8a8"], "BOS-aware (mixdq-w8a8)": recipes["mixdq-w8a8"],
+        "plain per-tensor (tfmq-w8a8)": quantize_stats(stats, preset("tfmq-w8a8"), unet)[0],
+        "BOS-aware (mixdq-w8a8)": quantize_stats(stats, preset("mixdq-w8a8"), unet)[0],
         "plain per-tensor A6 (tfmq-w8a6)": quantize_stats(stats, preset("tfmq-w8a6"), unet)[0],
         "BOS-aware A6": quantize_stats(stats, preset("mixdq-w8a8").replace(act_bits=6), unet)[0]})
 
-    front = {"ILP (mixdq-w{b}a8)": [], "random, no larger": []}
+    front = {"ILP (mixdq-wXa8)": [], "random, no larger": []}
     table = tables["mixdq-w5a8"]
-    for bits in FRONT_BITS:
+    for bits in args.front_bits:
         best = allocate(table, Budget(weight_bits=bits))
-        for label, alloc in [("ILP (mixdq-w{b}a8)", best)] + [("random, no larger", random_allocation(table, best, s))
-                                                              for s in range(2)]:
+        for label, alloc in [("ILP (mixdq-wXa8)", best)] + [("random, no larger", random_allocation(table, best, s))
+                                                              for s in range(args.front_random)]:
             recipe, _ = quantize_stats(stats, preset("mixdq-w5a8"), unet, widths=alloc.widths())
             with apply_recipe(unet, recipe):
                 front[label].append((alloc.achieved["weight_bits"], mean_snr(torch_predictor(unet), calls)))

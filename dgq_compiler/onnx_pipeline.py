@@ -62,8 +62,17 @@ def onnx_unet_pipeline(pipeline: str | Path, unet_graph: str | Path):
         raise DgqError(f"UNet graph {str(unet_graph)!r} not found")
     pipe = load_pipeline(pipeline)
     config = json.loads((pipeline / "unet" / "config.json").read_text(encoding="utf-8"))
+    return with_onnx_unet(pipe, unet_graph, config)
+
+
+def with_onnx_unet(pipe, unet_graph: str | Path, unet_config: dict | None = None):
+    """A pipeline sharing `pipe`'s text encoder, VAE, tokenizer and scheduler, with `unet_graph` as its UNet
+    (`unet_config`: the UNet's config, by default `pipe.unet.config`)."""
+    import copy
+
     components = dict(pipe.components)
-    components["unet"] = OnnxUNet(unet_graph, config)
+    components["scheduler"] = copy.deepcopy(pipe.scheduler)  # its own: PNDM keeps state from step to step
+    components["unet"] = OnnxUNet(unet_graph, dict(unet_config if unet_config is not None else pipe.unet.config))
     onnx_pipe = type(pipe)(**components)
     onnx_pipe.set_progress_bar_config(disable=True)
     return onnx_pipe

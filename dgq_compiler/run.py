@@ -31,7 +31,9 @@ class RunOptions:
     num_prompts: int | None = None     # use the first N calibration prompts
     image_prompts: str | None = None   # prompts of the image grid (default: the first held-out ones)
     num_images: int = 4
+    images: int = 32                   # quality stage: images per prompt set and configuration (0: no quality stage)
     steps: int = 25
+    scheduler: str = "pndm"            # sampler of calibration and images (calibrate.run.SCHEDULERS)
     guidance: float = 7.5
     seed: int = 0
     verify_timesteps: int = 3
@@ -51,6 +53,12 @@ class RunOptions:
             raise DgqError(f"--num-prompts must be at least 1, got {self.num_prompts}")
         if not 1 <= self.num_images <= 16:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
+        if self.images == 1 or self.images < 0:
+            raise DgqError(f"--images must be 0 (no quality stage) or at least 2, got {self.images}")
+        from dgq_compiler.calibrate.run import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise DgqError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
         if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
@@ -61,7 +69,7 @@ class RunOptions:
 
 # `--quick`: few prompts, steps, images and configurations, so a real-size model can be tried on a laptop
 QUICK = {"num_prompts": 2, "steps": 4, "num_images": 1, "verify_timesteps": 1, "verify_latent_size": 32,
-         "presets": ("dgq-w8a8-g8",)}
+         "presets": ("dgq-w8a8-g8",), "images": 8}
 FULL_LABELS = {"num_prompts": "all", "verify_latent_size": "the calibrated latent"}
 
 
@@ -133,39 +141,36 @@ def _json(value):
     return str(value)
 
 
-def _stage(timer, name: str):
+def run_stage(timer, name: str):
     """A stage of the run, announced with its number and timed under its name."""
     return timer.stage(name, f"{name} ...")
 
 
-def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> dict:
-    import numpy as np
-    import torch
+def open_model(options: RunOptions, source: str, label: str):
+    """(pipeline on the CPU with the run's scheduler, options with the model's default prompt files filled in)."""
+    from dgq_compiler.calibrate.run import open_pipeline, use_scheduler
 
-    from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, use_pndm
-    from dgq_compiler.config import preset
-    from dgq_compiler.export import export_unet
-    from dgq_compiler.report import analysis, figures
-    from dgq_compiler.sampling import decode, sample, torch_predictor
-
-    from dgq_compiler.timing import StageTimer
-    from simulator.cost.macs_from_graph import inventory_from_graph
-
-    timer = StageTimer(log, digits=1, numbered=True)
-    seconds = timer.seconds
     calibration_file, image_file = default_prompt_files(label)
     options = replace(options, prompts=options.prompts or calibration_file,
                       image_prompts=options.image_prompts or image_file)
-    figures_dir = out / "figures"
-    figures_dir.mkdir()
     pipe = open_pipeline(source, seed=options.seed, device="cpu")  # the ONNX stages and references run on CPU
-    use_pndm(pipe)
-    unet = pipe.unet
+    use_scheduler(pipe, options.scheduler)
+    return pipe, options
 
-    with _stage(timer, "export the fp32 UNet to ONNX"):
-        export = export_unet(unet, out / "export", model_name=label, seed=options.seed, progress=lambda _m: None)
 
-    with _stage(timer, "calibrate (FP sampling, streaming statistics)"):
+def export_and_calibrate(timer, pipe, options: RunOptions, source: str, label: str, out: Path):
+    """The first two stages of `dgq run` (and of `dgq ablate`): out/export/ and out/calibration/stats.json.
+    Returns (export report, statistics, calibration prompts)."""
+    import torch
+
+    from dgq_compiler.calibrate.run import calibrate, read_prompts
+    from dgq_compiler.export import export_unet
+
+    with run_stage(timer, "export the fp32 UNet to ONNX"):
+        export = export_unet(pipe.unet, out / "export", model_name=label, seed=options.seed,
+                             progress=lambda _m: None)
+
+    with run_stage(timer, "calibrate (FP sampling, streaming statistics)"):
         prompts = read_prompts(options.prompts)
         if options.num_prompts:
             prompts = prompts[: options.num_prompts]
@@ -176,12 +181,32 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             raise DgqError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
         stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, latent_size=options.latent_size,
-                          model_seed=options.seed if source == "tiny" else None, progress=True)
+                          model_seed=options.seed if source == "tiny" else None, progress=True,
+                          scheduler=options.scheduler)
         pipe.to(torch.device("cpu"))
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")
+    return export, stats, prompts
 
-    with _stage(timer, "FP reference images and UNet calls"):
+
+def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> dict:
+    import numpy as np
+
+    from dgq_compiler.config import preset
+    from dgq_compiler.report import analysis, figures
+    from dgq_compiler.sampling import decode, sample, torch_predictor
+    from dgq_compiler.timing import StageTimer
+    from simulator.cost.macs_from_graph import inventory_from_graph
+
+    timer = StageTimer(log, digits=1, numbered=True)
+    seconds = timer.seconds
+    figures_dir = out / "figures"
+    figures_dir.mkdir()
+    pipe, options = open_model(options, source, label)
+    unet = pipe.unet
+    export, stats, prompts = export_and_calibrate(timer, pipe, options, source, label, out)
+
+    with run_stage(timer, "FP reference images and UNet calls"):
         image_prompts = _image_prompts(options)
         seeds = [options.seed + i for i in range(len(image_prompts))]
         calls: list[analysis.UNetCall] = []
@@ -201,21 +226,33 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     results = []  # run_config.ConfigResult per configuration
     with config_runner(shared, source, stats) as run_config:  # real-size models: one child process each
         for name in options.presets:
-            with _stage(timer, f"{name}: quantize, compile, verify, check"):
+            with run_stage(timer, f"{name}: quantize, compile, verify, check"):
                 results.append(run_config(name, preset(name), stats, shared))
         dgq = next((name for name in options.presets if name.startswith("dgq")), None)
         if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
-            with _stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
+            with run_stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
                 results.append(run_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
+    with run_stage(timer, "lowered for onnxruntime-cpu: compile, time, verify, check"):
+        from dgq_compiler.report.deploy import run_hook
 
-    with _stage(timer, "cost model"):
+        deploy = run_hook(shared, results)
+
+    if options.images:
+        with run_stage(timer, "quality: FP and every configuration on two prompt sets"):
+            from dgq_compiler.quality.table2 import quality_for_run
+
+            quality = quality_for_run(shared, results, stats, figures_dir)
+    else:
+        quality = {"skipped": "--images 0"}
+
+    with run_stage(timer, "cost model"):
         from dgq_compiler.report.roofline import preset_configs, roofline_summary
 
         cost = _cost_tables(shared.inventory, options)
         roofline = roofline_summary(shared.inventory, preset_configs(options.presets), figures_dir / "roofline.png",
                                     steps=options.steps)
 
-    with _stage(timer, "figures"):
+    with run_stage(timer, "figures"):
         figs = {}
         figs["image_grid"] = figures.image_grid(images, image_prompts, figures_dir / "image_grid.png").name
         figs["layer_sqnr"] = figures.layer_sqnr({r.preset: r.layer_sqnr for r in results},
@@ -238,7 +275,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                             "points": len(stats.points)},
             "image_prompts": image_prompts, "seeds": seeds,
             "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
-            "attention": attention, "seconds": seconds,
+            "attention": attention, "seconds": seconds, "deploy": deploy, "quality": quality,
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 

@@ -48,13 +48,45 @@ class Shared:
     fp32_step_s: float | None = None              # median UNet call of the fp32 graph, default onnxruntime session
 
 
+@dataclass
+class Built:
+    name: str            # the preset, `<preset>@<target>` when adapted to a target
+    recipe: object
+    recipe_path: Path
+    report: object       # compile.CompileReport
+    graph: Path
+
+
+def quantize_and_compile(name: str, config, stats, pipe, export_dir: Path, out: Path, timer,
+                         target: str | None = None, options=None) -> Built:
+    """quantize (-> adapt to `target`) -> compile into out/recipes/<name>.json and out/graphs/<name>/, timed
+    under "quantize" and "compile"."""
+    from dgq_compiler.adapt import adapt_recipe, kxk_conv_modules
+    from dgq_compiler.compile import CompileOptions, compile_graph
+    from dgq_compiler.mixdq.compose import recipe_for_run
+
+    with timer.stage("quantize"):
+        recipe = recipe_for_run(name, config, stats, pipe, out, options)  # DGQ / MixDQ / EDA-DM, composed
+        if target is not None:
+            recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(export_dir / "unet.onnx"))
+            name = f"{name}@{target}"
+        (out / "recipes").mkdir(exist_ok=True)
+        recipe_path = recipe.save(out / "recipes" / f"{name}.json")
+
+    with timer.stage("compile"):
+        (out / "graphs").mkdir(exist_ok=True)
+        graph_dir = out / "graphs" / name
+        report = compile_graph(export_dir, recipe, graph_dir,
+                               CompileOptions(paths_relative_to=str(out), target=target), progress=lambda *_: None)
+    return Built(name, recipe, recipe_path, report, graph_dir / "unet.onnx")
+
+
 def one_config(name: str, config, stats, shared: Shared, target: str | None = None) -> ConfigResult:
     """quantize (-> adapt to `target`) -> compile -> verify / check -> images and fidelity -> cost, for one
     configuration; with a target the row is `<preset>@<target>` and the check covers its static graphs."""
-    from dgq_compiler.adapt import adapt_recipe, graphs_for_target, kxk_conv_modules
-    from dgq_compiler.compile import CompileOptions, compile_graph
+    from dgq_compiler.adapt import graphs_for_target
     from dgq_compiler.fakequant import apply_recipe
-    from dgq_compiler.mixdq.compose import compiled_cost_row, recipe_for_run
+    from dgq_compiler.mixdq.compose import compiled_cost_row
     from dgq_compiler.report import analysis
     from dgq_compiler.sampling import decode, onnx_predictor, sample
     from dgq_compiler.verify import verify_graph
@@ -64,21 +96,10 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
 
     out, options, pipe = shared.out, shared.options, shared.pipe
     timer = StageTimer(digits=2)
-    with timer.stage("quantize"):
-        recipe = recipe_for_run(name, config, stats, pipe, out, options)  # DGQ / MixDQ / EDA-DM, composed
-        if target is not None:
-            recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(shared.export_dir / "unet.onnx"))
-            name = f"{name}@{target}"
-        (out / "recipes").mkdir(exist_ok=True)
-        recipe_path = recipe.save(out / "recipes" / f"{name}.json")
-        shared.recipes[name] = recipe
-
-    with timer.stage("compile"):
-        (out / "graphs").mkdir(exist_ok=True)
-        graph_dir = out / "graphs" / name
-        report = compile_graph(shared.export_dir, recipe, graph_dir,
-                               CompileOptions(paths_relative_to=str(out), target=target), progress=lambda *_: None)
-        graph = graph_dir / "unet.onnx"
+    built = quantize_and_compile(name, config, stats, pipe, shared.export_dir, out, timer, target, options)
+    name, recipe, recipe_path, report, graph = built.name, built.recipe, built.recipe_path, built.report, built.graph
+    graph_dir = graph.parent
+    shared.recipes[name] = recipe
 
     with timer.stage("verify_check"):
         verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed,
@@ -108,9 +129,9 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
         layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
     seconds = timer.seconds
 
-    bits = {role == "weight": tq.bits for (_m, role), tq in recipe.tensors.items()}  # the compiled widths
+    weight_bits, act_bits = compiled_bits(recipe, config)
     row = (target is None and compiled_cost_row(graph, config, shared.inventory, len(stats.timesteps))) or cost_row(
-        shared.inventory, f"W{bits.get(True, config.weight_bits)}A{bits.get(False, config.act_bits)}",
+        shared.inventory, f"W{weight_bits}A{act_bits}",
         groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
         shared_group_map=config.shared_group_map and target is None)
     worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
@@ -128,6 +149,12 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
         layer_sqnr={k: float(v) for k, v in layer_sqnr.items()},
         seconds={**seconds, "unet_call": step_s, "fp32_unet_call": shared.fp32_step_s},  # wall clock: kept apart
         onnxruntime={"default_session": True})
+
+
+def compiled_bits(recipe, config) -> tuple[int, int]:
+    """(weight, activation) widths the recipe compiles to (a target adaptation may widen the config's)."""
+    bits = {role == "weight": tq.bits for (_m, role), tq in recipe.tensors.items()}
+    return bits.get(True, config.weight_bits), bits.get(False, config.act_bits)
 
 
 def _median_call_s(predictor, calls, count: int = 3) -> float:

@@ -127,16 +127,30 @@ class Evaluator:
         return [{name: self.vocab[name][int(predictions[name][i])] for name in self.vocab}
                 for i in range(len(next(iter(predictions.values()))))]
 
-    def alignment(self, images, prompts: list[str]) -> "Alignment":
-        """Share of the attributes each prompt asks for that are recognised in its image."""
+    def probabilities(self, images, batch: int = 256) -> dict[str, np.ndarray]:
+        """Softmax class probabilities [N, classes] per attribute (the IS-like score's p(y|x))."""
+        import torch
+
+        x = _as_tensor(images)
+        chunks = {name: [] for name in self.vocab}
+        with torch.no_grad():
+            for start in range(0, len(x), batch):
+                _, logits = self.network(x[start:start + batch])
+                for name, value in logits.items():
+                    chunks[name].append(torch.softmax(value.double(), dim=1).numpy())
+        return {name: np.concatenate(v) for name, v in chunks.items()}
+
+    def alignment(self, images, prompts: list[str], parse=parse_caption) -> "Alignment":
+        """Share of the attributes each prompt asks for (`parse(prompt)`) that are recognised in its image."""
         if len(prompts) != len(_as_tensor(images)):
             raise ModelError(f"{len(prompts)} prompts for {len(_as_tensor(images))} images")
         predicted = self.predict(images)
-        wanted = [parse_caption(p) for p in prompts]
+        wanted = [parse(p) for p in prompts]
         hits = {name: [] for name in self.vocab}
-        per_image, chance = [], []
+        per_image, chance, image_hits = [], [], []
         for asked, seen in zip(wanted, predicted):
             asked = {k: v for k, v in asked.items() if k in self.vocab}
+            image_hits.append({k: bool(seen[k] == v) for k, v in asked.items()})
             if not asked:
                 continue
             per_image.append(np.mean([seen[k] == v for k, v in asked.items()]))
@@ -148,24 +162,19 @@ class Evaluator:
                              f"({', '.join(self.vocab)}): cannot score alignment")
         return Alignment(score=float(np.mean(per_image)), chance=float(np.mean(chance)),
                          per_attribute={k: float(np.mean(v)) for k, v in hits.items() if v},
-                         images=len(per_image))
+                         images=len(per_image), image_hits=tuple(image_hits))
 
-    def reference_features(self, prompts: list[str], per_prompt: int = 16, seed: int = 0) -> np.ndarray:
+    def reference_features(self, prompts: list[str], per_prompt: int = 16, seed: int = 0,
+                           parse=parse_caption) -> np.ndarray:
         """Features of real rendered scenes matching each prompt (unmentioned attributes drawn at random)."""
-        rng = np.random.default_rng(seed)
-        scenes = []
-        for prompt in prompts:
-            asked = parse_caption(prompt)
-            for _ in range(per_prompt):
-                free = sample_scene(rng, heldout=None)
-                scenes.append(Scene(**{name: asked.get(name, getattr(free, name)) for name in ATTRIBUTES}))
-        features, _ = self.run(batch_of(scenes, rng).images)
+        features, _ = self.run(reference_batch(prompts, per_prompt, seed, parse).images)
         return features
 
-    def frechet_distance(self, images, prompts: list[str], per_prompt: int = 16, seed: int = 0) -> float:
+    def frechet_distance(self, images, prompts: list[str], per_prompt: int = 16, seed: int = 0,
+                         parse=parse_caption) -> float:
         """FD between the images' features and real scenes of the same prompts (deterministic for a seed)."""
         generated, _ = self.run(images)
-        return frechet_distance(generated, self.reference_features(prompts, per_prompt, seed))
+        return frechet_distance(generated, self.reference_features(prompts, per_prompt, seed, parse))
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,20 @@ class Alignment:
     chance: float                     # the same share for uniform guessing
     per_attribute: dict[str, float]   # recognition rate per attribute over the prompts that ask for it
     images: int
+    image_hits: tuple = ()            # per image (all of them, in order): {asked attribute: recognised}
+
+
+def reference_batch(prompts: list[str], per_prompt: int = 16, seed: int = 0, parse=parse_caption):
+    """Real rendered scenes, `per_prompt` for each prompt in order, with what it asks for and the rest drawn at
+    random (a `shapes_dataset.Batch`; deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for prompt in prompts:
+        asked = parse(prompt)
+        for _ in range(per_prompt):
+            free = sample_scene(rng, heldout=None)
+            scenes.append(Scene(**{name: asked.get(name, getattr(free, name)) for name in ATTRIBUTES}))
+    return batch_of(scenes, rng)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

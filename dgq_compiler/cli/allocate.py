@@ -74,7 +74,7 @@ def run(args) -> int:
                 rand = random_allocation(table, ilp, seed=seed)
                 points["random (same size or smaller)"].append((rand.achieved["weight_bits"], rand.objective))
         front_figure(points, args.front, "total normalised sensitivity (lower is better)",
-                     "Size vs predicted quality: ILP allocation and random allocations")
+                     "Size vs predicted quality: ILP allocation and random allocations", log=True)
     counts: dict = {}
     for w, a in chosen.layers.values():
         counts[f"W{w}A{a}"] = counts.get(f"W{w}A{a}", 0) + 1

@@ -137,6 +137,9 @@ def _run_selected(args, pipe, prompts, rank, out, start) -> int:
     if args.select > len(prompts):
         raise DgqError(f"--select {args.select} exceeds the pool: {len(prompts)} prompts give {len(prompts)} latents "
                        "per timestep")
+    if pipe.device.type != "cpu":
+        raise DgqError(f"--select samples its pool on the CPU (the sampling loop it shares with dgq evaluate), not "
+                       f"{pipe.device}: drop --device")
     if args.negative_prompt:
         raise DgqError("--select samples with the empty unconditional prompt: drop --negative-prompt")
     stats, calset = calibrate_selected(pipe, prompts, args.select, model_name=args.model, steps=args.steps,

@@ -7,7 +7,7 @@ import sys
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `run=` (args -> exit code).
 COMMANDS = ("export", "cost", "compile", "calibrate", "quantize", "reconstruct", "merge-stats", "check", "verify", "run",
-            "evaluate", "package", "sensitivity", "allocate")
+            "evaluate", "package", "sensitivity", "allocate", "ablate")
 
 DESCRIPTION = """\
 DGQ compiler: export a diffusion UNet to ONNX, calibrate and quantize it with Distribution-aware

@@ -15,7 +15,10 @@ most the same size (the control the ILP must beat). Allocations are JSON (format
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,14 +152,39 @@ def allocate(table, budget: Budget, fixed_weight: int = MIXED_WEIGHT_CHOICES[-1]
             # a small slack so a budget met exactly (e.g. every layer at 8 for W8) is not lost to rounding
             constraints.append(LinearConstraint(cost[:, :, column].reshape(1, -1), -np.inf,
                                                 limit * total * (1 + 1e-9)))
-    result = milp(cost[:, :, 0].reshape(-1), constraints=constraints, integrality=np.ones(n * k),
-                  bounds=Bounds(0, 1), options={"presolve": True})
+    with _quiet_solver():
+        result = milp(cost[:, :, 0].reshape(-1), constraints=constraints, integrality=np.ones(n * k),
+                      bounds=Bounds(0, 1), options={"presolve": True})
     if result.status != 0 or result.x is None:
         raise DgqError(f"no allocation meets the budget {budget} (HiGHS: {result.message}): raise it")
     pick = np.asarray(result.x).reshape(n, k).argmax(axis=1)
     layers = {layer.module: choices[int(c)] for layer, c in zip(table.layers, pick)}
     return Allocation(table.model_name, table.config_sha256, "ilp", budget, layers, objective(table, layers),
                       achieved(table, layers))
+
+
+@contextlib.contextmanager
+def _quiet_solver():
+    """HiGHS 1.17's MIP prints internal trace lines on the process's stdout even with disp off: keep them out
+    of the command's output (file descriptors 1 and 2, restored afterwards)."""
+    saved = []
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                fd = stream.fileno()
+            except (AttributeError, OSError, ValueError):  # captured streams: nothing to silence
+                continue
+            stream.flush()
+            saved.append((stream, fd, os.dup(fd)))
+        with open(os.devnull, "w") as null:
+            for _stream, fd, _copy in saved:
+                os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        for stream, fd, copy in saved:
+            stream.flush()
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def random_allocation(table, like: Allocation, seed: int = 0) -> Allocation:

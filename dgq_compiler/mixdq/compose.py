@@ -3,8 +3,9 @@ sensitivity table and an ILP allocation) / EDA-DM's reconstructed weights. `dgq 
 `dgq quantize --allocation` and `dgq allocate` use the pieces directly.
 
 Order: quantize (groups, per-layer widths) -> reconstruct. EDA-DM's stage is the edadm engineer's
-`dgq_compiler.edadm.reconstruct_recipe(recipe, calibration, unet, seed=...) -> Recipe` (a recipe + calibration
-data in, a recipe with learned weight codes out; it keeps every entry's width, so MixDQ's allocation survives),
+`dgq_compiler.edadm.reconstruct_recipe(recipe, unet, calibration, ReconstructOptions(seed=...)) -> (Recipe, report)`
+(a recipe + calibration data in, a recipe with learned weight codes out; it keeps every entry's width, so MixDQ's
+allocation survives),
 with `calibration` from `dgq_compiler.edadm.calibration_for_run(pipe, prompts, options)`; configs with
 `reconstruct` need it.
 """
@@ -66,16 +67,13 @@ def recipe_for_run(name: str, config, stats, pipe, out: Path, options):
 
 
 def _reconstructed(recipe, pipe, options):
-    """EDA-DM's block reconstruction of the recipe's weights (see the module docstring for the interface)."""
-    try:
-        from dgq_compiler.edadm import calibration_for_run, reconstruct_recipe
-    except ImportError:
-        raise DgqError(f"config {recipe.config.name} reconstructs its weights (EDA-DM), but this build has no "
-                       "dgq_compiler.edadm.reconstruct_recipe") from None
+    """EDA-DM's fine-grained block reconstruction of the recipe's weights (learned rounding, same widths)."""
     from dgq_compiler.calibrate.run import read_prompts
+    from dgq_compiler.edadm import RUN_ITERATIONS, ReconstructOptions, calibration_for_run, reconstruct_recipe
 
     calibration = calibration_for_run(pipe, read_prompts(options.prompts), options)
-    return reconstruct_recipe(recipe, calibration, pipe.unet, seed=options.seed)
+    return reconstruct_recipe(recipe, pipe.unet, calibration,
+                              ReconstructOptions(iterations=RUN_ITERATIONS, seed=options.seed))[0]
 
 
 def compiled_cost_row(graph: Path, config, inventory, steps: int):

@@ -33,7 +33,7 @@ def sensitivity_figure(table, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def front_figure(points: dict, path: str | Path, ylabel: str, title: str) -> Path:
+def front_figure(points: dict, path: str | Path, ylabel: str, title: str, log: bool = False) -> Path:
     """points: series name -> [(average weight bits, quality)]; one line (ILP) or scatter (random) per series."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
@@ -44,6 +44,8 @@ def front_figure(points: dict, path: str | Path, ylabel: str, title: str) -> Pat
             ax.scatter(xs, ys, s=14, alpha=0.6, label=name)
         else:
             ax.plot(xs, ys, marker="o", linewidth=1.2, label=name)
+    if log:
+        ax.set_yscale("log")
     ax.set_xlabel("average weight bits per parameter (model size)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -50,6 +50,17 @@ def image_grid(images: dict[str, np.ndarray], prompts: list[str], path: str | Pa
     return _save(fig, path)
 
 
+def quality_grid(images: dict[str, dict[str, np.ndarray]], prompts: dict[str, tuple], path: str | Path,
+                 per_set: int = 6) -> Path:
+    """The quality stage's first `per_set` images of every prompt set side by side, one row per configuration
+    (`images[label][set]` uint8 [N, H, W, 3], `prompts[set]` in image order)."""
+    sets = list(prompts)
+    count = min(per_set, *(len(batch) for rows in images.values() for batch in rows.values()))
+    combined = {label: np.concatenate([rows[name][:count] for name in sets]) for label, rows in images.items()}
+    titles = [f"[{name}] {prompts[name][i % len(prompts[name])]}" for name in sets for i in range(count)]
+    return image_grid(combined, titles, path)
+
+
 def layer_sqnr(sqnr: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
     """One line per configuration: SQNR (dB) of each layer's output against FP, layers in graph order."""
     plt = _pyplot()

@@ -2,7 +2,6 @@
 timestep the sampler feeds the compiled graph finds the step it was calibrated at."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from dgq_compiler.calibrate.run import SCHEDULERS, calibrate, open_pipeline, use_scheduler

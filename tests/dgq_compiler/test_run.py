@@ -10,7 +10,8 @@ from dgq_compiler.cli.main import main
 from dgq_compiler.errors import DgqError
 from dgq_compiler.run import RunOptions
 
-ARGS = ["--presets", "dgq-w4a6-g16,tfmq-w8a8", "--num-prompts", "2", "--steps", "3", "--num-images", "2"]
+ARGS = ["--presets", "dgq-w4a6-g16,tfmq-w8a8", "--num-prompts", "2", "--steps", "3", "--num-images", "2",
+        "--images", "4"]
 
 
 def _numbers(summary: dict) -> dict:
@@ -41,6 +42,7 @@ def test_report_links_only_figures_this_run_wrote(two_runs):
         image = np.asarray(Image.open(out / "figures" / name).convert("L"))
         assert image.shape[0] > 150 and image.shape[1] > 300
         assert image.std() > 5  # not a blank canvas
+    assert {"image_grid.png", "quality_images.png"} <= set(linked)
     for section in ("## Summary", "## Cost", "## Fidelity", "## Distributions", "## Images", "## Verify and check"):
         assert section in report
 
@@ -69,6 +71,31 @@ def test_every_configuration_was_compiled_verified_and_checked(two_runs):
     assert set(summary["cost"]) == {"this model (from its ONNX graph)", "sd-v1.4 (from its config)",
                                     "sdxl-base (from its config)"}
 
+
+
+def test_report_opens_with_the_quality_table_of_fp_and_every_configuration(two_runs):
+    out, _ = two_runs
+    report = (out / "report.md").read_text()
+    first_section = report.index("## ")
+    assert report[first_section:].startswith("## Image quality (the paper's Table 2 layout)")
+    assert report.index("## Image quality") < report.index("## Summary")
+    table = report[report.index("| method |"):].split("\n\n")[0].splitlines()
+    assert table[0].startswith("| method | configuration | bits W/A | G | Fréchet ↓ (held-out) | alignment ↑ (held-out)")
+    assert "TBOPs (paper) | size MB |" in table[0]
+    rows = [line.split(" | ")[1] for line in table[2:]]
+    assert rows == ["-", "FP32", "dgq-w4a6-g16", "tfmq-w8a8", "dgq-w4a6-g16@tensorrt-int8"]
+    quality = json.loads((out / "summary.json").read_text())["quality"]
+    assert [r["label"] for r in quality["table"]] == rows[1:]
+    assert [r["bits"] for r in quality["table"]] == ["32/32", "4/6", "8/8", "8/8"]  # the TensorRT row is W8A8
+    assert quality["table"][1]["groups"] == 16 and quality["table"][2]["groups"] is None
+    fp, dgq = quality["table"][0], quality["table"][1]
+    assert dgq["tbops_paper"] == pytest.approx(fp["tbops_paper"] * 4 * 6 / 32 / 32)  # paper convention
+    for label, sets in quality["configs"].items():
+        assert set(sets) == {"heldout", "rephrased"}
+        for scores in sets.values():
+            assert scores["images"] == 4
+            assert scores["alignment"]["low"] <= scores["alignment"]["value"] <= scores["alignment"]["high"]
+            assert ("versus_fp" in scores) == (label != "FP32")
 
 
 def test_reports_name_files_relative_to_the_report_folder(two_runs):

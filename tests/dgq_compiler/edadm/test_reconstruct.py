@@ -112,3 +112,21 @@ def test_recipe_with_codes_round_trips_and_drives_fake_quant(setup, reconstructe
         replace(loaded.tensors[(layer, "input")], codes=tq.codes)
     with pytest.raises(DgqError, match="no block 'nowhere'"):
         reconstruct_recipe(new, pipe.unet, setup[2], OPTIONS, only=["nowhere"])
+
+
+def test_target_adaptation_re_rounds_learned_codes_onto_its_grid():
+    """A target with symmetric weights regrids the channel; learned codes follow onto the new grid (within half a
+    new step of their old values) instead of being silently paired with the new scales."""
+    from dgq_compiler.adapt import _regrid_weights
+    from dgq_compiler.recipe import TensorQuant
+
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.01, 0.02, 4).astype(np.float32)
+    zero = np.array([-2, 0, 1, 3], np.int32)
+    codes = rng.integers(-8, 8, (4, 6)).astype(np.int8)
+    tq = TensorQuant("m", "weight", "uniform", 4, "out_channel", scale, zero, codes=codes)
+    new = _regrid_weights(tq, 8, symmetric=True)
+    old_values = (codes - zero[:, None]) * scale[:, None]
+    new_values = (new.codes.astype(np.float64) - new.zero_point[:, None]) * new.scale[:, None]
+    assert np.all(new.zero_point == 0) and new.codes.dtype == np.int8
+    assert np.all(np.abs(new_values - old_values) <= 0.5 * new.scale[:, None] + 1e-9)

@@ -1,0 +1,66 @@
+"""The quality rows of a run: FP and every configuration scored on both prompt sets, in the paper's Table 2
+layout (method, bits W/A, G, Fréchet and alignment per set, TBOPs in the paper's convention, model size)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+METHOD_NAMES = {"dgq": "DGQ", "qdiffusion": "Q-Diffusion", "tfmq": "TFMQ"}
+FP_LABEL = "FP32"
+
+
+def describe(label: str, config, recipe, inventory, steps: int) -> dict:
+    """method, bits, G, paper-convention TBOPs and model size of one row (`config` None: FP32; `recipe`: the
+    compiled recipe, whose widths a target adaptation may have changed)."""
+    from dgq_compiler.run_config import compiled_bits
+    from simulator.cost.report import cost_row
+
+    if config is None:
+        row = cost_row(inventory, "W32A32", groups=1, steps=steps, convention="paper")
+        return {"label": label, "method": "FP", "bits": "32/32", "groups": None,
+                "tbops_paper": row.tbops, "model_size_bytes": row.model_size_bytes}
+    target = label.partition("@")[2]
+    groups = 1 if target else config.groups  # a target adaptation makes activations per tensor
+    weight_bits, act_bits = compiled_bits(recipe, config)
+    row = cost_row(inventory, f"W{weight_bits}A{act_bits}", groups=groups, steps=steps,
+                   convention="paper", shared_group_map=config.shared_group_map and not target)
+    method = METHOD_NAMES[config.method] + (f" @{target}" if target else "")
+    return {"label": label, "method": method, "bits": f"{weight_bits}/{act_bits}",
+            "groups": groups if config.method == "dgq" and not target else None,
+            "tbops_paper": row.tbops, "model_size_bytes": row.model_size_bytes}
+
+
+def score_rows(stage, rows: list[tuple], inventory, steps: int, show_progress: bool = True) -> dict:
+    """Score every (label, config, recipe, graph) row with `stage` (a prepared QualityStage), FP (config and
+    recipe None) first; the stage's JSON plus the table rows in order."""
+    from tqdm import tqdm
+
+    described = []
+    with tqdm(rows, desc="quality", unit="config", disable=not show_progress) as bar:
+        for label, config, recipe, graph in bar:
+            bar.set_postfix_str(label)
+            stage.score_graph(label, graph, fp=config is None)
+            described.append(describe(label, config, recipe, inventory, steps))
+    return {**stage.to_json(), "table": described}
+
+
+def quality_for_run(shared, results: list, stats, figures_dir: Path) -> dict:
+    """`dgq run`'s quality stage: FP (the exported fp32 graph) and every configuration's compiled graph, each in a
+    default onnxruntime session, scored on both prompt sets; plus a grid of their first images."""
+    from dgq_compiler.config import preset
+    from dgq_compiler.quality.stage import QualityOptions, QualityStage, unsupported
+    from dgq_compiler.report.figures import quality_grid
+
+    options = shared.options
+    quality_options = QualityOptions(images=options.images, steps=options.steps, guidance=options.guidance,
+                                     seed=options.seed, latent_size=options.latent_size)
+    reason = unsupported(shared.pipe, quality_options)
+    if reason:
+        return {"skipped": reason}
+    stage = QualityStage(shared.pipe, quality_options)
+    rows = [(FP_LABEL, None, None, shared.export_dir / "unet.onnx")]
+    rows += [(r.preset, preset(r.preset.partition("@")[0]), shared.recipes[r.preset], shared.out / r.graph)
+             for r in results]
+    quality = score_rows(stage, rows, shared.inventory, steps=len(stats.timesteps))
+    quality["figure"] = quality_grid(stage.images, {n: s.prompts for n, s in stage.sets.items()},
+                                     figures_dir / "quality_images.png").name
+    return quality
