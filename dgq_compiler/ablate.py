@@ -131,7 +131,8 @@ def _ablate_into(options: AblateOptions, source: str, label: str, out: Path, log
             continue
         with run_stage(timer, f"{row.name}: quantize, compile, images"):
             own = StageTimer(digits=1)
-            graph = quantize_and_compile(row.name, row.config, stats, pipe.unet, out / "export", out, own).graph
+            graph = quantize_and_compile(row.name, row.config, stats, pipe, out / "export", out, own,
+                                         options=run_options).graph
             with own.stage("images"):
                 stage.score_graph(row.name, graph)
         built[row.config] = (row.name, own.seconds)

@@ -68,7 +68,13 @@ def _regrid_weights(tq, bits: int, symmetric: bool):
     else:
         scale = np.maximum((hi - lo) / (2 ** bits - 1), tiny)
         zero = np.clip(np.rint(-lo / scale) - new_half, -new_half, new_half - 1)
-    return replace(tq, bits=bits, scale=scale.astype(np.float32), zero_point=zero.astype(np.int32))
+    codes = tq.codes
+    if codes is not None:  # learned rounding: its dequantized weights re-rounded onto the new grid
+        shape = (-1,) + (1,) * (codes.ndim - 1)
+        w_hat = (codes - tq.zero_point.reshape(shape)) * tq.scale.reshape(shape)
+        codes = np.clip(np.rint(w_hat / scale.reshape(shape)) + zero.reshape(shape), -new_half, new_half - 1)
+        codes = codes.astype(np.int8)
+    return replace(tq, bits=bits, scale=scale.astype(np.float32), zero_point=zero.astype(np.int32), codes=codes)
 
 
 def adapt_recipe(recipe, target, kxk_modules=frozenset()):

@@ -2,11 +2,13 @@
 
 float32, round half to even (torch.round), the step index of the nearest calibrated timestep:
   uniform  q = clamp(round(x / s) + z, 0, 2^b - 1),  x_hat = (q - z) * s
-  weights  q = clamp(round(w / s) + z, -2^(b-1), 2^(b-1) - 1),  w_hat = (q - z) * s   (per output channel)
+  weights  q = clamp(round(w / s) + z, -2^(b-1), 2^(b-1) - 1),  w_hat = (q - z) * s   (per output channel;
+           q = the recipe's codes where reconstruction learned the rounding)
   log2     q = clamp(round(-log2(x / S)), 0, 2^b - 1),  x_hat = S * 2^-q,  S = each sample's max of the probs
            (dynamic: probs are [B*heads, N, M], a sample is `heads` consecutive rows)
 Pixel groups at another resolution than the calibrated one: the map resampled as the graph does
 (passes/pixel_groups.py: the nearest calibrated pixel below, integer arithmetic).
+Text embedding with exclude_bos (MixDQ, the input of attn2.to_k/to_v): token 0 stays FP.
 Cross-attention with exclude_bos: k/v token 0 and the probs' column 0 stay FP, and
   A.V = A[..., :1] @ V[:, :1] + Qlog(A[..., 1:]) @ V[:, 1:].
 So quantized images come from the ordinary diffusers pipeline, on any device, and the ONNX graph can be
@@ -40,9 +42,10 @@ def quantize_log2(x, peak, bits: int):
 class FakeQuant:
     """Handle of an applied recipe: weights replaced, activation quantizers hooked; `remove()` restores the UNet."""
 
-    def __init__(self, unet, recipe, weights: bool = True, activations: bool = True):
+    def __init__(self, unet, recipe, weights: bool = True, activations: bool = True, straight_through: bool = False):
         recipe.check_unet(unet)
         self.unet, self.recipe = unet, recipe
+        self.straight_through = straight_through  # gradients pass the rounding unchanged (block reconstruction)
         self._saved, self._handles, self._attention, self._cache = {}, [], None, {}
         self._sample_hw, self._heads = tuple(recipe.resolution), {}
         self.steps = StepTracker(unet, recipe.step_index)
@@ -95,7 +98,12 @@ class FakeQuant:
             scale = torch.from_numpy(tq.scale).to(w.device)
             zero = torch.from_numpy(tq.zero_point).to(w.device)
             self._saved[module] = weight.data
-            weight.data = fake_quant_weight(w, scale, zero, tq.bits).reshape(weight.shape).to(weight.dtype)
+            if tq.codes is not None:  # learned rounding: the recipe's codes, dequantized as the graph does
+                codes = torch.from_numpy(tq.codes.astype("float32")).to(w.device).reshape(w.shape)
+                w_hat = (codes - zero[:, None].float()) * scale[:, None]
+            else:
+                w_hat = fake_quant_weight(w, scale, zero, tq.bits)
+            weight.data = w_hat.reshape(weight.shape).to(weight.dtype)
 
     # -- activations
     def _record_sample_size(self, _module, args, kwargs):
@@ -153,13 +161,22 @@ class FakeQuant:
 
     def _uniform(self, tq, x):
         scale, zero = self._params(tq, self.steps.index, x)
-        return quantize_uniform(x, scale, zero, tq.bits)
+        return self._through(x, quantize_uniform(x, scale, zero, tq.bits))
+
+    def _through(self, x, x_hat):
+        """x_hat, with the straight-through estimator's gradient (identity) when asked for."""
+        return x + (x_hat - x).detach() if self.straight_through and x.requires_grad else x_hat
 
     def _input_hook(self, module):
+        import torch
+
         tq = self.recipe.tensors[(module, "input")]
 
         def hook(_module, args):
-            return (self._uniform(tq, args[0]), *args[1:])
+            x = args[0]
+            if tq.exclude_bos:  # the text embedding's <start> row stays FP (token axis 1 of [B, N, C])
+                return (torch.cat([x[:, :1], self._uniform(tq, x[:, 1:])], dim=1), *args[1:])
+            return (self._uniform(tq, x), *args[1:])
         return hook
 
     def qkv(self, name, role, tensor, cross):
@@ -183,7 +200,7 @@ class FakeQuant:
                 peak = peak.repeat_interleave(heads).reshape(-1, 1, 1)
             else:
                 peak = torch.tensor(float(tq.scale[step, 0]), device=probs.device)
-            return quantize_log2(probs, peak, tq.bits)
+            return self._through(probs, quantize_log2(probs, peak, tq.bits))
         return self._uniform(tq, probs)
 
     def attend(self, name, probs, value, cross):
@@ -197,6 +214,7 @@ class FakeQuant:
         return torch.bmm(self._probs(tq, probs), value)
 
 
-def apply_recipe(unet, recipe, weights: bool = True, activations: bool = True) -> FakeQuant:
+def apply_recipe(unet, recipe, weights: bool = True, activations: bool = True,
+                 straight_through: bool = False) -> FakeQuant:
     """Quantize `unet` in place by `recipe`; use as a context manager or call `.remove()` to restore it."""
-    return FakeQuant(unet, recipe, weights=weights, activations=activations)
+    return FakeQuant(unet, recipe, weights=weights, activations=activations, straight_through=straight_through)

@@ -37,9 +37,13 @@ class TensorQuant:
     group_map: np.ndarray | None = None  # int32 [T, N] or [1, N]; None for tensor/out_channel
     dynamic: bool = True
     exclude_bos: bool = False
+    codes: np.ndarray | None = None  # weights only: int8 codes in the torch weight's layout [C_out, ...], e.g.
+                                     # learned rounding (dgq_compiler/edadm); None: round(w / s) + z at compile
 
     def __post_init__(self):
         object.__setattr__(self, "scale", np.ascontiguousarray(self.scale, dtype=np.float32))
+        if self.codes is not None:
+            object.__setattr__(self, "codes", np.ascontiguousarray(self.codes))
         object.__setattr__(self, "zero_point", np.ascontiguousarray(self.zero_point, dtype=np.int32))
         if self.group_map is not None:
             object.__setattr__(self, "group_map", np.ascontiguousarray(self.group_map, dtype=np.int32))
@@ -91,14 +95,26 @@ class TensorQuant:
             lo, hi = 0, 2 ** self.bits - 1
         if self.zero_point.size and (self.zero_point.min() < lo or self.zero_point.max() > hi):
             return f"zero points must be in {lo}..{hi}"
-        if self.exclude_bos and self.role not in ("k", "v", "attn_probs"):
-            return "exclude_bos applies to k, v and attn_probs of a cross-attention only"
+        if self.codes is not None:
+            if self.role != "weight":
+                return "codes are for weights only"
+            if self.codes.dtype != np.int8 or self.codes.ndim < 2 or self.codes.shape[0] != self.scale.shape[0]:
+                return (f"codes must be int8 [C_out = {self.scale.shape[0]}, ...], got {self.codes.dtype} "
+                        f"{list(self.codes.shape)}")
+            if self.codes.size and (self.codes.min() < lo or self.codes.max() > hi):
+                return f"codes must be in {lo}..{hi} ({self.bits}-bit signed)"
+        if self.exclude_bos and self.role not in ("k", "v", "attn_probs") and \
+                not reads_text_embedding(self.module, self.role):
+            return ("exclude_bos applies to k, v and attn_probs of a cross-attention and to the text embedding at "
+                    "its to_k/to_v inputs only")
         return ""
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"scale": self.scale, "zero_point": self.zero_point}
         if self.group_map is not None:
             out["group_map"] = self.group_map
+        if self.codes is not None:
+            out["codes"] = self.codes
         return out
 
     def __eq__(self, other) -> bool:
@@ -272,7 +288,8 @@ class Recipe:
                 tq = TensorQuant(module=e["module"], role=e["role"], quantizer=e["quantizer"], bits=e["bits"],
                                  axis=e["axis"], scale=arrays[names["scale"]], zero_point=arrays[names["zero_point"]],
                                  group_map=arrays[names["group_map"]] if "group_map" in names else None,
-                                 dynamic=e["dynamic"], exclude_bos=e["exclude_bos"])
+                                 dynamic=e["dynamic"], exclude_bos=e["exclude_bos"],
+                                 codes=arrays[names["codes"]] if "codes" in names else None)
                 if (tq.module, tq.role) in tensors:
                     raise DgqError(f"{what}: entry ({tq.module}, {tq.role}) appears twice")
                 tensors[(tq.module, tq.role)] = tq
@@ -297,6 +314,9 @@ class Recipe:
                 if tq.scale.shape[0] != out:
                     raise DgqError(f"recipe ({module}, weight) has {tq.scale.shape[0]} channel scales, "
                                    f"the UNet's weight has {out} output channels")
+                if tq.codes is not None and tq.codes.shape != tuple(modules[module].weight.shape):
+                    raise DgqError(f"recipe ({module}, weight) has codes of shape {list(tq.codes.shape)}, the UNet's "
+                                   f"weight is {list(modules[module].weight.shape)}")
 
 
 def _integers(values) -> bool:
@@ -321,12 +341,17 @@ def _pixel_counts(resolution) -> set[int]:
     return counts
 
 
+def reads_text_embedding(module: str, role: str) -> bool:
+    """The input of a cross-attention's to_k/to_v: the text embedding (diffusers names a transformer block's
+    cross-attention attn2)."""
+    parts = module.split(".")
+    return parts[-2:-1] == ["attn2"] and parts[-1] in ("to_k", "to_v") and role == "input"
+
+
 def _text_tokens(tq: TensorQuant) -> bool:
     """Entries whose pixel axis is the text tokens (a cross-attention's keys/values and their projections'
-    input), not the latent's pixels: diffusers names a transformer block's cross-attention attn2."""
-    parts = tq.module.split(".")
-    return (parts[-1] == "attn2" and tq.role in ("k", "v")) or \
-        (parts[-2:-1] == ["attn2"] and parts[-1] in ("to_k", "to_v") and tq.role == "input")
+    input), not the latent's pixels."""
+    return (tq.module.split(".")[-1] == "attn2" and tq.role in ("k", "v")) or reads_text_embedding(tq.module, tq.role)
 
 
 def config_fingerprint(unet_config) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable
-from dgq_compiler.run_config import CHECK_TARGET, Shared, one_config
+from dgq_compiler.run_child import config_runner
+from dgq_compiler.run_config import CHECK_TARGET, Shared
 
 DGQ_PRESETS = ("dgq-w8a8-g8", "dgq-w4a8-g8", "dgq-w8a6-g16", "dgq-w4a6-g16")
 BASELINE_PRESETS = ("qdiffusion-w8a8", "tfmq-w8a8", "qdiffusion-w4a6", "tfmq-w4a6")
@@ -32,6 +33,7 @@ class RunOptions:
     num_images: int = 4
     images: int = 32                   # quality stage: images per prompt set and configuration (0: no quality stage)
     steps: int = 25
+    scheduler: str = "pndm"            # sampler of calibration and images (calibrate.run.SCHEDULERS)
     guidance: float = 7.5
     seed: int = 0
     verify_timesteps: int = 3
@@ -53,6 +55,10 @@ class RunOptions:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
         if self.images == 1 or self.images < 0:
             raise DgqError(f"--images must be 0 (no quality stage) or at least 2, got {self.images}")
+        from dgq_compiler.calibrate.run import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise DgqError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
         if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
@@ -141,14 +147,14 @@ def run_stage(timer, name: str):
 
 
 def open_model(options: RunOptions, source: str, label: str):
-    """(pipeline on the CPU with PNDM, options with the model's default prompt files filled in)."""
-    from dgq_compiler.calibrate.run import open_pipeline, use_pndm
+    """(pipeline on the CPU with the run's scheduler, options with the model's default prompt files filled in)."""
+    from dgq_compiler.calibrate.run import open_pipeline, use_scheduler
 
     calibration_file, image_file = default_prompt_files(label)
     options = replace(options, prompts=options.prompts or calibration_file,
                       image_prompts=options.image_prompts or image_file)
     pipe = open_pipeline(source, seed=options.seed, device="cpu")  # the ONNX stages and references run on CPU
-    use_pndm(pipe)
+    use_scheduler(pipe, options.scheduler)
     return pipe, options
 
 
@@ -175,7 +181,8 @@ def export_and_calibrate(timer, pipe, options: RunOptions, source: str, label: s
             raise DgqError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
         stats = calibrate(pipe, prompts, model_name=options.model, steps=options.steps, guidance=options.guidance,
                           seed=options.seed, latent_size=options.latent_size,
-                          model_seed=options.seed if source == "tiny" else None, progress=True)
+                          model_seed=options.seed if source == "tiny" else None, progress=True,
+                          scheduler=options.scheduler)
         pipe.to(torch.device("cpu"))
         (out / "calibration").mkdir()
         stats.save(out / "calibration" / "stats.json")
@@ -217,13 +224,18 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                     images, inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
                                                  resolution=stats.resolution[0] * 8, model="export/unet.onnx"))
     results = []  # run_config.ConfigResult per configuration
-    for name in options.presets:
-        with run_stage(timer, f"{name}: quantize, compile, verify, check"):
-            results.append(one_config(name, preset(name), stats, shared))
-    dgq = next((name for name in options.presets if name.startswith("dgq")), None)
-    if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
-        with run_stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
-            results.append(one_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
+    with config_runner(shared, source, stats) as run_config:  # real-size models: one child process each
+        for name in options.presets:
+            with run_stage(timer, f"{name}: quantize, compile, verify, check"):
+                results.append(run_config(name, preset(name), stats, shared))
+        dgq = next((name for name in options.presets if name.startswith("dgq")), None)
+        if dgq is not None:  # what a per-tensor INT8 compiler costs: the first DGQ preset compiled for it
+            with run_stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
+                results.append(run_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
+    with run_stage(timer, "lowered for onnxruntime-cpu: compile, time, verify, check"):
+        from dgq_compiler.report.deploy import run_hook
+
+        deploy = run_hook(shared, results)
 
     if options.images:
         with run_stage(timer, "quality: FP and every configuration on two prompt sets"):
@@ -263,7 +275,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                             "points": len(stats.points)},
             "image_prompts": image_prompts, "seeds": seeds,
             "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
-            "attention": attention, "seconds": seconds, "quality": quality,
+            "attention": attention, "seconds": seconds, "deploy": deploy, "quality": quality,
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 

@@ -57,16 +57,16 @@ class Built:
     graph: Path
 
 
-def quantize_and_compile(name: str, config, stats, unet, export_dir: Path, out: Path, timer,
-                         target: str | None = None) -> Built:
+def quantize_and_compile(name: str, config, stats, pipe, export_dir: Path, out: Path, timer,
+                         target: str | None = None, options=None) -> Built:
     """quantize (-> adapt to `target`) -> compile into out/recipes/<name>.json and out/graphs/<name>/, timed
     under "quantize" and "compile"."""
     from dgq_compiler.adapt import adapt_recipe, kxk_conv_modules
     from dgq_compiler.compile import CompileOptions, compile_graph
-    from dgq_compiler.quantize import quantize_stats
+    from dgq_compiler.mixdq.compose import recipe_for_run
 
     with timer.stage("quantize"):
-        recipe, _summary = quantize_stats(stats, config, unet)
+        recipe = recipe_for_run(name, config, stats, pipe, out, options)  # DGQ / MixDQ / EDA-DM, composed
         if target is not None:
             recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(export_dir / "unet.onnx"))
             name = f"{name}@{target}"
@@ -86,6 +86,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
     configuration; with a target the row is `<preset>@<target>` and the check covers its static graphs."""
     from dgq_compiler.adapt import graphs_for_target
     from dgq_compiler.fakequant import apply_recipe
+    from dgq_compiler.mixdq.compose import compiled_cost_row
     from dgq_compiler.report import analysis
     from dgq_compiler.sampling import decode, onnx_predictor, sample
     from dgq_compiler.verify import verify_graph
@@ -95,7 +96,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
 
     out, options, pipe = shared.out, shared.options, shared.pipe
     timer = StageTimer(digits=2)
-    built = quantize_and_compile(name, config, stats, pipe.unet, shared.export_dir, out, timer, target)
+    built = quantize_and_compile(name, config, stats, pipe, shared.export_dir, out, timer, target, options)
     name, recipe, recipe_path, report, graph = built.name, built.recipe, built.recipe_path, built.report, built.graph
     graph_dir = graph.parent
     shared.recipes[name] = recipe
@@ -113,24 +114,26 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
              "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
 
     with timer.stage("images_and_fidelity"):
-        predictor = onnx_predictor(graph)  # a default session: what a client opens
-        if shared.fp32_step_s is None:
+        if shared.fp32_step_s is None:  # timed first: the fp32 and compiled sessions are never open at once
             shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
+        predictor = onnx_predictor(graph)  # a default session: what a client opens
         step_s = _median_call_s(predictor, shared.calls)
         step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states)))
                     for c in shared.calls]
         latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
                          latent_size=options.latent_size)
         shared.images[name] = decode(pipe, latents)
+        del predictor  # its weights and arena go before the torch fake-quant pass
         with apply_recipe(pipe.unet, recipe):
             quantized_layers = analysis.layer_outputs(pipe.unet, shared.probe_calls, shared.layers)
         layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
     seconds = timer.seconds
 
     weight_bits, act_bits = compiled_bits(recipe, config)
-    row = cost_row(shared.inventory, f"W{weight_bits}A{act_bits}",
-                   groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
-                   shared_group_map=config.shared_group_map and target is None)
+    row = (target is None and compiled_cost_row(graph, config, shared.inventory, len(stats.timesteps))) or cost_row(
+        shared.inventory, f"W{weight_bits}A{act_bits}",
+        groups=config.groups if target is None else 1, steps=len(stats.timesteps), convention="exact",
+        shared_group_map=config.shared_group_map and target is None)
     worst_mismatch = max((t.mismatch_rate for t in verify.tensors), default=0.0)
     return ConfigResult(
         preset=name, recipe=str(recipe_path.relative_to(out)), graph=str(graph.relative_to(out)),

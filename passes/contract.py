@@ -21,6 +21,10 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
    `QuantizerRecord.to_props()` writes them, `QuantizerRecord.from_node()` reads them.
 4. **<start> split.** Cross-attention with the BOS token kept FP: `dgq/{module}/split/*` nodes, summed by
    `dgq/{module}/split/Add` (FP branch + quantized branch) into the original A.V output tensor.
+4b. **<start> row of the text embedding** (MixDQ's BOS-aware quantizer, recipe entries (attn2.to_k|to_v, input)
+   with exclude_bos): `dgq/{module}/input/Slice_bos` (token 0, FP) and `.../Slice_rest` (tokens 1.., quantized),
+   joined by `dgq/{module}/input/Concat` on the token axis in front of the projection (passes/quantize_text_embedding.py);
+   the same three names split a cross-attention's k/v rows (insert_activation_qdq).
 5. **Weights.** Initializer `{w}` becomes `{w}_quantized` (INT8, or INT4 for b <= 4), `{w}_scale`,
    `{w}_zero_point` and a node `{w}_DequantizeLinear` with output `{w}_dequantized` (axis = output channels).
 6. **Fusion barriers.** A MatMul/Gemm whose activation input is not a per-tensor DequantizeLinear reads its
@@ -56,6 +60,9 @@ ATTENTION_ROLES = ("q", "k", "v", "attn_probs")
 QKV_ROLES = ("q", "k", "v")
 FP_MODULES = ("conv_in", "conv_out")  # kept full precision, weights and activations
 SPLIT = "split"                   # the <start>-token split of a cross-attention: dgq/{module}/split/*
+BOS_SLICE = "Slice_bos"           # dgq/{module}/{role}/Slice_bos: the <start> token row, kept FP
+REST_SLICE = "Slice_rest"         # dgq/{module}/{role}/Slice_rest: the other tokens, quantized
+BOS_JOIN = "Concat"               # dgq/{module}/{role}/Concat: FP row 0 + dequantized rows 1.. on the token axis
 
 # table suffixes of the per-point initializers {module}/{role}/{suffix}
 SCALE_TABLE = "scale_table"
@@ -111,6 +118,11 @@ def table_name(prefix: str, suffix: str) -> str:
 
 def split_prefix(module: str) -> str:
     return node_prefix(module, SPLIT)
+
+
+def bos_row_names(prefix: str) -> dict[str, str]:
+    """The nodes that keep token row 0 FP at a quantization point `dgq/{module}/{role}`."""
+    return {"bos": f"{prefix}/{BOS_SLICE}", "rest": f"{prefix}/{REST_SLICE}", "join": f"{prefix}/{BOS_JOIN}"}
 
 
 def is_compiler_node(name: str) -> bool:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, nodes_by_name, step_index_tensor
-from passes.contract import QKV_ROLES, SAMPLE_INPUT, node_prefix
+from passes.contract import QKV_ROLES, bos_row_names, node_prefix
 from passes.errors import PassError
-from passes.patterns import LAYOUT_OPS, attention_matches, match_weighted_op
+from passes.patterns import attention_matches, match_weighted_op, reads_text_tokens
 from passes.pixel_groups import LevelGrid, level_grid
 from passes.qdq import INT64_MAX, slice_axis, uniform_qdq
 
@@ -30,17 +30,6 @@ def rewire_consumers(tensor: gs.Tensor, new: gs.Tensor, skip: set) -> int:
                 node.inputs[i] = new
                 count += 1
     return count
-
-
-def reads_text_tokens(graph: gs.Graph, x: gs.Tensor) -> bool:
-    """Whether `x` is (a layout view of) a graph input other than the latent `sample`: encoder_hidden_states."""
-    for _ in range(12):
-        if not x.inputs:
-            return x.name != SAMPLE_INPUT and x in graph.inputs
-        if x.inputs[0].op not in LAYOUT_OPS:
-            return False
-        x = x.inputs[0].inputs[0]
-    return False
 
 
 def pixel_grid(tq, layout: str, pixels_are_tokens: bool, ctx: PassContext) -> LevelGrid | None:
@@ -64,8 +53,8 @@ class InsertActivationQdq(Pass):
         matches = attention_matches(graph, ctx) if wanted else {}  # before any rewiring
         for entry in ctx.module_map:
             tq = ctx.entry(entry.module, "input")
-            if tq is None or entry.kind not in ("conv", "linear"):
-                continue
+            if tq is None or entry.kind not in ("conv", "linear") or tq.exclude_bos:
+                continue  # exclude_bos inputs (the text embedding, <start> row FP): quantize_text_embedding
             node = by_name[entry.node]
             op = match_weighted_op(node) if isinstance(node.inputs[1], gs.Constant) else None
             layout = LAYOUT_OF_OP[node.op]
@@ -91,12 +80,12 @@ class InsertActivationQdq(Pass):
                 if tq.exclude_bos and role in ("k", "v"):
                     if not match.cross:
                         raise PassError(f"recipe ({module}, {role}) has exclude_bos, but {module} is a self-attention")
-                    prefix = node_prefix(module, role)
-                    head = slice_axis(graph, x, 1, 0, 1, f"{prefix}/Slice_bos")
-                    rest = slice_axis(graph, x, 1, 1, INT64_MAX, f"{prefix}/Slice_rest")
+                    names = bos_row_names(node_prefix(module, role))
+                    head = slice_axis(graph, x, 1, 0, 1, names["bos"])
+                    rest = slice_axis(graph, x, 1, 1, INT64_MAX, names["rest"])
                     dq, record, meta = uniform_qdq(graph, rest, tq, "nlc", step)
                     record.tensor, record.bos_split = x.name, True
-                    joined = add_node(graph, "Concat", f"{prefix}/Concat", [head, dq], attrs={"axis": 1})
+                    joined = add_node(graph, "Concat", names["join"], [head, dq], attrs={"axis": 1})
                     mine = {id(n) for n in head.inputs + rest.inputs}
                     rewire_consumers(x, joined, mine)
                 else:

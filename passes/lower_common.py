@@ -27,10 +27,12 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from passes.base import add_node, constant
 from passes.contract import (  # noqa: F401  (the lowering's contract names, re-exported for the lowering passes)
-    FUSION_BARRIER_SUFFIX, LOWER_ROLE, LOWERED, LOWERED_GROUP, LOWERED_INPUT, LOWERED_KERNEL, LOWERED_LAYOUT,
-    LOWERING_REPORT, META_MODULE, NAMESPACE, node_prefix,
+    GROUP_MAP, FUSION_BARRIER_SUFFIX, LOWER_ROLE, LOWERED, LOWERED_GROUP, LOWERED_INPUT, LOWERED_KERNEL, LOWERED_LAYOUT,
+    LOWERING_REPORT, META_MODULE, NAMESPACE, QuantizerRecord, node_prefix, table_name,
 )
 from passes.errors import PassError
+from passes.patterns import reads_text_tokens
+from passes.pixel_groups import group_index, level_grid
 
 LOWERED_MODULE = META_MODULE
 
@@ -141,19 +143,26 @@ def float_source(tensor: gs.Tensor, prefix: str) -> gs.Tensor:
 
 # ---------------------------------------------------------------- per-step parameters
 
-def step_row(graph: gs.Graph, table: np.ndarray, step: gs.Tensor, name: str, shape, dtype) -> gs.Tensor:
+def step_row(graph: gs.Graph, table: np.ndarray, step: gs.Tensor, name: str, shape, dtype,
+             initializer: str | None = None) -> gs.Tensor:
     """Row `step` of a [T, X] table, reshaped to `shape`. Gathered even when all rows are equal: onnxruntime
-    fuses Cast -> Mul(acc, Mul(s_a, s_w)) into its integer GEMM only while the scale is computed."""
+    fuses Cast -> Mul(acc, Mul(s_a, s_w)) into its integer GEMM only while the scale is computed.
+    `initializer`: the table's name (default `{name}_table`)."""
     table = np.asarray(table, dtype=dtype)
     if table.shape[0] == 1:  # one row for all steps (a shared group map)
-        return constant(f"{name}_const", table[0].reshape(shape))
-    row = add_node(graph, "Gather", f"{name}/Gather", [constant(f"{name}_table", table), step], dtype=dtype,
-                   attrs={"axis": 0})
+        return constant(initializer or f"{name}_const", table[0].reshape(shape))
+    row = add_node(graph, "Gather", f"{name}/Gather", [constant(initializer or f"{name}_table", table), step],
+                   dtype=dtype, attrs={"axis": 0})
     return add_node(graph, "Reshape", f"{name}/Reshape", [row, constant(f"{name}/shape", _i64(shape))], dtype=dtype)
 
 
+def input_record(module: str, tq) -> dict:
+    """The quantizer metadata of a lowered op's input codes (what `dgq check` reads: module, role, bits, grouping)."""
+    return QuantizerRecord(module, "input", "uniform", int(tq.bits), tq.axis).to_props()
+
+
 def quantize_codes(graph: gs.Graph, x: gs.Tensor, scale: gs.Tensor, zero: gs.Tensor, bits: int, axis: int | None,
-                   prefix: str) -> gs.Tensor:
+                   prefix: str, metadata: dict | None = None, record: dict | None = None) -> gs.Tensor:
     """uint8 codes q = clamp(round_half_even(x / s) + z, 0, 2^b - 1), the contract's quantizer.
 
     Per tensor: QuantizeLinear (+ Clip when b < 8). Per axis: onnxruntime's per-axis QuantizeLinear is a
@@ -173,6 +182,8 @@ def quantize_codes(graph: gs.Graph, x: gs.Tensor, scale: gs.Tensor, zero: gs.Ten
         x, scale, zero = shifted, constant(f"{prefix}/unit_scale", np.array(1.0, np.float32)), \
             constant(f"{prefix}/unit_zero", np.array(0, np.uint8))
     codes = add_node(graph, "QuantizeLinear", f"{prefix}/QuantizeLinear", [x, scale, zero], dtype=np.uint8)
+    if metadata is not None and record:
+        metadata[f"{prefix}/QuantizeLinear"] = dict(record)
     if bits < 8:
         codes = add_node(graph, "Clip", f"{prefix}/Clip",
                          [codes, constant(f"{prefix}/clip_min", np.array(0, np.uint8)),
@@ -180,11 +191,28 @@ def quantize_codes(graph: gs.Graph, x: gs.Tensor, scale: gs.Tensor, zero: gs.Ten
     return codes
 
 
-def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str) -> tuple[gs.Tensor, gs.Tensor]:
-    """Per-index (channel or pixel) scale [N] and zero point [N] of the step: table row -> group map gather."""
+def pixel_resample(graph: gs.Graph, ctx, tq, x: gs.Tensor, layout: str, prefix: str) -> gs.Tensor | None:
+    """int64 indices into a pixel map's calibrated row for `x`'s pixels at run time (pixel_groups.group_index), or
+    None: not pixel groups, or a map the QDQ graph keeps at its length (text tokens; no level of the calibrated grid).
+    The same decision and the same resampling as the QDQ graph's (insert_activation_qdq.pixel_grid), so the lowered
+    graph runs at any latent size and quantizes exactly as the QDQ graph does there."""
+    if tq.axis != "pixel" or layout == "nc" or reads_text_tokens(graph, x):
+        return None
+    grid = level_grid(tq.group_map.shape[1], ctx.recipe.resolution)
+    return None if grid is None else group_index(graph, grid, x, layout, prefix)
+
+
+def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str,
+                     resample: gs.Tensor | None = None) -> tuple[gs.Tensor, gs.Tensor]:
+    """Per-index (channel or pixel) scale [N] and zero point [N] of the step: table row -> group map gather.
+    `resample` (pixel_resample): the run-time pixels' indices into the map row."""
     scale = step_row(graph, tq.scale, step, f"{prefix}/scale", [-1], np.float32)
     zero = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [-1], np.uint8)
-    index = step_row(graph, tq.group_map.astype(np.int64), step, f"{prefix}/group_map", [-1], np.int64)
+    index = step_row(graph, tq.group_map.astype(np.int64), step, f"{prefix}/group_map", [-1], np.int64,
+                     initializer=table_name(prefix, GROUP_MAP))
+    if resample is not None:
+        index = add_node(graph, "Gather", f"{prefix}/group_map/Resample", [index, resample], dtype=np.int64,
+                         attrs={"axis": 0})
     return (add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale, index], attrs={"axis": 0}),
             add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero, index], dtype=np.uint8,
                      attrs={"axis": 0}))

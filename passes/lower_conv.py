@@ -29,9 +29,11 @@ from passes.lower_common import (
     add_all,
     group_layout,
     group_scalars,
+    input_record,
     im2col_nhwc,
     integer_product,
     per_index_params,
+    pixel_resample,
     quantize_codes,
     rescale,
     split_groups,
@@ -61,8 +63,9 @@ def conv_attrs(node: gs.Node, kernel) -> tuple:
 
 
 def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Tensor, prefix: str, module: str,
-               metadata: dict, steps: int) -> tuple[gs.Tensor, str, int]:
-    """-> (float NHWC output [B, Ho, Wo, Co] without bias, kernel name, accumulators)."""
+               metadata: dict, steps: int, resample: gs.Tensor | None = None) -> tuple[gs.Tensor, str, int]:
+    """-> (float NHWC output [B, Ho, Wo, Co] without bias, kernel name, accumulators). `resample`: pixel groups'
+    run-time indices into the map row (lower_common.pixel_resample)."""
     co, c, kh, kw = wt.codes.shape
     kernel, strides, pads, dilations = conv_attrs(node, (kh, kw))
     pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and not any(pads)
@@ -78,16 +81,16 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     if tq.axis == "tensor":
         s = step_row(graph, tq.scale, step, f"{prefix}/scale", [], np.float32)
         z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
-        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, None, prefix))
+        codes = nhwc(quantize_codes(graph, x, s, z, tq.bits, None, prefix, metadata, input_record(module, tq)))
         cols = im2col_nhwc(graph, codes, z, kernel, strides, pads, dilations, f"{prefix}/im2col")
         acc = integer_product(graph, cols, weight_tensor(graph, f"{prefix}/w", w4.reshape(taps * c, co)), z,
                               w_zero,
                               f"{prefix}/acc0", product_meta(module, x, name, -1, "nhwc"), metadata)
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
-    s, z = per_index_params(tq, step, graph, prefix)
+    s, z = per_index_params(tq, step, graph, prefix, resample)
     if tq.axis == "channel":
         g_count = tq.scale.shape[1]
-        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix)
+        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
         perms, perms_w, sizes = group_layout(tq)
         perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
         perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
@@ -117,7 +120,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
     # pixel groups: codes per pixel on [B, C, H*W]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
-    codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix)
+    codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
     if pointwise:
         rows = add_node(graph, "Transpose", f"{prefix}/rows", [codes_flat], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
         w = w4.reshape(c, co)
@@ -142,7 +145,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
     codes = nhwc(add_node(graph, "Reshape", f"{prefix}/unflatten", [codes_flat, add_node(
         graph, "Shape", f"{prefix}/x_shape4", [x], dtype=np.int64)], dtype=np.uint8))
     kernel_name = f"MatMulInteger u8xs8, per-tap {kh}x{kw} products with per-row scales (pixel groups)"
-    y = pixel_groups_by_tap(graph, codes, z, s, x, w4, wt.zero_point, w_zero, w_scale,
+    y = pixel_groups_by_tap(graph, codes, z, s, x, w4, wt.zero_point, w_zero, wt.scale.astype(np.float32),
                             ones_scale(graph, steps, step, f"{prefix}/one"), kernel, strides, pads, dilations,
                             f"{prefix}/taps", lambda t: product_meta(module, x, kernel_name, t, "tap"), metadata)
     return y, kernel_name, taps
@@ -159,7 +162,7 @@ class LowerConv(Pass):
                 raise PassError(f"Conv {node.name!r}: only 2-D convolutions can be lowered")
             kernel_shape, strides, pads, dilations = conv_attrs(node, wt.codes.shape[2:])
             y, kernel, accs = lower_conv(graph, node, x, tq, wt, step, prefix, entry.module, ctx.node_metadata,
-                                         ctx.steps)
+                                         ctx.steps, pixel_resample(graph, ctx, tq, x, "nchw", prefix))
             if len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]

@@ -32,10 +32,11 @@ def _i64(values) -> np.ndarray:
 
 
 def pixel_groups_by_tap(graph: gs.Graph, codes: gs.Tensor, z_pix: gs.Tensor, s_pix: gs.Tensor, x: gs.Tensor,
-                        w4: np.ndarray, zw: np.ndarray, w_zero: gs.Tensor, w_scale: gs.Tensor, one: gs.Tensor,
+                        w4: np.ndarray, zw: np.ndarray, w_zero: gs.Tensor, w_scale: np.ndarray, one: gs.Tensor,
                         kernel, strides, pads, dilations, prefix: str, meta, metadata: dict) -> gs.Tensor:
     """codes: uint8 NHWC [B, H, W, C] (per-pixel grid); z_pix, s_pix: per-pixel zero points / scales [H*W];
-    w4: int8 [taps, C, Co] -> float NHWC output [B, Ho, Wo, Co] without bias. `meta(t)` -> the product metadata."""
+    w4: int8 [taps, C, Co], w_scale: float32 [Co] -> float NHWC output [B, Ho, Wo, Co] without bias. `meta(t)` -> the
+    product metadata."""
     kh, kw = kernel
     top, left, bottom, right = pads
     shape = add_node(graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)
@@ -80,6 +81,13 @@ def pixel_groups_by_tap(graph: gs.Graph, codes: gs.Tensor, z_pix: gs.Tensor, s_p
         s_t = add_node(graph, "Slice", f"{prefix}/tap{t}/s", [s_p, start, end, axes, steps])
         acc = integer_product(graph, cols, constant(f"{prefix}/w{t}", np.concatenate([w4[t], rows[t]])), a_zero,
                               w_zero, f"{prefix}/acc{t}", meta(t), metadata)
-        y = rescale(graph, acc, one, w_scale, f"{prefix}/rescale{t}")
+        # onnxruntime merges equal initializers and equal nodes: one Mul(one, w_scale) read by every tap's rescale,
+        # which then fuses into none of the integer GEMMs. So tap t gets its own weight scale w_scale * 2^t, and its
+        # row scales carry the 2^-t back: powers of two move no rounding, the result is the same to the bit.
+        shifted_scale = constant(f"{prefix}/w_scale{t}", (w_scale * np.float32(2.0 ** t)).astype(np.float32))
+        y = rescale(graph, acc, one, shifted_scale, f"{prefix}/rescale{t}")
+        if t:
+            s_t = add_node(graph, "Mul", f"{prefix}/tap{t}/s_unshift",
+                           [s_t, constant(f"{prefix}/tap{t}/unshift", np.array(2.0 ** -t, np.float32))])
         outs.append(add_node(graph, "Mul", f"{prefix}/tap{t}/rows", [y, s_t]))
     return add_all(graph, outs, f"{prefix}/sum")

@@ -27,8 +27,10 @@ from passes.lower_common import (
     add_all,
     group_layout,
     group_scalars,
+    input_record,
     integer_product,
     per_index_params,
+    pixel_resample,
     quantize_codes,
     rescale,
     split_groups,
@@ -41,9 +43,10 @@ from passes.lower_common import (
 
 def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, zw: np.ndarray, tq, step: gs.Tensor,
                  prefix: str, module: str, metadata: dict, steps: int, layout: str = "nlc",
-                 rank: int | None = None) -> tuple[gs.Tensor, str, int]:
+                 rank: int | None = None, resample: gs.Tensor | None = None) -> tuple[gs.Tensor, str, int]:
     """x [..., K] float, w [K, N] int8 codes -> (float y [..., N] without bias, kernel name, accumulators).
-    `layout` names the rows of x for verification (nlc: [B, tokens, K]; nhwc: conv pixels)."""
+    `layout` names the rows of x for verification (nlc: [B, tokens, K]; nhwc: conv pixels); `resample`: token
+    groups' run-time indices into the map row (lower_common.pixel_resample)."""
     rank = len(x.shape) if x.shape is not None else rank
     if tq.axis == "channel":
         rank = None  # channel groups work on [M, K] whatever the rank
@@ -52,7 +55,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     if tq.axis == "tensor":
         s = step_row(graph, tq.scale, step, f"{prefix}/scale", [], np.float32)
         z = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [], np.uint8)
-        codes = quantize_codes(graph, x, s, z, tq.bits, None, prefix)
+        codes = quantize_codes(graph, x, s, z, tq.bits, None, prefix, metadata, input_record(module, tq))
         kernel = "MatMulInteger u8xs8"
         acc = integer_product(graph, codes, weight_tensor(graph, f"{prefix}/w", w), z, w_zero,
                               f"{prefix}/acc0",
@@ -61,8 +64,8 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     if tq.axis == "pixel":
         if rank not in (3, None):
             raise PassError(f"({module}, input): token groups need a [B, N, C] input, {x.name!r} has rank {rank}")
-        s, z = per_index_params(tq, step, graph, prefix)
-        codes = quantize_codes(graph, x, s, z, tq.bits, -2, prefix)
+        s, z = per_index_params(tq, step, graph, prefix, resample)
+        codes = quantize_codes(graph, x, s, z, tq.bits, -2, prefix, metadata, input_record(module, tq))
         d = zero_point_rows(w, zw)
         r = d.shape[0]
         wide = with_zero_point_columns(graph, codes, z, r, prefix)
@@ -77,7 +80,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     # channel groups: split-K
     g_count = tq.scale.shape[1]
     s, z = per_index_params(tq, step, graph, prefix)
-    codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix)
+    codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
     perms, perms_w, sizes = group_layout(tq)
     perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
     perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
@@ -130,8 +133,10 @@ class LowerLinear(Pass):
                     w = np.ascontiguousarray(w.T)
             elif node.op != "MatMul":
                 raise PassError(f"linear {entry.module}: {node.op} node {node.name!r} is not a MatMul or Gemm")
+            resample = pixel_resample(graph, ctx, tq, x, "nc" if node.op == "Gemm" else "nlc", prefix)
             y, kernel, accs = lower_matmul(graph, x, w, wt.scale, wt.zero_point, tq, step, prefix, entry.module,
-                                           ctx.node_metadata, ctx.steps, rank=2 if node.op == "Gemm" else None)
+                                           ctx.node_metadata, ctx.steps, rank=2 if node.op == "Gemm" else None,
+                                           resample=resample)
             if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]

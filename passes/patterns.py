@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.base import PassContext, nodes_by_name
-from passes.contract import is_compiler_node
+from passes.contract import SAMPLE_INPUT, is_compiler_node
 from passes.errors import PassError, PatternMismatch
 from passes.module_map import module_path
 
@@ -74,6 +74,17 @@ class AttentionMatch:
     k: gs.Tensor
     v: gs.Tensor
     cross: bool            # K/V come from a graph input (encoder_hidden_states)
+
+
+def reads_text_tokens(graph: gs.Graph, x: gs.Tensor) -> bool:
+    """Whether `x` is (a layout view of) a graph input other than the latent `sample`: encoder_hidden_states."""
+    for _ in range(12):
+        if not x.inputs:
+            return x.name != SAMPLE_INPUT and x in graph.inputs
+        if x.inputs[0].op not in LAYOUT_OPS:
+            return False
+        x = x.inputs[0].inputs[0]
+    return False
 
 
 def _producer(tensor: gs.Tensor):

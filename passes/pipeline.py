@@ -9,6 +9,7 @@ from passes.insert_fusion_barriers import InsertFusionBarriers
 from passes.insert_step_index import InsertStepIndex
 from passes.propagate_timestep_nan import PropagateTimestepNan
 from passes.quantize_attention_probs import QuantizeAttentionProbs
+from passes.quantize_text_embedding import QuantizeTextEmbedding
 from passes.quantize_weights import QuantizeWeights
 from passes.split_cross_attention import SplitCrossAttention
 from passes.write_encodings import WriteEncodings
@@ -16,5 +17,5 @@ from passes.write_encodings import WriteEncodings
 
 def compile_passes() -> list[Pass]:
     return [CheckRecipe(), FoldAttentionScale(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(),
-            QuantizeAttentionProbs(), SplitCrossAttention(), InsertFusionBarriers(), PropagateTimestepNan(),
-            WriteEncodings()]
+            QuantizeTextEmbedding(), QuantizeAttentionProbs(), SplitCrossAttention(), InsertFusionBarriers(),
+            PropagateTimestepNan(), WriteEncodings()]

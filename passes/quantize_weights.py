@@ -1,6 +1,7 @@
 """Weights to integers: INT8 (or packed INT4) initializers + DequantizeLinear per output channel.
 
-w -> q = clamp(round_half_even(w / s) + z, -2^(b-1), 2^(b-1) - 1) in float32, stored as `<w>_quantized`
+w -> q = clamp(round_half_even(w / s) + z, -2^(b-1), 2^(b-1) - 1) in float32 (or the recipe's own codes, when
+reconstruction learned the rounding), stored as `<w>_quantized`
 (with `<w>_scale` float32 [C_out] and `<w>_zero_point` of the same integer type), and
 DequantizeLinear(axis = output-channel axis) feeds the op. The fp32 weight leaves the graph, so the
 file on disk holds b bits per weight.
@@ -29,6 +30,20 @@ def quantize_weight_array(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarr
     q += z
     np.clip(q, lo, hi, out=q)
     return q.astype(np.int8)
+
+
+def recipe_codes(tq, shape, axis: int, module: str) -> np.ndarray | None:
+    """The recipe's own codes (learned rounding), in the graph weight's layout; None: round from the fp32 weight.
+    Codes are stored in the torch layout [C_out, ...]; a MatMul / Gemm(transB=0) weight is [K, C_out]."""
+    codes = getattr(tq, "codes", None)
+    if codes is None:
+        return None
+    if axis == 1 and codes.ndim == 2:
+        codes = codes.T
+    if tuple(codes.shape) != tuple(shape):
+        raise PassError(f"recipe ({module}, weight) has codes of shape {list(tq.codes.shape)}, the graph's weight is "
+                        f"{list(shape)} (recipe for another model?)")
+    return np.ascontiguousarray(codes, dtype=np.int8)
 
 
 def pack_int4(codes: np.ndarray) -> bytes:
@@ -66,7 +81,9 @@ class QuantizeWeights(Pass):
             # read without caching the fp32 array in the graph: the old weight leaves the graph below
             values = op.weight._values
             w = values.load() if isinstance(values, LazyValues) else values
-            codes = quantize_weight_array(w, tq.scale, tq.zero_point, tq.bits, op.out_axis)
+            codes = recipe_codes(tq, w.shape, op.out_axis, entry.module)
+            if codes is None:
+                codes = quantize_weight_array(w, tq.scale, tq.zero_point, tq.bits, op.out_axis)
             base = op.weight.name
             names = weight_names(base)
             q = integer_constant(names["quantized"], codes, storage_bits)

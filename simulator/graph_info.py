@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from passes.contract import (NARROW_BITS, SIGNED_TYPES, GROUP_MAP, SCALE_TABLE, ZERO_POINT_TABLE,
-                              QuantizerRecord, is_dequantizer_node, is_quantizer_node, is_split_add)
+from passes.contract import (LOWERED_INPUT, NARROW_BITS, SIGNED_TYPES, GROUP_MAP, SCALE_TABLE, ZERO_POINT_TABLE,
+                              QuantizerRecord, is_dequantizer_node, is_quantizer_node, is_split_add, node_props)
 from passes.graph_query import GraphIndex
 
 LAYOUT_OPS = {"Reshape", "Transpose", "Slice", "Concat", "Identity", "Cast", "Unsqueeze", "Squeeze", "Flatten"}
@@ -118,7 +118,14 @@ def analyse(model: onnx.ModelProto) -> GraphInfo:
                     by_dq[q.dequantizer] = q
         elif node.op_type == "Add" and is_split_add(node.name):
             info.split_adds.append(node.name)
+    by_codes = {q.code_tensor: q for q in info.quantizers}
     for node in model.graph.node:
+        if node.op_type == "MatMulInteger" and node_props(node).get(LOWERED_INPUT):  # the integer lowering
+            found = _integer_product(g, node, by_codes)
+            if found is not None:
+                info.matmuls.append(found[0])
+                info.weights.append(found[1])
+            continue
         if node.op_type not in ("Conv", "MatMul", "Gemm"):
             continue
         operands, fp = [], False
@@ -154,6 +161,57 @@ def _weight(g: _Graph, dq) -> WeightQuant:
                        per_channel=scale is not None and np.size(scale) > 1)
 
 
+def _spelled_params(g: _Graph, node) -> tuple[str, str] | None:
+    """(scale, zero point) tensors of a quantizer spelled out as Div(x, s) -> Round -> [Add z] -> QuantizeLinear(1, 0)
+    (passes/lower_common.quantize_codes), or None when `node` is not one."""
+    unit = g.array(node.input[1]) if len(node.input) > 1 else None
+    if unit is None or np.asarray(unit).size != 1 or float(np.asarray(unit).reshape(-1)[0]) != 1.0:
+        return None
+    p = g.producer.get(node.input[0])
+    zero = ""
+    if p is not None and p.op_type == "Add":
+        zero, p = p.input[1], g.producer.get(p.input[0])
+    if p is None or p.op_type != "Round":
+        return None
+    p = g.producer.get(p.input[0])
+    return (p.input[1], zero) if p is not None and p.op_type == "Div" else None
+
+
+_PRODUCT_A_PATH = ("Transpose", "Slice", "Concat", "Gather", "Split", "Pad", "Reshape", "Expand", "Identity", "Clip")
+_PRODUCT_B_PATH = ("Gather", "Split", "Reshape", "Cast", "Identity", "Transpose")
+
+
+def _weight_initializer(g: _Graph, tensor: str, depth: int = 8) -> str | None:
+    """The int8/int4 initializer a product's weight operand is read from: back through the data input of Gather /
+    Split / Reshape / Cast / Transpose (not through permutation indices or shapes)."""
+    for _ in range(depth):
+        t = g.initializers.get(tensor)
+        if t is not None:
+            return tensor if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT4) else None
+        p = g.producer.get(tensor)
+        if p is None or p.op_type not in _PRODUCT_B_PATH:
+            return None
+        tensor = p.input[0]
+    return None
+
+
+def _integer_product(g: _Graph, node, quantizers: dict) -> tuple[QuantMatmul, WeightQuant] | None:
+    """A lowered MatMulInteger (u8 activation codes x int8/int4 weight initializer) as a quantized product: its
+    activation quantizer (the QuantizeLinear its codes come from) and its weight (the initializer behind Gather /
+    Split / Reshape / Cast). Reduction: the weight's rows (split-K products: the whole K, an upper bound)."""
+    q = next((quantizers[t] for t in g.walk_back(node.input[0], _PRODUCT_A_PATH, 12) if t in quantizers), None)
+    w = _weight_initializer(g, node.input[1])
+    if q is None or w is None:
+        return None
+    t = g.initializers[w]
+    bits = NARROW_BITS.get(t.data_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
+    zp = g.array(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    weight = WeightQuant(node.name, w, bits, t.data_type in SIGNED_TYPES,
+                         symmetric=zp is None or not np.any(np.asarray(zp).astype(np.int64)), per_channel=True)
+    mm = QuantMatmul(node.name, node.op_type, [q, weight], reduction=int(np.prod(list(t.dims)[:-1])) or None)
+    return mm, weight
+
+
 def _quantizer(g: _Graph, node) -> Quantizer | None:
     record = QuantizerRecord.from_node(node)
     is_log = node.op_type == "QuantizeLog"
@@ -175,25 +233,32 @@ def _quantizer(g: _Graph, node) -> Quantizer | None:
         return Quantizer(node.name, "log2", record.module if record else "", record.role if record else "attn_probs",
                          record.bits if record else int(attr_bits), "tensor", 1, False, code, onnx.TensorProto.UINT8,
                          source, True, dequantizer=deq.name if deq is not None else "")
-    zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    # the parameters as the dequantizer reads them: the same tensors in a QDQ pair, and the real ones where a
+    # lowering spelled the quantizer out as Div/Round/Add -> QuantizeLinear(1, 0) (passes/lower_axis_quantizers.py)
+    params = deq if deq is not None and deq.op_type == "DequantizeLinear" else node
+    scale_name = params.input[1]
+    zp_name = params.input[2] if len(params.input) > 2 and params.input[2] else ""
+    spelled = _spelled_params(g, node) if params is node else None
+    if spelled is not None:  # an integer lowering's quantizer (no dequantizer): Div by s -> Round -> Add z
+        scale_name, zp_name = spelled
     zp_table = g.find_table(zp_name, ZERO_POINT_TABLE) if zp_name else None
     # the codes' type is the zero point's: read it from the [T, G] table when the zero point is gathered per step
     code_type = g.elem_type(zp_table or zp_name, onnx.TensorProto.UINT8) if zp_name else onnx.TensorProto.UINT8
     storage_bits = NARROW_BITS.get(code_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code_type)).itemsize)
     bits = record.bits if record else int(clip_bits or storage_bits)
-    scale_table = g.find_table(node.input[1], SCALE_TABLE)
+    scale_table = g.find_table(scale_name, SCALE_TABLE)
     steps, groups = 1, 1
     if scale_table is not None:
         shape = list(g.initializers[scale_table].dims)
         steps, groups = (shape + [1, 1])[:2] if len(shape) == 2 else (shape[0], 1)
         source = "computed"
     else:
-        source = "constant" if g.array(node.input[1]) is not None else "computed"
-        scale = g.array(node.input[1])
+        source = "constant" if g.array(scale_name) is not None else "computed"
+        scale = g.array(scale_name)
         groups = 1 if scale is None else int(np.unique(np.asarray(scale)).size)
     zp = g.array(zp_table) if zp_table else (g.array(zp_name) if zp_name else None)
     symmetric = zp is None or not np.any(np.asarray(zp).astype(np.int64))
-    gmap_name = g.find_table(node.input[1], GROUP_MAP)
+    gmap_name = g.find_table(scale_name, GROUP_MAP)
     per_step = False
     if gmap_name is not None:
         gmap = g.array(gmap_name)

@@ -1,6 +1,7 @@
 """The calibration run: the FP sampling loop of the diffusers pipeline over a prompt set, observed.
 
-PNDM (skip_prk_steps), 25 steps, classifier-free guidance 7.5 (cond + uncond in one UNet batch),
+PNDM (skip_prk_steps), 25 steps by default, or any scheduler of SCHEDULERS at any step count down to 1 (few-step
+models such as SDXL-Turbo: `--scheduler euler --steps 4`); classifier-free guidance 7.5 (cond + uncond in one UNet batch),
 one prompt per pipeline call with the generator seeded `seed + prompt index`: a prompt's activations do
 not depend on which other prompts (or shard) ran, so sharded statistics merge into one run's exactly.
 """
@@ -79,12 +80,45 @@ def open_pipeline(model: str, seed: int = 0, device: str | None = None):
         raise DgqError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from None
 
 
+# --scheduler name -> (diffusers class, config overrides). Each keeps the pipeline's betas (from_config).
+SCHEDULERS = {
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),      # the paper's sampler
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),                  # SDXL-Turbo's sampler (1-4 steps)
+    "euler-ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm-solver": ("DPMSolverMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+DEFAULT_SCHEDULER = "pndm"
+
+
+def use_scheduler(pipe, name: str = DEFAULT_SCHEDULER) -> None:
+    """Swap in the named scheduler with the pipeline's noise schedule (betas, training timesteps) kept."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise DgqError(f"unknown scheduler {name!r}: expected one of {', '.join(SCHEDULERS)}")
+    class_name, overrides = SCHEDULERS[name]
+    cls = getattr(diffusers, class_name)
+    current = pipe.scheduler
+    if isinstance(current, cls) and all(current.config.get(k) == v for k, v in overrides.items()):
+        return
+    pipe.scheduler = cls.from_config(current.config, **overrides)
+
+
 def use_pndm(pipe) -> None:
     """Swap in PNDM with the pipeline's noise schedule (the paper's sampler), keeping its betas."""
-    from diffusers import PNDMScheduler
+    use_scheduler(pipe, "pndm")
 
-    if not isinstance(pipe.scheduler, PNDMScheduler) or not pipe.scheduler.config.skip_prk_steps:
-        pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+
+def scheduler_record(pipe, name: str) -> dict:
+    """What the statistics record about the sampler (PNDM keeps its historical two keys)."""
+    record = {"scheduler": type(pipe.scheduler).__name__}
+    if name == "pndm":
+        record["skip_prk_steps"] = True
+    else:
+        record["scheduler_name"] = name
+    return record
 
 
 def sample_latents(pipe, prompt: str, index: int, *, steps: int, guidance: float, seed: int,
@@ -108,7 +142,7 @@ def sample_latents(pipe, prompt: str, index: int, *, steps: int, guidance: float
 def calibrate(pipe, prompts: list[str], *, model_name: str, steps: int = DEFAULT_STEPS,
               guidance: float = DEFAULT_GUIDANCE, seed: int = 0, indices: list[int] | None = None,
               latent_size: int | None = None, negative_prompt: str = "", model_seed: int | None = None,
-              progress: bool = False):
+              progress: bool = False, scheduler: str = DEFAULT_SCHEDULER):
     """Run the sampling loop over `prompts[indices]` with the observer attached -> CalibrationStats."""
     from tqdm import tqdm
 
@@ -125,7 +159,7 @@ def calibrate(pipe, prompts: list[str], *, model_name: str, steps: int = DEFAULT
         raise DgqError("no prompts to calibrate on")
     import torch
 
-    use_pndm(pipe)
+    use_scheduler(pipe, scheduler)
     unet = pipe.unet
     size = latent_size or int(unet.config.sample_size)
     # inference mode: the same values as no_grad, with less bookkeeping per op (6% of a tiny-model run)
@@ -133,7 +167,7 @@ def calibrate(pipe, prompts: list[str], *, model_name: str, steps: int = DEFAULT
         for i in tqdm(indices, desc="calibrate", unit="prompt", disable=not progress):
             sample_latents(pipe, prompts[i], i, steps=steps, guidance=guidance, seed=seed,
                            latent_size=latent_size, negative_prompt=negative_prompt)
-    sampling = {"scheduler": "PNDMScheduler", "skip_prk_steps": True, "steps": steps, "guidance": guidance,
+    sampling = {**scheduler_record(pipe, scheduler), "steps": steps, "guidance": guidance,
                 "seed": seed, "negative_prompt": negative_prompt, "prompt_count": len(prompts),
                 "prompts_sha256": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest(),
                 "model_seed": model_seed}
@@ -141,3 +175,41 @@ def calibrate(pipe, prompts: list[str], *, model_name: str, steps: int = DEFAULT
     return CalibrationStats(model_name=model_name, config_sha256=config_fingerprint(unet.config),
                             timesteps=tuple(observer.timesteps), resolution=(size, size), sampling=sampling,
                             prompt_indices=tuple(indices), points=points, arrays=observer.arrays())
+
+
+def calibrate_selected(pipe, prompts: list[str], per_step: int, *, model_name: str, steps: int = DEFAULT_STEPS,
+                       guidance: float = DEFAULT_GUIDANCE, seed: int = 0, latent_size: int | None = None,
+                       model_seed: int | None = None, scheduler: str = DEFAULT_SCHEDULER,
+                       selection: str = "density-diversity"):
+    """Statistics of a chosen calibration set (EDA-DM): FP trajectories of every prompt make the pool, `per_step`
+    latents per timestep are chosen by density and diversity (dgq_compiler/edadm/select.py), and the observer
+    sees the UNet's CFG calls on those alone. -> (CalibrationStats, CalibrationSet)."""
+    import numpy as np
+    import torch
+
+    from dgq_compiler.calibrate.observer import StatsObserver
+    from dgq_compiler.calibrate.stats import CalibrationStats
+    from dgq_compiler.edadm.calset import select_calibration_set
+    from dgq_compiler.recipe import config_fingerprint
+
+    if steps < 1:
+        raise DgqError(f"steps must be at least 1, got {steps}")
+    use_scheduler(pipe, scheduler)
+    unet = pipe.unet
+    calset = select_calibration_set(pipe, prompts, per_step, steps=steps, guidance=guidance, seed=seed,
+                                    latent_size=latent_size, selection=selection)
+    device = next(unet.parameters()).device
+    with torch.inference_mode(), StatsObserver(unet) as observer:
+        for _step, t, x, states in calset.calls():
+            unet(torch.from_numpy(x).to(device), torch.tensor([float(t)], device=device),
+                 torch.from_numpy(np.ascontiguousarray(states)).to(device), return_dict=False)
+    size = latent_size or int(unet.config.sample_size)
+    sampling = {**scheduler_record(pipe, scheduler), "steps": steps, "guidance": guidance, "seed": seed,
+                "negative_prompt": "", "prompt_count": len(prompts),
+                "prompts_sha256": hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest(),
+                "model_seed": model_seed, "selection": {"rule": selection, **calset.summary()}}
+    stats = CalibrationStats(model_name=model_name, config_sha256=config_fingerprint(unet.config),
+                             timesteps=tuple(observer.timesteps), resolution=(size, size), sampling=sampling,
+                             prompt_indices=tuple(range(len(prompts))), points=tuple(observer.points.values()),
+                             arrays=observer.arrays())
+    return stats, calset

@@ -1,6 +1,8 @@
 """Which calibrated step a UNet call belongs to: its timestep, and the schedule of distinct timesteps seen."""
 from __future__ import annotations
 
+import math
+
 from dgq_compiler.errors import DgqError
 
 
@@ -25,14 +27,19 @@ class StepTracker:
 
 
 class FirstSeenSchedule:
-    """Distinct integer timesteps in the order first seen (PNDM repeats one: it merges into one step)."""
+    """Distinct integer timesteps in the order first seen (PNDM repeats one: it merges into one step).
+
+    Schedulers with fractional timesteps (Euler's 'linspace' spacing: 958.6, ...) are recorded at the nearest
+    integer: the compiled graph maps any timestep to the nearest calibrated one (passes/contract.py STEP_INDEX),
+    so a fractional timestep finds its step again as long as no two of them round to the same integer (then
+    they share one step, as PNDM's repeat does)."""
 
     def __init__(self):
         self.timesteps: list[int] = []
 
     def __call__(self, value: float) -> int:
-        if value != round(value):
-            raise DgqError(f"timestep {value} is not an integer: calibrate with an integer-timestep scheduler (PNDM)")
+        if not math.isfinite(value) or value < 0:
+            raise DgqError(f"timestep {value} is not a finite non-negative number")
         t = int(round(value))
         if t not in self.timesteps:
             self.timesteps.append(t)

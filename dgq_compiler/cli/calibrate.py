@@ -7,6 +7,8 @@ from dgq_compiler.cli import argtypes
 
 
 def register(sub) -> None:
+    from dgq_compiler.calibrate.run import SCHEDULERS  # no torch at import: the CLI still starts fast
+
     p = sub.add_parser(
         "calibrate", help="run the FP sampling loop over prompts and record per-timestep activation statistics",
         description="Sample with the diffusers pipeline (PNDM, classifier-free guidance: cond + uncond in one batch, "
@@ -23,7 +25,15 @@ def register(sub) -> None:
     p.add_argument("--prompts", default=None,
                    help="text file with one prompt per line; None: the 64 built-in calibration prompts")
     p.add_argument("--num-prompts", type=argtypes.count, default=None, help="use only the first N prompts of the set; None: all")
-    p.add_argument("--steps", type=argtypes.steps, default=25, help="denoising steps (PNDM)")
+    p.add_argument("--steps", type=argtypes.steps, default=25, help="denoising steps (1 and up: few-step models)")
+    p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
+                   help="sampler of the FP loop (the pipeline's noise schedule kept); the statistics hold one row "
+                        "per distinct timestep it calls the UNet with")
+    p.add_argument("--select", type=argtypes.count, default=None, metavar="K",
+                   help="EDA-DM calibration set: sample every prompt's FP trajectory (the pool), choose K latents per "
+                        "timestep whose distribution matches the pool's (density and diversity: greedy kernel MMD) "
+                        "and record statistics on those alone; the summary says how well they match the pool. "
+                        "None: statistics over every prompt's trajectory")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale (> 1)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (prompt i uses seed + i)")
     p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
@@ -80,11 +90,13 @@ def run(args) -> int:
                          device=rank.device if rank else args.device)
     check_attention_memory(pipe.unet.config, args.latent_size or int(pipe.unet.config.sample_size), 2)  # cond+uncond
     start = time.perf_counter()
+    if args.select is not None:
+        return _run_selected(args, pipe, prompts, rank, out, start)
     stats = calibrate(pipe, prompts, model_name=args.model, steps=args.steps, guidance=args.guidance,
                       seed=args.seed, indices=indices, latent_size=args.latent_size,
                       negative_prompt=args.negative_prompt,
                       model_seed=args.model_seed if args.model == "tiny" else None,
-                      progress=rank is None or rank.rank == 0)
+                      progress=rank is None or rank.rank == 0, scheduler=args.scheduler)
     if rank is not None:
         stats = distributed.reduce_stats(stats, rank)
         indices = list(stats.prompt_indices)
@@ -101,10 +113,50 @@ def run(args) -> int:
     size = out.with_suffix(".safetensors").stat().st_size
     rows = [["statistics", f"{out} (+ {out.with_suffix('.safetensors').name}, {size / 1e6:.2f} MB)"],
             ["prompts", f"{len(indices)} of {len(prompts)} (indices {indices[0]}..{indices[-1]})"],
-            ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]}"],
+            ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]} ({args.scheduler}, "
+                              f"{args.steps} steps)"],
             ["latent resolution", "x".join(map(str, stats.resolution))],
             ["points", ", ".join(f"{r} {n}" for r, n in roles.items())],
             ["device", f"{pipe.device} x {rank.world} ranks ({rank.backend})" if rank else str(pipe.device)],
             ["time", f"{seconds:.1f} s ({seconds / len(indices):.2f} s per prompt)"]]
     print(format_table(["calibrate", args.model], rows))
+    return 0
+
+
+def _run_selected(args, pipe, prompts, rank, out, start) -> int:
+    """`--select K`: one process over the whole pool (selection compares every prompt's latents)."""
+    import time
+
+    from dgq_compiler.calibrate.run import calibrate_selected
+    from dgq_compiler.cli.table import format_table
+    from dgq_compiler.errors import DgqError
+
+    if rank is not None or args.shard is not None:
+        raise DgqError("--select chooses among every prompt's latents: it runs in one process (drop --shard / "
+                       "torchrun)")
+    if args.select > len(prompts):
+        raise DgqError(f"--select {args.select} exceeds the pool: {len(prompts)} prompts give {len(prompts)} latents "
+                       "per timestep")
+    if pipe.device.type != "cpu":
+        raise DgqError(f"--select samples its pool on the CPU (the sampling loop it shares with dgq evaluate), not "
+                       f"{pipe.device}: drop --device")
+    if args.negative_prompt:
+        raise DgqError("--select samples with the empty unconditional prompt: drop --negative-prompt")
+    stats, calset = calibrate_selected(pipe, prompts, args.select, model_name=args.model, steps=args.steps,
+                                       guidance=args.guidance, seed=args.seed, latent_size=args.latent_size,
+                                       model_seed=args.model_seed if args.model == "tiny" else None,
+                                       scheduler=args.scheduler)
+    seconds = time.perf_counter() - start
+    stats.save(out, overwrite=args.overwrite)
+    summary = calset.summary()
+    rows = [["statistics", f"{out} (+ {out.with_suffix('.safetensors').name})"],
+            ["pool", f"{len(prompts)} prompts x {stats.T} timesteps ({args.scheduler}, {args.steps} steps)"],
+            ["chosen", f"{args.select} latents per timestep (density and diversity: greedy kernel MMD)"],
+            ["match: kernel MMD to the pool", f"{summary['mean_mmd']:.4f} (random subsets of {args.select}: "
+                                              f"{summary['mean_random_mmd']:.4f})"],
+            ["match: mean error (pool std)", f"{summary['mean_mean_error']:.4f}"],
+            ["match: std ratio error", f"{summary['mean_std_error']:.4f}"],
+            ["timesteps (T)", f"{stats.T}: {stats.timesteps[0]} .. {stats.timesteps[-1]}"],
+            ["time", f"{seconds:.1f} s"]]
+    print(format_table(["calibrate --select", args.model], rows))
     return 0

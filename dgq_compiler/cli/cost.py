@@ -9,7 +9,9 @@ conventions:
          SDXL-architecture UNets default to 1024 px as in Table 2.
   exact  each op at its own widths: conv/linear b_w x b_a, QK^T b_a x b_a, log-coded A.V as shift-adds
          (reported apart), conv_in/conv_out and the cross-attention <start> branch at 32 x 32, plus the
-         per-group rescale multiplies (channel groups assumed).
+         per-group rescale multiplies (channel groups assumed). On a compiled graph without --bits the
+         first row, `compiled`, counts each Conv/Linear at the widths it was compiled with (per-layer mixed
+         precision) and a BOS-aware text embedding's <start> row at 32 x 32 (its roofline uses W8A8).
 sizes: quantized weights at b_w bits, other parameters at 32 bits; quantization parameters (per-channel
 weight scales, [T, G] activation tables, group maps) reported apart. MB = 10^6 bytes.
 roofline (--target, default generic-npu): per op, bytes moved (weights at b_w packed, activations at their
@@ -110,6 +112,9 @@ def run(args) -> int:
         rows = [cost_row(inventory, bits, groups=args.groups or STANDARD_GROUPS[0], **options)]
     else:
         rows = standard_rows(inventory, **options)
+        if inventory.per_op_widths and args.convention == "exact":  # a compiled graph: first its own widths
+            rows.insert(0, cost_row(inventory, "W8A8", groups=args.groups or STANDARD_GROUPS[0], compiled=True,
+                                    **options))
     estimates = [estimate(inventory, r.bits, r.groups, target, args.steps) for r in rows]
     if args.json:
         configs = [dict(r.to_json(), estimate=e.to_json()) for r, e in zip(rows, estimates)]

@@ -6,14 +6,14 @@ import importlib
 import sys
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `run=` (args -> exit code).
-COMMANDS = ("export", "cost", "compile", "calibrate", "quantize", "merge-stats", "check", "verify", "run", "evaluate", "package",
-            "ablate")
+COMMANDS = ("export", "cost", "compile", "calibrate", "quantize", "reconstruct", "merge-stats", "check", "verify", "run",
+            "evaluate", "package", "sensitivity", "allocate", "ablate")
 
 DESCRIPTION = """\
 DGQ compiler: export a diffusion UNet to ONNX, calibrate and quantize it with Distribution-aware
 Group Quantization, compile the quantized graph, simulate its integer arithmetic and estimate its cost.
 
-pipeline:  export -> calibrate -> quantize -> compile -> verify / check -> cost"""
+pipeline:  export -> calibrate -> quantize [-> reconstruct] -> compile -> verify / check -> cost"""
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--model", default=None,
                    help="where the weights are: 'embedded', 'tiny' or a diffusers pipeline/UNet folder; None: the "
                         "model the statistics name (the one they were calibrated on)")
+    p.add_argument("--allocation", default=None, metavar="FILE.json",
+                   help="per-layer widths from `dgq allocate` (required by mixed-precision presets such as mixdq-w5a8)")
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=run)
@@ -47,10 +49,18 @@ def run(args) -> int:
     check_pair_writable(out, args.overwrite)
     config = resolve_config(args.preset)
     stats = CalibrationStats.load(args.stats)
+    widths = None
+    if args.allocation is not None:
+        from dgq_compiler.mixdq.allocate import Allocation
+        from dgq_compiler.mixdq.compose import check_allocation
+
+        allocation = Allocation.load(args.allocation)
+        check_allocation(allocation, stats)
+        widths = allocation.widths()
     model = args.model or stats.model_name
     unet = open_unet(resolve_model(model)[0], stats.sampling.get("model_seed") or 0)
     start = time.perf_counter()
-    recipe, summary = quantize_stats(stats, config, unet, progress=True)
+    recipe, summary = quantize_stats(stats, config, unet, progress=True, widths=widths)
     seconds = time.perf_counter() - start
     recipe.save(out, overwrite=args.overwrite)
 
@@ -71,6 +81,13 @@ def run(args) -> int:
                      + ("  (shared map)" if config.shared_group_map and axis != "tensor" else "")])
     attn = [x for x in summary.rows if x[1] == "attn_probs"]
     rows.append(["attention probs", f"{len(attn)} ({attn[0][2] if attn else '-'})"])
+    if widths is not None:
+        counts: dict = {}
+        for (_m, role), tq in recipe.tensors.items():
+            if role in ("weight", "input"):
+                key = f"{'W' if role == 'weight' else 'A'}{tq.bits}"
+                counts[key] = counts.get(key, 0) + 1
+        rows.append(["per-layer widths", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))])
     rows.append(["time", f"{seconds:.1f} s"])
     print(format_table(["quantize", model], rows))
     return 0

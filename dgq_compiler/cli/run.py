@@ -8,6 +8,7 @@ from dgq_compiler.cli import argtypes
 
 def register(sub) -> None:
     from dgq_compiler.run import DEFAULT_PRESETS
+    from dgq_compiler.calibrate.run import SCHEDULERS
 
     p = sub.add_parser(
         "run", help="calibrate, quantize, compile, verify, cost and report, end to end",
@@ -28,6 +29,8 @@ def register(sub) -> None:
                    help="quality stage: images per prompt set and configuration, scored by the shapes evaluator "
                         "(alignment, Fréchet distance, IS-like, 95%% intervals); 0 skips the stage")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
+    p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
+                   help="sampler of calibration and images, e.g. --scheduler euler --steps 4 for few-step models")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of sampling (and of the random tiny weights)")
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
@@ -56,7 +59,8 @@ def run(args) -> int:
 
     options = RunOptions(model=args.model, presets=tuple(p.strip() for p in args.presets.split(",") if p.strip()),
                          prompts=args.prompts, num_prompts=args.num_prompts, image_prompts=args.image_prompts,
-                         num_images=args.num_images, images=args.images, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                         num_images=args.num_images, images=args.images, steps=args.steps, scheduler=args.scheduler,
+                         guidance=args.guidance, seed=args.seed,
                          latent_size=args.latent_size, device=args.device, quick=args.quick)
     summary = run_all(options, args.output, overwrite=args.overwrite)
     print()

@@ -131,6 +131,37 @@ def per_tensor_activation(point, feat: Features, config) -> tuple[TensorQuant, d
     return tq, {"axis": "tensor", "groups": 1, "metric": {}}
 
 
+def text_embedding_activation(point, feat: Features, config) -> tuple[TensorQuant, dict]:
+    """MixDQ's BOS-aware quantizer of the text embedding at a cross-attention's to_k/to_v input: token 0 (<start>,
+    the same row for every prompt under a causal encoder, and far larger than the rest) stays FP, so the grid
+    covers tokens 1.. only: per tensor (G = 1) or, with groups, token groups over tokens 1.. (the per-channel
+    statistics include <start>, so channel groups are not available here)."""
+    lo, hi = feat.pixel_lo[:, 1:], feat.pixel_hi[:, 1:]
+    bits, t = config.act_bits, lo.shape[0]
+    if not config.per_step:
+        lo, hi = np.broadcast_to(lo.min(0), lo.shape), np.broadcast_to(hi.max(0), hi.shape)
+    if config.groups == 1:
+        s, z = uniform_params(lo.min(axis=1), hi.max(axis=1), bits)
+        tq = TensorQuant(point.module, point.role, "uniform", bits, "tensor", s[:, None], z[:, None], exclude_bos=True)
+        return tq, {"axis": "tensor", "groups": 1, "metric": {}, "bos": "fp"}
+    groups = min(config.groups, lo.shape[1])
+    scales, zeros, maps = [], [], []
+    shared = None
+    if config.shared_group_map or not config.per_step:
+        shared = kmeans_labels(np.stack([lo.min(0), hi.max(0)], axis=1), groups, config.kmeans_seed, config.kmeans_iters)
+    for step in range(t):
+        labels = shared if shared is not None else kmeans_labels(np.stack([lo[step], hi[step]], axis=1), groups,
+                                                                 config.kmeans_seed, config.kmeans_iters)
+        s, z = group_tables(lo[step], hi[step], labels, groups, bits)
+        scales.append(s)
+        zeros.append(z)
+        maps.append(labels)
+    maps = maps[:1] if shared is not None else maps
+    tq = TensorQuant(point.module, point.role, "uniform", bits, "pixel", np.stack(scales), np.stack(zeros),
+                     np.stack(maps), exclude_bos=True)
+    return tq, {"axis": "pixel", "groups": groups, "metric": {}, "bos": "fp"}
+
+
 def attention_probs(stats, point, config) -> tuple[TensorQuant, dict]:
     """log2 (dynamic max; the static scale table is the calibrated max) or uniform at the attention width."""
     exclude = config.exclude_bos and point.cross

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dgq_compiler.report.deploy import deploy_section
+
 
 def _table(headers: list[str], rows: list[list]) -> str:
     def cell(v):
@@ -84,6 +86,7 @@ def write_report(summary: dict, out: Path) -> Path:
         "over its static per-step graphs. Stock onnxruntime: the graph ran in a default session (no options), "
         "and its median UNet call time against the fp32 graph's in the same kind of session.",
         "",
+        *deploy_section(summary),
         "## Export",
         "",
         f"`export/unet.onnx`: {exp['parameters'] / 1e6:.2f} M parameters, opset {exp['opset']}, validated against "

@@ -27,6 +27,10 @@ MACs(op) and outputs(op) come from the `Inventory` (one forward at its batch and
                                    FP <start> column); A.V: outputs x 1 (one rescale after the shift-adds)
                                    -> part rescale. `rescale_overhead_bops` (apart, already in rescale) is
                                    the share G > 1 adds over a per-tensor epilogue: the same sums with G - 1.
+    per-op widths (`compiled`, an inventory of a compiled graph): each conv/linear at the weight and input
+                                   widths its quantizers have (MixDQ's per-layer allocation), the other ops at
+                                   the configuration's; a BOS-aware text embedding's <start> row (fp_macs of
+                                   to_k/to_v) at 32 x 32 -> part start_token.
     Channel grouping is assumed for every point (the worst case; pixel/token groups on a Linear or 1x1
     conv rescale rows instead and cost outputs x 1). Additions (partial-sum adds, bias) are not counted.
     W32A32 gives the same total as `paper`.
@@ -60,7 +64,7 @@ def paper_bops(inventory: Inventory, bits: BitWidths) -> Bops:
     return Bops(sum(parts.values()), parts)
 
 
-def exact_bops(inventory: Inventory, bits: BitWidths, groups: int) -> Bops:
+def exact_bops(inventory: Inventory, bits: BitWidths, groups: int, compiled: bool = False) -> Bops:
     if not isinstance(groups, int) or groups < 1:
         raise SimulatorError(f"groups must be a positive integer, got {groups!r}")
     w, a = bits.weight, bits.activation
@@ -72,7 +76,9 @@ def exact_bops(inventory: Inventory, bits: BitWidths, groups: int) -> Bops:
             if op.full_precision:
                 parts["full_precision"] += op.macs * FP * FP
                 continue
-            parts[op.kind] += op.macs * w * a
+            op_w, op_a = (op.weight_bits or w, op.act_bits or a) if compiled else (w, a)
+            parts["start_token"] += op.fp_macs * FP * FP if compiled else 0
+            parts[op.kind] += (op.macs - (op.fp_macs if compiled else 0)) * op_w * op_a
             if quant_act:
                 rescales += op.outputs * groups
                 overhead_rescales += op.outputs * (groups - 1)
@@ -97,9 +103,11 @@ def exact_bops(inventory: Inventory, bits: BitWidths, groups: int) -> Bops:
                 rescale_overhead_bops=overhead_rescales * FP * FP)
 
 
-def count_bops(inventory: Inventory, bits: BitWidths, groups: int, convention: str) -> Bops:
+def count_bops(inventory: Inventory, bits: BitWidths, groups: int, convention: str, compiled: bool = False) -> Bops:
+    if compiled and convention != "exact":
+        raise SimulatorError("per-op widths (a compiled graph's) are counted under the exact convention only")
     if convention == "paper":
         return paper_bops(inventory, bits)
     if convention == "exact":
-        return exact_bops(inventory, bits, groups)
+        return exact_bops(inventory, bits, groups, compiled)
     raise SimulatorError(f"unknown BOPs convention {convention!r}: expected paper or exact")

@@ -26,6 +26,10 @@ class CountedOp:
     a_elements: int = 0    # first operand: the activation input (conv/linear), q (QK^T), the probabilities (A.V)
     b_elements: int = 0    # second operand: the weight (conv/linear, once), k (QK^T), v (A.V)
     slices: int = 1        # independent matmuls a batched matmul is made of (batch x heads); 1 for conv/linear
+    # the widths a compiled graph gives this op (per-layer mixed precision); None: the configuration's
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    fp_macs: int = 0       # conv/linear MACs computed in FP: the <start> row of a BOS-aware text embedding
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,11 @@ class Inventory:
     @property
     def resolution(self) -> tuple:
         return tuple(d * LATENT_FACTOR for d in self.latent)
+
+    @property
+    def per_op_widths(self) -> bool:
+        """Whether the ops carry their own widths (an inventory of a compiled graph)."""
+        return any(op.weight_bits is not None or op.act_bits is not None for op in self.ops)
 
     def macs(self) -> dict:
         """MACs by kind, plus `total`."""

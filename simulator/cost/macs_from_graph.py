@@ -14,7 +14,9 @@ Cross-attention = the K operand is projected (reshapes, a constant-weight MatMul
 `encoder_hidden_states` input. Module paths come from the node scopes (`/unet/down_blocks.0/.../attn1/MatMul`
 -> `down_blocks.0....attn1`; compiler-added nodes `dgq/<module>/...`); conv_in/conv_out are the
 full-precision modules. A compiled cross-attention's split A.V (FP <start> column + the rest) is merged
-back into one op. Weight and parameter counts come from the initializers' dims, so the
+back into one op. On a compiled graph every Conv/Linear also records the widths it was compiled with (weight:
+its integer initializer's type; input: its quantizer's `dgq.bits`) and, for a BOS-aware text embedding, the
+MACs of the FP <start> row, for the cost model's per-op (`compiled`) rows. Weight and parameter counts come from the initializers' dims, so the
 external weights file (SD: 3.4 GB) is never read.
 (About 380 lines: shape fixing, inference and the counting rules above are one procedure over one graph
 index; split, each half would need the other's internals.)
@@ -24,7 +26,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from passes.contract import FP_MODULES, NAMESPACE
+from passes.contract import (FP_MODULES, NAMESPACE, NARROW_BITS, QuantizerRecord, bos_row_names, is_compiler_node,
+                             is_quantizer_node, node_prefix)
 from passes.graph_query import GraphIndex, attribute
 from simulator.cost.inventory import LATENT_FACTOR, CountedOp, Inventory, QuantPoint
 from simulator.errors import SimulatorError
@@ -292,6 +295,24 @@ class _Graph(GraphIndex):
         return False
 
 
+def _compiled_widths(graph) -> tuple[dict, set]:
+    """(module -> input bits from its quantizer's metadata, node names) of a compiled graph; empty for fp32."""
+    bits = {}
+    for node in graph.node:
+        if is_quantizer_node(node) and is_compiler_node(node.name):
+            record = QuantizerRecord.from_node(node)
+            if record is not None and record.role == "input":
+                bits[record.module] = record.bits
+    return bits, {node.name for node in graph.node}
+
+
+def _integer_bits(root) -> int | None:
+    """The width of a quantized weight initializer (INT4 -> 4, INT8 -> 8), None for a float one."""
+    if root.data_type in NARROW_BITS:
+        return NARROW_BITS[root.data_type]
+    return 8 if root.data_type in (2, 3) else None  # UINT8, INT8
+
+
 def _known(shape, node, what: str) -> list:
     if shape is None or any(d is None for d in shape):
         raise SimulatorError(f"shape inference left the {what} of node {node.name!r} unknown ({shape}): "
@@ -308,6 +329,7 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
     _fix_input_dims(graph, batch, latent)
     shapes = infer_shapes(proto)
     index = _Graph(graph)
+    input_bits, names = _compiled_widths(graph)
     ops, points = [], []
     quantized_roots, fp_roots = {}, {}
     weight_channels = 0
@@ -339,10 +361,13 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
         sizes = {"a_elements": math.prod(a_shape), "b_elements": math.prod(b_shape)}
         if kind in ("conv", "linear"):
             fp = module in FP_MODULES
-            ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp, **sizes))
             root = index.weight_root(node.input[1])
             if root is None:
                 raise SimulatorError(f"node {node.name!r}: its weight is not an initializer of the graph")
+            bos_fp = bos_row_names(node_prefix(module, "input"))["join"] in names
+            ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp, weight_bits=_integer_bits(root),
+                                 act_bits=input_bits.get(module), fp_macs=macs // a_shape[-2] if bos_fp else 0,
+                                 **sizes))
             if fp:
                 fp_roots[root.name] = root
             elif root.name not in quantized_roots:

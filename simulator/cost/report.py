@@ -48,12 +48,20 @@ class CostRow:
 
 
 def cost_row(inventory: Inventory, bits: BitWidths | str, *, groups: int = DEFAULT_GROUPS,
-             steps: int = DEFAULT_STEPS, convention: str = "paper", shared_group_map: bool = False) -> CostRow:
+             steps: int = DEFAULT_STEPS, convention: str = "paper", shared_group_map: bool = False,
+             compiled: bool = False) -> CostRow:
+    """`compiled`: every op at the widths its compiled graph gives it (per-layer mixed precision, the FP <start>
+    row of a BOS-aware text embedding); `bits` then covers what no quantizer names, and the row is named
+    `compiled (...)` with the parameter-weighted average weight width."""
     bits = parse_bits(bits) if isinstance(bits, str) else bits
-    bops = count_bops(inventory, bits, groups, convention)
-    size = size_report(inventory, bits, groups, steps, shared_group_map)
+    bops = count_bops(inventory, bits, groups, convention, compiled)
+    size = size_report(inventory, bits, groups, steps, shared_group_map, compiled)
+    name = bits.name
+    if compiled:
+        average = 8 * size.quantized_weight_bytes / max(inventory.quantized_weight_elements, 1)
+        name = f"compiled (W{average:.2f} avg)"
     return CostRow(model=inventory.model, source=inventory.source, convention=convention, bits=bits.label,
-                   name=bits.name, groups=groups, steps=steps, batch=inventory.batch,
+                   name=name, groups=groups, steps=steps, batch=inventory.batch,
                    resolution=list(inventory.resolution), macs=inventory.macs(), bops=bops.total,
                    tbops=bops.total / 1e12, bops_parts=bops.parts, shift_adds=bops.shift_adds,
                    shift_add_bops=bops.shift_add_bops, rescale_overhead_bops=bops.rescale_overhead_bops,

@@ -15,6 +15,8 @@ Quantization parameters, reported apart (`qparam_bytes` and its parts), none for
     attention matmul (channel dim = the operand's inner width). The attention probabilities use the
     dynamic log quantizer (scale = the tensor's max at inference), so they store nothing.
     Channel grouping is assumed (a pixel-grouped point's map spans pixels/tokens instead).
+Per-op widths (`compiled`: an inventory of a compiled graph with MixDQ's per-layer widths): each quantized
+Conv/Linear weight at its own b_w (its elements are the op's second operand), the rest as above.
 """
 from __future__ import annotations
 
@@ -44,13 +46,24 @@ class SizeReport:
     qparam_bytes: int
 
 
+def _weight_bits(inventory: Inventory, default: int) -> int:
+    """Bits of every quantized weight at its own width; elements no op claims take `default`."""
+    claimed = total = 0
+    for op in inventory.ops:
+        if op.kind in ("conv", "linear") and not op.full_precision:
+            claimed += op.b_elements
+            total += op.b_elements * (op.weight_bits or default)
+    return total + max(inventory.quantized_weight_elements - claimed, 0) * default
+
+
 def size_report(inventory: Inventory, bits: BitWidths, groups: int, steps: int,
-                shared_group_map: bool = False) -> SizeReport:
+                shared_group_map: bool = False, compiled: bool = False) -> SizeReport:
     if not isinstance(groups, int) or groups < 1:
         raise SimulatorError(f"groups must be a positive integer, got {groups!r}")
     if not isinstance(steps, int) or steps < 1:
         raise SimulatorError(f"steps must be a positive integer, got {steps!r}")
-    quantized = _bytes(inventory.quantized_weight_elements * bits.weight)
+    quantized = _bytes(_weight_bits(inventory, bits.weight) if compiled else
+                       inventory.quantized_weight_elements * bits.weight)
     fp = _bytes(inventory.fp_param_elements * FP)
     weight_scales = table = maps = 0
     if bits.quantized_weights:

@@ -8,7 +8,7 @@ from dgq_compiler.errors import DgqError
 
 
 def test_every_preset_round_trips_through_a_dict_and_is_named_after_itself():
-    assert len(PRESETS) == 4 * (6 + 5 + 2)
+    assert len([n for n in PRESETS if "mixdq" not in n and "edadm" not in n]) == 4 * (6 + 5 + 2)
     for name, config in PRESETS.items():
         assert QuantConfig.from_dict(config.to_dict()) == config
         assert config.name == name
@@ -65,3 +65,27 @@ def test_config_files(tmp_path):
         load_config(tmp_path / "bad.json")
     with pytest.raises(DgqError, match="not found"):
         load_config(tmp_path / "missing.json")
+
+
+def test_mixdq_presets_and_fields():
+    mixed = preset("mixdq-w5a8")
+    assert (mixed.method, mixed.groups, mixed.text_bos_fp, mixed.mixed_weight_bits, mixed.mixed_act_bits) == \
+        ("mixdq", 1, True, 5.0, None)
+    assert mixed.mixed and not preset("mixdq-w4a8").mixed and not preset("dgq-w4a8-g8").text_bos_fp
+    both = preset("dgq-mixdq-w5a7-g8")
+    assert (both.method, both.groups, both.mixed_act_bits, both.act_bits) == ("dgq", 8, 7.0, 8)
+    assert preset("dgq-mixdq-edadm-w5a8-g8").reconstruct and preset("dgq-edadm-w4a8-g8").groups == 8
+    assert preset("mixdq-w5a8").replace(mixed_weight_bits=5.5).name == "mixdq-w5.5a8"
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"mixed_weight_bits": 9.0}, "mixed_weight_bits must be null or an average width in 4..8"),
+    ({"mixed_act_bits": 5.0}, "mixed_act_bits must be null or an average width in 6..8"),
+    ({"weight_bits": 8}, "weight_bits must be 4"),
+    ({"groups": 8}, "method mixdq is per tensor"),
+    ({"text_bos_fp": False}, "text_bos_fp true"),
+    ({"mixed_act_bits": 7.0, "act_bits": 6}, "act_bits must be 8"),
+])
+def test_mixdq_fields_are_checked(changes, words):
+    with pytest.raises(DgqError, match=words):
+        preset("mixdq-w5a8").replace(**changes)

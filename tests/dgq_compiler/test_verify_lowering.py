@@ -147,3 +147,31 @@ def test_cli_verify_of_a_lowered_graph_runs_the_integer_comparison(lowered, caps
     assert "EXACT" in capsys.readouterr().out
     assert main(["verify", str(out), "--target", "generic-npu"]) == 2
     assert "verify it with --target onnxruntime-cpu" in capsys.readouterr().err
+
+
+def test_check_reads_a_lowered_graph_products_quantizers_and_weights(small_lowered, tmp_path):
+    """`dgq check` on an integer-lowered graph: every MatMulInteger is a quantized product with its input's
+    quantizer (the recipe's grouping and bits, found through the permutation / im2col / zero-point columns) and its
+    weight initializer; onnxruntime-cpu accepts it, a per-tensor target and a 16-bit accumulator do not."""
+    from simulator.check import check_graph
+    from simulator.graph_info import Quantizer, WeightQuant
+
+    model = onnx.load(str(small_lowered / "unet.onnx"))
+    products = [n.name for n in model.graph.node if n.op_type == "MatMulInteger"]
+    report = check_graph(small_lowered / "unet.onnx", "onnxruntime-cpu")
+    assert report.ok and sorted(m.node for m in report.info.matmuls) == sorted(products)
+    for mm in report.info.matmuls:
+        q, w = mm.operands
+        assert isinstance(q, Quantizer) and isinstance(w, WeightQuant) and w.bits == 8 and mm.reduction
+        assert (q.module, q.role, q.steps) == (mm.node.split("/")[1], "input", 3)
+        assert (q.axis, q.groups, q.per_step_maps) == ({"time": "channel"}.get(q.module, "pixel"),
+                                                       2 if q.module == "time" else 3, True)
+    rules = check_graph(small_lowered / "unet.onnx", "tensorrt-int8").by_rule()
+    assert rules["activation granularity"] == 3 and rules["weight zero point"] == len(products)
+    from pathlib import Path
+    preset = Path(__file__).parents[2] / "simulator" / "targets" / "presets" / "onnxruntime-cpu.json"
+    narrow = json.loads(preset.read_text())
+    narrow.update(name="narrow-accumulator", accumulator_bits=16)
+    (tmp_path / "narrow.json").write_text(json.dumps(narrow))
+    narrowed = check_graph(small_lowered / "unet.onnx", str(tmp_path / "narrow.json"))
+    assert narrowed.by_rule().get("accumulator width") == len(products)

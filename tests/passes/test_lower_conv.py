@@ -151,3 +151,26 @@ def test_a_wrong_zero_point_padding_would_be_caught(tg):
     wrong = int_conv(np.pad(codes, ((0, 0), (0, 0), (1, 1), (1, 1))) - z, w, 1, 0)
     assert np.array_equal(right[..., 1:-1, 1:-1], wrong[..., 1:-1, 1:-1])
     assert not np.array_equal(right, wrong)
+
+
+@pytest.mark.parametrize("axis", ["tensor", "channel", "pixel"])
+def test_every_integer_product_fuses_with_its_rescale_in_onnxruntime(tg, axis, tmp_path):
+    """A default session turns MatMulInteger -> Cast -> Mul into MatMulIntegerToFloat for every product: an unfused
+    product writes and re-reads int32 and float copies of its output (a shared weight-scale product blocked this for
+    the per-tap products of pixel groups: onnxruntime merges identical scale products, and a shared one is not fused)."""
+    import onnxruntime as ort
+
+    entries = [tg.uniform_entry(name, "input", axis=axis, n=SIZE * SIZE if axis == "pixel" and name == "a" else
+                                c["c_in"], groups=3, seed=i) for i, (name, c) in enumerate(CONVS.items()) if name == "a"]
+    entries += [tg.weight_entry("a", CONVS["a"]["c_out"], seed=9)]
+    passes = compile_passes()
+    lowered, _ = tg.compile_model(convs_model(tg), tg.make_recipe(entries),
+                                  passes[:-1] + [LowerConv()] + passes[-1:])
+    products = sum(n.op_type == "MatMulInteger" for n in lowered.graph.node)
+    assert products == {"tensor": 1, "channel": 3, "pixel": 9}[axis]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(lowered.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    kinds = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert kinds.count("MatMulIntegerToFloat") == products and "MatMulInteger" not in kinds

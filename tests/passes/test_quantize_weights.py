@@ -109,3 +109,29 @@ def test_file_on_disk_shrinks_to_the_weight_bits(tg, tmp_path):
         onnx.save(out, str(path))
         predicted = c_in * c_out * bits / 8 + c_out * (4 + bits / 8)  # codes + fp32 scale + zero point
         assert abs(path.stat().st_size - predicted) / predicted < 0.05
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_recipe_codes_learned_rounding_are_written_as_they_are(tg, bits):
+    """A recipe entry with codes (learned rounding, torch layout [C_out, ...]) is written verbatim, transposed for a
+    MatMul's [K, C_out] weight; without codes the pass rounds the fp32 weight (the codes here must not match that)."""
+    from dataclasses import replace
+
+    model = tg.layers_model()
+    shapes = {"down.conv": (6, 4, 3, 3), "proj": (8, 6), "time": (5, 6)}  # torch layouts
+    rng = np.random.default_rng(3)
+    half = 2 ** (bits - 1)
+    entries = [tg.weight_entry("down.conv", 6, bits), tg.weight_entry("proj", 8, bits, seed=1),
+               tg.weight_entry("time", 5, bits, seed=2)]
+    coded = [replace(e, codes=rng.integers(-half, half, shapes[e.module]).astype(np.int8)) for e in entries]
+    out, _ = tg.compile_model(model, tg.make_recipe(coded), [QuantizeWeights()])
+    plain, _ = tg.compile_model(model, tg.make_recipe(entries), [QuantizeWeights()])
+    inits = {t.name: numpy_helper.to_array(t).astype(np.int8) for t in out.graph.initializer}
+    rounded = {t.name: numpy_helper.to_array(t).astype(np.int8) for t in plain.graph.initializer}
+    for name, entry in (("conv_w", coded[0]), ("onnx::MatMul_1", coded[1]), ("time_w", coded[2])):
+        want = entry.codes.T if name == "onnx::MatMul_1" else entry.codes
+        np.testing.assert_array_equal(inits[f"{name}_quantized"], want)
+        assert not np.array_equal(rounded[f"{name}_quantized"], want)
+    wrong = replace(entries[1], codes=np.zeros((8, 5), np.int8))
+    with pytest.raises(PassError, match=r"codes of shape \[8, 5\].*graph's weight is \[6, 8\]"):
+        tg.compile_model(model, tg.make_recipe([wrong]), [QuantizeWeights()])

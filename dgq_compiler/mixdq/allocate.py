@@ -1,0 +1,210 @@
+"""Bit allocation by integer programming (MixDQ): per-layer widths minimising total sensitivity under budgets.
+
+Each layer l takes one combination c = (weight bits, input bits) from the allowed choices (weights {4, 8} when a
+size budget is set, else the config's width; inputs {6, 8} when an activation or BOPs budget is set, else 8):
+
+    minimise    sum_{l,c} z_{l,c} (S_w[l, w_c] + S_a[l, a_c])            (normalised sensitivities, additive)
+    subject to  sum_c z_{l,c} = 1                                       (one combination per layer)
+                sum_{l,c} z_{l,c} params_l w_c   <= W  sum_l params_l   (size: average weight bits W)
+                sum_{l,c} z_{l,c} macs_l a_c     <= A  sum_l macs_l     (average activation bits per MAC A)
+                sum_{l,c} z_{l,c} macs_l w_c a_c <= B  sum_l macs_l     (BOPs: average w x a per MAC B)
+                z binary
+
+solved by scipy.optimize.milp (HiGHS, exact: no hand-written solver). `random_allocation` draws a baseline of at
+most the same size (the control the ILP must beat). Allocations are JSON (format dgq-allocation).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dgq_compiler.config import MIXED_ACT_CHOICES, MIXED_WEIGHT_CHOICES
+from dgq_compiler.errors import DgqError
+from dgq_compiler.io import atomic_path, check_writable
+
+FORMAT = "dgq-allocation"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    weight_bits: float | None = None   # average weight bits per parameter (model size)
+    act_bits: float | None = None      # average input-activation bits per MAC
+    bops_per_mac: float | None = None  # average weight x activation bits per MAC (BOPs)
+
+    def __post_init__(self):
+        for name, lo, hi in (("weight_bits", MIXED_WEIGHT_CHOICES[0], MIXED_WEIGHT_CHOICES[-1]),
+                             ("act_bits", MIXED_ACT_CHOICES[0], MIXED_ACT_CHOICES[-1]),
+                             ("bops_per_mac", MIXED_WEIGHT_CHOICES[0] * MIXED_ACT_CHOICES[0],
+                              MIXED_WEIGHT_CHOICES[-1] * MIXED_ACT_CHOICES[-1])):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and lo <= value <= hi):
+                raise DgqError(f"budget {name} must be in {lo}..{hi}, got {value!r}")
+
+    @classmethod
+    def of_config(cls, config) -> "Budget":
+        return cls(config.mixed_weight_bits, config.mixed_act_bits)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    model_name: str
+    config_sha256: str
+    method: str                 # ilp | random
+    budget: Budget
+    layers: dict                # module -> (weight bits, input bits)
+    objective: float            # total normalised sensitivity of the choice
+    achieved: dict              # weight_bits / act_bits / bops_per_mac averages actually reached
+
+    def widths(self) -> dict:
+        return dict(self.layers)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        path = check_writable(path, overwrite=overwrite)
+        doc = {"format": FORMAT, "version": VERSION, "model": {"name": self.model_name, "config_sha256": self.config_sha256},
+               "method": self.method, "budget": self.budget.__dict__, "objective": self.objective,
+               "achieved": self.achieved,
+               "layers": {m: {"weight_bits": w, "act_bits": a} for m, (w, a) in sorted(self.layers.items())}}
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Allocation":
+        path = Path(path)
+        what = f"bit allocation {str(path)!r}"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DgqError(f"{what} not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DgqError(f"{what} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise DgqError(f"{what} is not a dgq bit allocation (format {FORMAT} version {VERSION})")
+        try:
+            layers = {m: (e["weight_bits"], e["act_bits"]) for m, e in doc["layers"].items()}
+            allocation = cls(doc["model"]["name"], doc["model"]["config_sha256"], doc["method"],
+                             Budget(**doc["budget"]), layers, float(doc["objective"]), dict(doc["achieved"]))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise DgqError(f"{what} is missing or has a malformed field: {exc}") from None
+        for module, (w, a) in allocation.layers.items():
+            if w not in MIXED_WEIGHT_CHOICES or a not in MIXED_ACT_CHOICES:
+                raise DgqError(f"{what}: layer {module!r} has widths W{w}A{a}; expected weights in "
+                               f"{MIXED_WEIGHT_CHOICES} and activations in {MIXED_ACT_CHOICES}")
+        if not allocation.layers:
+            raise DgqError(f"{what} allocates no layers")
+        return allocation
+
+
+def _choices(budget: Budget, fixed_weight: int) -> list[tuple[int, int]]:
+    weights = MIXED_WEIGHT_CHOICES if budget.weight_bits is not None or budget.bops_per_mac is not None \
+        else (fixed_weight,)
+    acts = MIXED_ACT_CHOICES if budget.act_bits is not None or budget.bops_per_mac is not None \
+        else (MIXED_ACT_CHOICES[-1],)
+    return [(w, a) for w in weights for a in acts]
+
+
+def _costs(table, choices):
+    """Per (layer, choice): objective, params x w, macs x a, macs x w x a."""
+    rows = []
+    for layer in table.layers:
+        for w, a in choices:
+            rows.append((layer.weight[str(w)] + layer.act[str(a)], layer.params * w, layer.macs * a,
+                         layer.macs * w * a))
+    return np.array(rows, dtype=np.float64).reshape(len(table.layers), len(choices), 4)
+
+
+def achieved(table, layers: dict) -> dict:
+    params = sum(layer.params for layer in table.layers)
+    macs = max(sum(layer.macs for layer in table.layers), 1)
+    by = table.by_module()
+    return {"weight_bits": sum(by[m].params * w for m, (w, _a) in layers.items()) / params,
+            "act_bits": sum(by[m].macs * a for m, (_w, a) in layers.items()) / macs,
+            "bops_per_mac": sum(by[m].macs * w * a for m, (w, a) in layers.items()) / macs}
+
+
+def objective(table, layers: dict) -> float:
+    by = table.by_module()
+    return float(sum(by[m].weight[str(w)] + by[m].act[str(a)] for m, (w, a) in layers.items()))
+
+
+def allocate(table, budget: Budget, fixed_weight: int = MIXED_WEIGHT_CHOICES[-1]) -> Allocation:
+    """The optimal allocation (scipy's milp, HiGHS) of `table`'s layers under `budget`."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    choices = _choices(budget, fixed_weight)
+    n, k = len(table.layers), len(choices)
+    cost = _costs(table, choices)
+    rows, cols = np.repeat(np.arange(n), k), np.arange(n * k)
+    constraints = [LinearConstraint(coo_matrix((np.ones(n * k), (rows, cols)), shape=(n, n * k)), 1, 1)]
+    params = sum(layer.params for layer in table.layers)
+    macs = sum(layer.macs for layer in table.layers)
+    for column, limit, total in ((1, budget.weight_bits, params), (2, budget.act_bits, macs),
+                                 (3, budget.bops_per_mac, macs)):
+        if limit is not None:
+            # a small slack so a budget met exactly (e.g. every layer at 8 for W8) is not lost to rounding
+            constraints.append(LinearConstraint(cost[:, :, column].reshape(1, -1), -np.inf,
+                                                limit * total * (1 + 1e-9)))
+    with _quiet_solver():
+        result = milp(cost[:, :, 0].reshape(-1), constraints=constraints, integrality=np.ones(n * k),
+                      bounds=Bounds(0, 1), options={"presolve": True})
+    if result.status != 0 or result.x is None:
+        raise DgqError(f"no allocation meets the budget {budget} (HiGHS: {result.message}): raise it")
+    pick = np.asarray(result.x).reshape(n, k).argmax(axis=1)
+    layers = {layer.module: choices[int(c)] for layer, c in zip(table.layers, pick)}
+    return Allocation(table.model_name, table.config_sha256, "ilp", budget, layers, objective(table, layers),
+                      achieved(table, layers))
+
+
+@contextlib.contextmanager
+def _quiet_solver():
+    """HiGHS 1.17's MIP prints internal trace lines on the process's stdout even with disp off: keep them out
+    of the command's output (file descriptors 1 and 2, restored afterwards)."""
+    saved = []
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                fd = stream.fileno()
+            except (AttributeError, OSError, ValueError):  # captured streams: nothing to silence
+                continue
+            stream.flush()
+            saved.append((stream, fd, os.dup(fd)))
+        with open(os.devnull, "w") as null:
+            for _stream, fd, _copy in saved:
+                os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        for stream, fd, copy in saved:
+            stream.flush()
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def random_allocation(table, like: Allocation, seed: int = 0) -> Allocation:
+    """A random allocation no larger than `like` in every budgeted average: layers in a random order are widened
+    (from the narrowest combination) while the averages stay within what `like` reached."""
+    rng = np.random.default_rng(seed)
+    lo_w, lo_a = MIXED_WEIGHT_CHOICES[0], MIXED_ACT_CHOICES[0]
+    budget = like.budget
+    free_w = budget.weight_bits is not None or budget.bops_per_mac is not None
+    free_a = budget.act_bits is not None or budget.bops_per_mac is not None
+    layers = {m: (lo_w if free_w else w, lo_a if free_a else a) for m, (w, a) in like.layers.items()}
+    limits = like.achieved
+    for index in rng.permutation(len(table.layers)):
+        module = table.layers[int(index)].module
+        w, a = layers[module]
+        options = [(MIXED_WEIGHT_CHOICES[-1] if free_w else w, a), (w, MIXED_ACT_CHOICES[-1] if free_a else a)]
+        for option in options[int(rng.integers(2)):] + options[:int(rng.integers(2))]:
+            trial = dict(layers, **{module: option})
+            reach = achieved(table, trial)
+            if all(reach[k] <= limits[k] * (1 + 1e-9) for k in reach):
+                layers = trial
+    return Allocation(table.model_name, table.config_sha256, "random", budget, layers, objective(table, layers),
+                      achieved(table, layers))

@@ -1,0 +1,91 @@
+"""`dgq run`'s deployment section: configurations lowered to integer ops for onnxruntime (`dgq compile --target
+onnxruntime-cpu`), each with its UNet call in a default onnxruntime session against the fp32 graph's and its own QDQ
+graph's, whether its int32 accumulators equal the simulator's (`dgq verify --target onnxruntime-cpu`), and what
+`dgq check --target onnxruntime-cpu` says.
+
+`lowered_rows` measures (run.py calls it once the configurations are compiled); `deploy_section` writes the report's
+markdown from the summary (report/markdown.py calls it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+TARGET = "onnxruntime-cpu"
+
+
+def lowered_rows(export_dir: Path, out: Path, recipes: dict, time_call: Callable[[Path], float],
+                 fp32_call_s: float | None, qdq_call_s: dict, verify_timesteps: list) -> list[dict]:
+    """Compile each recipe ({configuration: Recipe}, configurations not adapted to a target) for onnxruntime-cpu into
+    `out`/graphs/<configuration>@onnxruntime-cpu and measure it. `time_call(graph)`: median UNet call in seconds."""
+    from dgq_compiler.compile import CompileOptions, compile_graph
+    from dgq_compiler.verify.lowering import verify_lowered
+    from simulator.check import check_graph
+
+    rows = []
+    (out / "graphs").mkdir(exist_ok=True)
+    for name, recipe in recipes.items():
+        graph_dir = out / "graphs" / f"{name}@{TARGET}"
+        report = compile_graph(export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out), target=TARGET),
+                               progress=lambda *_: None)
+        graph = graph_dir / "unet.onnx"
+        call = time_call(graph)
+        exact = verify_lowered(graph_dir, timesteps=verify_timesteps, batch=1)
+        check = check_graph(graph, TARGET)
+        rows.append({"preset": name, "graph": str(graph.relative_to(out)),
+                     "products": sum(k[1] for k in report.kernels),
+                     "accumulators": sum(k[2] for k in report.kernels),
+                     "accumulators_exact": exact.exact, "ops_verified": len(exact.ops),
+                     "violations": len(check.violations),
+                     # wall clock, kept apart (identical runs write identical summaries but for "seconds")
+                     "seconds": {"unet_call": call, "fp32_unet_call": fp32_call_s,
+                                 "qdq_unet_call": qdq_call_s.get(name)}})
+    return rows
+
+
+def run_hook(shared, results) -> list[dict]:
+    """`dgq run`: lower every configuration it compiled (not those adapted to a target) and measure them, from the
+    recipes and times the configurations wrote. Real-size models (configurations in child processes, see
+    run_child.py) are left out: a lowered session beside the parent's pipeline is the memory the children avoid;
+    benchmarks/deploy_lowering.py measures that size."""
+    from dgq_compiler.recipe import Recipe
+    from dgq_compiler.run_child import use_children
+    from dgq_compiler.run_config import _median_call_s
+    from dgq_compiler.sampling import onnx_predictor
+
+    if use_children(shared.pipe.unet):
+        return []
+    recipes = {r.preset: Recipe.load(shared.out / r.recipe) for r in results if "@" not in r.preset}
+    if not recipes:
+        return []
+    steps = list(next(iter(recipes.values())).timesteps)
+    fp32 = next((r.seconds.get("fp32_unet_call") for r in results if r.seconds.get("fp32_unet_call")), None)
+    return lowered_rows(shared.export_dir, shared.out, recipes,
+                        lambda graph: _median_call_s(onnx_predictor(graph), shared.calls), fp32,
+                        {r.preset: r.seconds.get("unet_call") for r in results}, [steps[0], steps[-1]])
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def deploy_section(summary: dict) -> list[str]:
+    """Markdown lines of the section (none when the run lowered nothing)."""
+    rows = summary.get("deploy") or []
+    if not rows:
+        return []
+    head = ["configuration", "integer products", "int32 accumulators", "UNet call s", "vs fp32", "vs its QDQ graph",
+            "accumulators = simulator", f"{TARGET} violations"]
+    body = [[r["preset"], r["products"], r["accumulators"], f"{r['seconds']['unet_call']:.3f}",
+             _ratio(r["seconds"]["unet_call"], r["seconds"]["fp32_unet_call"]),
+             _ratio(r["seconds"]["unet_call"], r["seconds"]["qdq_unet_call"]),
+             f"yes ({r['ops_verified']} ops)" if r["accumulators_exact"] else "NO", r["violations"]] for r in rows]
+    from dgq_compiler.report.markdown import _table  # the report's one table format (markdown imports this module)
+
+    return ["## Deployment: integer lowering for onnxruntime", "",
+            f"Each configuration compiled with `dgq compile --target {TARGET}`: every quantized Conv/Linear as uint8 "
+            "codes x int8 weights in MatMulInteger (int32 accumulators) with a float epilogue, run in a default "
+            "onnxruntime session (no options). UNet call: median wall time of one call on this machine, against "
+            "the fp32 graph and the configuration's QDQ graph in the same kind of session; accumulators compared "
+            "with the simulator's integer kernels bit for bit (`dgq verify --target onnxruntime-cpu`). Graphs: "
+            f"`graphs/<configuration>@{TARGET}/`.", "", _table(head, body), ""]

@@ -1,0 +1,78 @@
+"""The ILP bit allocation: budgets respected, the optimum found where a greedy choice is not."""
+import itertools
+
+import pytest
+
+from dgq_compiler.errors import DgqError
+from dgq_compiler.mixdq.allocate import Allocation, Budget, achieved, allocate, objective, random_allocation
+from dgq_compiler.mixdq.sensitivity import LayerSensitivity, SensitivityTable
+
+
+def _table(rows):
+    """rows: (params, macs, S_w4, S_w8, S_a6, S_a8)."""
+    layers = tuple(LayerSensitivity(f"layer{i}", "content", p, m, {"4": w4, "8": w8}, {"6": a6, "8": a8})
+                   for i, (p, m, w4, w8, a6, a8) in enumerate(rows))
+    return SensitivityTable("test", "0" * 64, "mixdq-w4a8", 4, 2, layers, {"content": 1.0, "alignment": 1.0})
+
+
+# A knapsack a greedy (sensitivity per parameter) choice gets wrong: layer0 has the best ratio (4/400 bits), but
+# widening it leaves no room; widening layers 1 and 2 (2.5 + 2.5 within the same 600 extra bits) is optimal.
+KNAPSACK = _table([(100, 10, 4.0, 0.0, 0.0, 0.0), (75, 10, 2.5, 0.0, 0.0, 0.0), (75, 10, 2.5, 0.0, 0.0, 0.0)])
+
+
+def test_ilp_picks_the_known_optimum_and_respects_the_size_budget():
+    allocation = allocate(KNAPSACK, Budget(weight_bits=6.4))
+    assert allocation.layers == {"layer0": (4, 8), "layer1": (8, 8), "layer2": (8, 8)}
+    assert allocation.objective == pytest.approx(4.0)
+    assert allocation.achieved["weight_bits"] == pytest.approx(6.4) and allocation.achieved["weight_bits"] <= 6.4 + 1e-9
+    # brute force over every assignment agrees
+    best = min(sum(s for s, w in zip((4.0, 2.5, 2.5), ws) if w == 4)
+               for ws in itertools.product((4, 8), repeat=3)
+               if sum(p * w for p, w in zip((100, 75, 75), ws)) <= 6.4 * 250)
+    assert allocation.objective == pytest.approx(best)
+
+
+@pytest.mark.parametrize("bits, wide", [(4.0, 0), (5.0, 0), (6.0, 1), (8.0, 3)])
+def test_size_budget_sweeps_from_all_narrow_to_all_wide(bits, wide):
+    allocation = allocate(KNAPSACK, Budget(weight_bits=bits))
+    assert sum(w == 8 for w, _a in allocation.layers.values()) == wide
+    assert allocation.achieved["weight_bits"] <= bits + 1e-9
+
+
+def test_activation_and_bops_budgets_choose_input_widths():
+    # layer0 is cheap in MACs but sensitive at A6; layer1 is MAC-heavy and insensitive: it takes A6
+    table = _table([(10, 100, 0.0, 0.0, 9.0, 0.0), (10, 900, 0.0, 0.0, 1.0, 0.0)])
+    allocation = allocate(table, Budget(act_bits=7.0))
+    assert allocation.layers == {"layer0": (8, 8), "layer1": (8, 6)}
+    assert allocation.achieved["act_bits"] == pytest.approx((100 * 8 + 900 * 6) / 1000)
+    bops = allocate(table, Budget(bops_per_mac=40.0))  # w x a per MAC <= 40 forces the heavy layer down
+    assert bops.achieved["bops_per_mac"] <= 40.0 + 1e-9
+    assert bops.layers["layer0"] == (8, 8)
+
+
+def test_bad_budgets_are_clear_errors():
+    with pytest.raises(DgqError, match="weight_bits must be in 4..8"):
+        Budget(weight_bits=3.0)
+    with pytest.raises(DgqError, match="bops_per_mac must be in 24..64"):
+        Budget(bops_per_mac=20.0)
+
+
+def test_random_allocation_is_no_larger_and_no_better_than_the_ilp(tmp_path):
+    rows = [(10 * (i + 1), 50, 1.0 / (i + 1), 0.0, 0.0, 0.0) for i in range(12)]
+    table = _table(rows)
+    best = allocate(table, Budget(weight_bits=5.0))
+    for seed in range(5):
+        rand = random_allocation(table, best, seed=seed)
+        assert rand.achieved["weight_bits"] <= best.achieved["weight_bits"] + 1e-9
+        assert rand.objective >= best.objective - 1e-12
+        assert rand.objective == pytest.approx(objective(table, rand.layers))
+        assert achieved(table, rand.layers) == rand.achieved
+    assert random_allocation(table, best, seed=1).layers == random_allocation(table, best, seed=1).layers
+    path = best.save(tmp_path / "alloc.json")
+    loaded = Allocation.load(path)
+    assert loaded == best and path.read_bytes() == best.save(tmp_path / "again.json").read_bytes()
+    with pytest.raises(DgqError, match="exists"):
+        best.save(path)
+    path.write_text(path.read_text().replace('"weight_bits": 8', '"weight_bits": 6', 1))
+    with pytest.raises(DgqError, match="W6A8"):
+        Allocation.load(path)
