@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-METHOD_NAMES = {"dgq": "DGQ", "qdiffusion": "Q-Diffusion", "tfmq": "TFMQ"}
+METHOD_NAMES = {"dgq": "DGQ", "qdiffusion": "Q-Diffusion", "tfmq": "TFMQ", "mixdq": "MixDQ"}
 FP_LABEL = "FP32"
 
 
@@ -20,13 +20,18 @@ def describe(label: str, config, recipe, inventory, steps: int) -> dict:
                 "tbops_paper": row.tbops, "model_size_bytes": row.model_size_bytes}
     target = label.partition("@")[2]
     groups = 1 if target else config.groups  # a target adaptation makes activations per tensor
+    method = METHOD_NAMES.get(config.method, config.method) + (" + MixDQ" if config.method == "dgq" and
+                                                               config.mixed else "")
+    method += (" + EDA-DM" if config.reconstruct else "") + (f" @{target}" if target else "")
+    described = {"label": label, "method": method, "groups": groups if config.method == "dgq" and not target else None}
+    if config.mixed:  # per-layer widths: the paper convention's one b_w x b_a does not apply
+        widths = f"{config.mixed_weight_bits or config.weight_bits:g}/{config.mixed_act_bits or config.act_bits:g}"
+        return {**described, "bits": widths + " (mean)", "tbops_paper": float("nan"), "model_size_bytes": 0}
     weight_bits, act_bits = compiled_bits(recipe, config)
     row = cost_row(inventory, f"W{weight_bits}A{act_bits}", groups=groups, steps=steps,
                    convention="paper", shared_group_map=config.shared_group_map and not target)
-    method = METHOD_NAMES[config.method] + (f" @{target}" if target else "")
-    return {"label": label, "method": method, "bits": f"{weight_bits}/{act_bits}",
-            "groups": groups if config.method == "dgq" and not target else None,
-            "tbops_paper": row.tbops, "model_size_bytes": row.model_size_bytes}
+    return {**described, "bits": f"{weight_bits}/{act_bits}", "tbops_paper": row.tbops,
+            "model_size_bytes": row.model_size_bytes}
 
 
 def score_rows(stage, rows: list[tuple], inventory, steps: int, show_progress: bool = True) -> dict:
@@ -58,9 +63,16 @@ def quality_for_run(shared, results: list, stats, figures_dir: Path) -> dict:
         return {"skipped": reason}
     stage = QualityStage(shared.pipe, quality_options)
     rows = [(FP_LABEL, None, None, shared.export_dir / "unet.onnx")]
-    rows += [(r.preset, preset(r.preset.partition("@")[0]), shared.recipes[r.preset], shared.out / r.graph)
+    rows += [(r.preset, preset(r.preset.partition("@")[0]), _recipe(shared, r), shared.out / r.graph)
              for r in results]
     quality = score_rows(stage, rows, shared.inventory, steps=len(stats.timesteps))
     quality["figure"] = quality_grid(stage.images, {n: s.prompts for n, s in stage.sets.items()},
                                      figures_dir / "quality_images.png").name
     return quality
+
+
+def _recipe(shared, result):
+    """A configuration's recipe: in memory, or from its file when it was built in a child process."""
+    from dgq_compiler.recipe import Recipe
+
+    return shared.recipes.get(result.preset) or Recipe.load(shared.out / result.recipe)

@@ -66,7 +66,7 @@ def grouping_figure(summary: dict, set_name: str, path: Path) -> Path:
                 xs = np.array([r["factors"]["groups"] for r in points], dtype=float)
                 values = np.array([r["scores"][set_name][metric]["value"] for r in points])
                 errors = np.array([[v - r["scores"][set_name][metric]["low"], r["scores"][set_name][metric]["high"] - v]
-                                   for v, r in zip(values, points)]).T
+                                   for v, r in zip(values, points)]).T.clip(0)
                 offset = {"channel": 0.94, "pixel": 1.0, "auto": 1.06}[dim]  # side by side, error bars readable
                 ax.errorbar(xs * offset, values, yerr=errors, color=color, marker=marker, capsize=2, linewidth=1,
                             label=DIMENSION_TITLES[dim])
@@ -98,7 +98,7 @@ def attention_figure(summary: dict, set_name: str, path: Path) -> Path:
             ax = axes[row_index][col]
             values = np.array([r["scores"][set_name][metric]["value"] for r in rows])
             errors = np.array([[v - r["scores"][set_name][metric]["low"], r["scores"][set_name][metric]["high"] - v]
-                               for v, r in zip(values, rows)]).T
+                               for v, r in zip(values, rows)]).T.clip(0)
             colors = ["tab:gray" if r["factors"]["quantizer"] == "uniform" else
                       ("tab:green" if r["factors"]["dynamic"] else "tab:purple") for r in rows]
             ax.bar(np.arange(len(rows)), values, yerr=errors, color=colors, capsize=3,

@@ -35,8 +35,15 @@ def table2_rows(quality: dict, metrics=("frechet", "alignment", "is_like")) -> t
         scores = quality["configs"][row["label"]]
         rows.append([row["method"], row["label"], row["bits"], row["groups"] or "-",
                      *[metric_cell(scores[s], m) for s in sets for m in metrics],
-                     f"{row['tbops_paper']:.4g}", f"{row['model_size_bytes'] / 1e6:.3f}"])
+                     *_cost_cells(row)])
     return headers, rows
+
+
+def _cost_cells(row: dict) -> list[str]:
+    """TBOPs and size; mixed-precision rows have per-layer widths: their exact cost is in the summary table."""
+    if row["tbops_paper"] != row["tbops_paper"]:  # NaN
+        return ["per layer (see Summary)", "per layer (see Summary)"]
+    return [f"{row['tbops_paper']:.4g}", f"{row['model_size_bytes'] / 1e6:.3f}"]
 
 
 def separation_rows(quality: dict) -> tuple[list[str], list[list]]:
