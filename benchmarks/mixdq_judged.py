@@ -229,12 +229,23 @@ def main() -> None:
 
     front = {"ILP (mixdq-wXa8)": [], "random, no larger": []}
     table = tables["mixdq-w5a8"]
+    # per-layer weights are quantized independently: a W4 and a W8 recipe (same A8 inputs) assemble any allocation,
+    # exactly what quantize_stats(widths=...) gives, without re-running the weight search per allocation
+    uniform = {w: quantize_stats(stats, preset(f"mixdq-w{w}a8"), unet)[0] for w in (4, 8)}
+
+    def assembled(widths):
+        from dataclasses import replace as _replace
+
+        tensors = dict(uniform[8].tensors)
+        for module, (w, _a) in widths.items():
+            tensors[(module, "weight")] = uniform[w].tensors[(module, "weight")]
+        return _replace(uniform[8], tensors=tensors)
+
     for bits in args.front_bits:
         best = allocate(table, Budget(weight_bits=bits))
         for label, alloc in [("ILP (mixdq-wXa8)", best)] + [("random, no larger", random_allocation(table, best, s))
                                                               for s in range(args.front_random)]:
-            recipe, _ = quantize_stats(stats, preset("mixdq-w5a8"), unet, widths=alloc.widths())
-            with apply_recipe(unet, recipe):
+            with apply_recipe(unet, assembled(alloc.widths())):
                 front[label].append((alloc.achieved["weight_bits"], mean_snr(torch_predictor(unet), calls)))
     front_figure(front, work / "front.png", "mean noise-prediction SNR (dB), held-out prompts",
                  "MixDQ size vs quality: ILP and random allocations (A8, torch fake-quant)")
