@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--front-bits", type=lambda t: [float(b) for b in t.split(",")], default=list(FRONT_BITS),
                     help="budgets of the measured front, comma-separated average weight bits")
     ap.add_argument("--front-random", type=int, default=2, help="random allocations per budget on the front")
+    ap.add_argument("--no-w8", action="store_true", help="leave out the W8A8 references (mixdq-w8a8, tfmq-w8a8)")
     args = ap.parse_args()
 
     import torch
@@ -174,8 +175,9 @@ def main() -> None:
             rand = random_allocation(table, best, seed=seed)
             configs[f"{mixed_name}-random{seed}"] = (mixed, rand.widths())
             allocations[f"{mixed_name}-random{seed}"] = rand
-    configs["mixdq-w8a8"] = (preset("mixdq-w8a8"), None)
-    configs["tfmq-w8a8"] = (preset("tfmq-w8a8"), None)
+    if not args.no_w8:
+        configs["mixdq-w8a8"] = (preset("mixdq-w8a8"), None)
+        configs["tfmq-w8a8"] = (preset("tfmq-w8a8"), None)
 
     results = {}
     (work / "results").mkdir(exist_ok=True)
