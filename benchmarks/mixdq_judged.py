@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--front-bits", type=lambda t: [float(b) for b in t.split(",")], default=list(FRONT_BITS),
                     help="budgets of the measured front, comma-separated average weight bits")
     ap.add_argument("--front-random", type=int, default=2, help="random allocations per budget on the front")
+    ap.add_argument("--torch-only", type=lambda t: t.split(","), default=[],
+                    help="configurations measured by torch fake-quant SNR only (no compile, verify, images)")
     ap.add_argument("--no-w8", action="store_true", help="leave out the W8A8 references (mixdq-w8a8, tfmq-w8a8)")
     args = ap.parse_args()
 
@@ -191,6 +193,11 @@ def main() -> None:
         recipe, _ = quantize_stats(stats, config, unet, widths=widths)
         with apply_recipe(unet, recipe):
             torch_snr = mean_snr(torch_predictor(unet), calls)
+        if label in args.torch_only:  # no compile / verify / images: the torch fake-quant SNR alone
+            results[label] = {"config": config.name, "noise_snr_db_torch_fakequant": torch_snr, "torch_only": True,
+                              "allocation": allocations[label].achieved if label in allocations else None}
+            print(f"{label}: torch fake-quant SNR {torch_snr:.2f} dB (not compiled in this run)", flush=True)
+            continue
         graph_dir = work / "graphs" / label
         compile_graph(Path(args.export), recipe, graph_dir, CompileOptions(overwrite=True), progress=lambda *_: None)
         graph = graph_dir / "unet.onnx"
@@ -220,6 +227,8 @@ def main() -> None:
               f"{row.model_size_bytes / 1e6:.3f} MB ({time.perf_counter() - t0:.0f} s)", flush=True)
     base = np.array(results["mixdq-w4a8"]["_align"])
     for label, r in results.items():
+        if "_align" not in r:
+            continue
         diff = np.array(r.pop("_align")) - base
         r["alignment_minus_mixdq_w4a8_ci95"] = interval(diff)
 
@@ -263,6 +272,9 @@ def main() -> None:
           f"{'W avg':>6s} verify")
     for label, r in results.items():
         w = r["allocation"]["weight_bits"] if r["allocation"] else float("nan")
+        if r.get("torch_only"):
+            print(f"{label:34s} {'-':>8s} {r['noise_snr_db_torch_fakequant']:9.2f}  (torch fake-quant only)")
+            continue
         print(f"{label:34s} {r['noise_snr_db_onnxruntime']:8.2f} {r['noise_snr_db_torch_fakequant']:9.2f} "
               f"{r['alignment']:6.3f} [{r['alignment_ci95'][0]:.3f}, {r['alignment_ci95'][1]:.3f}] "
               f"{r['model_size_bytes'] / 1e6:8.4f} {w:6.3f} {'pass' if r['verify_passed'] else 'FAIL'} "
