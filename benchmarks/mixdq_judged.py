@@ -108,6 +108,9 @@ def main() -> None:
     ap.add_argument("--front-bits", type=lambda t: [float(b) for b in t.split(",")], default=list(FRONT_BITS),
                     help="budgets of the measured front, comma-separated average weight bits")
     ap.add_argument("--front-random", type=int, default=2, help="random allocations per budget on the front")
+    ap.add_argument("--torch-only", type=lambda t: t.split(","), default=[],
+                    help="configurations measured by torch fake-quant SNR only (no compile, verify, images)")
+    ap.add_argument("--no-w8", action="store_true", help="leave out the W8A8 references (mixdq-w8a8, tfmq-w8a8)")
     args = ap.parse_args()
 
     import torch
@@ -174,8 +177,9 @@ def main() -> None:
             rand = random_allocation(table, best, seed=seed)
             configs[f"{mixed_name}-random{seed}"] = (mixed, rand.widths())
             allocations[f"{mixed_name}-random{seed}"] = rand
-    configs["mixdq-w8a8"] = (preset("mixdq-w8a8"), None)
-    configs["tfmq-w8a8"] = (preset("tfmq-w8a8"), None)
+    if not args.no_w8:
+        configs["mixdq-w8a8"] = (preset("mixdq-w8a8"), None)
+        configs["tfmq-w8a8"] = (preset("tfmq-w8a8"), None)
 
     results = {}
     (work / "results").mkdir(exist_ok=True)
@@ -189,6 +193,11 @@ def main() -> None:
         recipe, _ = quantize_stats(stats, config, unet, widths=widths)
         with apply_recipe(unet, recipe):
             torch_snr = mean_snr(torch_predictor(unet), calls)
+        if label in args.torch_only:  # no compile / verify / images: the torch fake-quant SNR alone
+            results[label] = {"config": config.name, "noise_snr_db_torch_fakequant": torch_snr, "torch_only": True,
+                              "allocation": allocations[label].achieved if label in allocations else None}
+            print(f"{label}: torch fake-quant SNR {torch_snr:.2f} dB (not compiled in this run)", flush=True)
+            continue
         graph_dir = work / "graphs" / label
         compile_graph(Path(args.export), recipe, graph_dir, CompileOptions(overwrite=True), progress=lambda *_: None)
         graph = graph_dir / "unet.onnx"
@@ -218,23 +227,37 @@ def main() -> None:
               f"{row.model_size_bytes / 1e6:.3f} MB ({time.perf_counter() - t0:.0f} s)", flush=True)
     base = np.array(results["mixdq-w4a8"]["_align"])
     for label, r in results.items():
+        if "_align" not in r:
+            continue
         diff = np.array(r.pop("_align")) - base
         r["alignment_minus_mixdq_w4a8_ci95"] = interval(diff)
 
+    fast = dict(weight_method="minmax")  # only the activation quantizers matter here
     text = text_embedding_error(pipe, prompts, {
-        "plain per-tensor (tfmq-w8a8)": quantize_stats(stats, preset("tfmq-w8a8"), unet)[0],
-        "BOS-aware (mixdq-w8a8)": quantize_stats(stats, preset("mixdq-w8a8"), unet)[0],
-        "plain per-tensor A6 (tfmq-w8a6)": quantize_stats(stats, preset("tfmq-w8a6"), unet)[0],
-        "BOS-aware A6": quantize_stats(stats, preset("mixdq-w8a8").replace(act_bits=6), unet)[0]})
+        "plain per-tensor (tfmq-w8a8)": quantize_stats(stats, preset("tfmq-w8a8").replace(**fast), unet)[0],
+        "BOS-aware (mixdq-w8a8)": quantize_stats(stats, preset("mixdq-w8a8").replace(**fast), unet)[0],
+        "plain per-tensor A6 (tfmq-w8a6)": quantize_stats(stats, preset("tfmq-w8a6").replace(**fast), unet)[0],
+        "BOS-aware A6": quantize_stats(stats, preset("mixdq-w8a8").replace(act_bits=6, **fast), unet)[0]})
 
     front = {"ILP (mixdq-wXa8)": [], "random, no larger": []}
     table = tables["mixdq-w5a8"]
+    # per-layer weights are quantized independently: a W4 and a W8 recipe (same A8 inputs) assemble any allocation,
+    # exactly what quantize_stats(widths=...) gives, without re-running the weight search per allocation
+    uniform = {w: quantize_stats(stats, preset(f"mixdq-w{w}a8"), unet)[0] for w in (4, 8)}
+
+    def assembled(widths):
+        from dataclasses import replace as _replace
+
+        tensors = dict(uniform[8].tensors)
+        for module, (w, _a) in widths.items():
+            tensors[(module, "weight")] = uniform[w].tensors[(module, "weight")]
+        return _replace(uniform[8], tensors=tensors)
+
     for bits in args.front_bits:
         best = allocate(table, Budget(weight_bits=bits))
         for label, alloc in [("ILP (mixdq-wXa8)", best)] + [("random, no larger", random_allocation(table, best, s))
                                                               for s in range(args.front_random)]:
-            recipe, _ = quantize_stats(stats, preset("mixdq-w5a8"), unet, widths=alloc.widths())
-            with apply_recipe(unet, recipe):
+            with apply_recipe(unet, assembled(alloc.widths())):
                 front[label].append((alloc.achieved["weight_bits"], mean_snr(torch_predictor(unet), calls)))
     front_figure(front, work / "front.png", "mean noise-prediction SNR (dB), held-out prompts",
                  "MixDQ size vs quality: ILP and random allocations (A8, torch fake-quant)")
@@ -249,6 +272,9 @@ def main() -> None:
           f"{'W avg':>6s} verify")
     for label, r in results.items():
         w = r["allocation"]["weight_bits"] if r["allocation"] else float("nan")
+        if r.get("torch_only"):
+            print(f"{label:34s} {'-':>8s} {r['noise_snr_db_torch_fakequant']:9.2f}  (torch fake-quant only)")
+            continue
         print(f"{label:34s} {r['noise_snr_db_onnxruntime']:8.2f} {r['noise_snr_db_torch_fakequant']:9.2f} "
               f"{r['alignment']:6.3f} [{r['alignment_ci95'][0]:.3f}, {r['alignment_ci95'][1]:.3f}] "
               f"{r['model_size_bytes'] / 1e6:8.4f} {w:6.3f} {'pass' if r['verify_passed'] else 'FAIL'} "
