@@ -196,15 +196,16 @@ def random_allocation(table, like: Allocation, seed: int = 0) -> Allocation:
     free_w = budget.weight_bits is not None or budget.bops_per_mac is not None
     free_a = budget.act_bits is not None or budget.bops_per_mac is not None
     layers = {m: (lo_w if free_w else w, lo_a if free_a else a) for m, (w, a) in like.layers.items()}
-    limits = like.achieved
+    limits = {k: like.achieved[k] for k, v in budget.__dict__.items() if v is not None}  # the budgeted averages
     for index in rng.permutation(len(table.layers)):
         module = table.layers[int(index)].module
-        w, a = layers[module]
-        options = [(MIXED_WEIGHT_CHOICES[-1] if free_w else w, a), (w, MIXED_ACT_CHOICES[-1] if free_a else a)]
-        for option in options[int(rng.integers(2)):] + options[:int(rng.integers(2))]:
-            trial = dict(layers, **{module: option})
+        options = [(MIXED_WEIGHT_CHOICES[-1], None) if free_w else None, (None, MIXED_ACT_CHOICES[-1]) if free_a else None]
+        first = int(rng.integers(2))  # which width to try widening first, at random
+        for option in [o for o in options[first:] + options[:first] if o is not None]:
+            w, a = layers[module]
+            trial = dict(layers, **{module: (option[0] or w, option[1] or a)})
             reach = achieved(table, trial)
-            if all(reach[k] <= limits[k] * (1 + 1e-9) for k in reach):
+            if all(reach[k] <= limits[k] * (1 + 1e-9) for k in limits):
                 layers = trial
     return Allocation(table.model_name, table.config_sha256, "random", budget, layers, objective(table, layers),
                       achieved(table, layers))

@@ -76,3 +76,11 @@ def test_random_allocation_is_no_larger_and_no_better_than_the_ilp(tmp_path):
     path.write_text(path.read_text().replace('"weight_bits": 8', '"weight_bits": 6', 1))
     with pytest.raises(DgqError, match="W6A8"):
         Allocation.load(path)
+
+
+def test_random_allocation_widens_every_layer_it_can():
+    """Every layer is offered a wider width: at the full budget the random draw is all W8, at the narrowest all W4."""
+    table = _table([(10 * (i + 1), 50, 1.0, 0.0, 0.0, 0.0) for i in range(8)])
+    for seed in range(3):
+        assert set(random_allocation(table, allocate(table, Budget(weight_bits=8.0)), seed).layers.values()) == {(8, 8)}
+        assert set(random_allocation(table, allocate(table, Budget(weight_bits=4.0)), seed).layers.values()) == {(4, 8)}
