@@ -39,6 +39,11 @@ def use_children(unet) -> bool:
         return forced == "1"
     if forced:
         raise DgqError(f"{ENV_SWITCH} must be 0 or 1 (or unset: by model size), got {forced!r}")
+    return real_size(unet)
+
+
+def real_size(unet) -> bool:
+    """A UNet big enough that the run keeps one heavy thing in memory at a time (the children's threshold)."""
     return sum(p.numel() for p in unet.parameters()) >= CHILD_MIN_PARAMETERS
 
 

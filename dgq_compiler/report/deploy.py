@@ -45,15 +45,16 @@ def lowered_rows(export_dir: Path, out: Path, recipes: dict, time_call: Callable
 
 def run_hook(shared, results) -> list[dict]:
     """`dgq run`: lower every configuration it compiled (not those adapted to a target) and measure them, from the
-    recipes and times the configurations wrote. Real-size models (configurations in child processes, see
-    run_child.py) are left out: a lowered session beside the parent's pipeline is the memory the children avoid;
-    benchmarks/deploy_lowering.py measures that size."""
+    recipes and times the configurations wrote. Real-size models (those whose configurations run in child
+    processes by default, see run_child.py) are left out: a lowered session beside the parent's pipeline is the
+    memory the children avoid; benchmarks/deploy_lowering.py measures that size. The decision is by size alone, so
+    forcing child processes on a small model (DGQ_RUN_CHILD=1) writes the same summary."""
     from dgq_compiler.recipe import Recipe
-    from dgq_compiler.run_child import use_children
+    from dgq_compiler.run_child import real_size
     from dgq_compiler.run_config import _median_call_s
     from dgq_compiler.sampling import onnx_predictor
 
-    if use_children(shared.pipe.unet):
+    if real_size(shared.pipe.unet):
         return []
     recipes = {r.preset: Recipe.load(shared.out / r.recipe) for r in results if "@" not in r.preset}
     if not recipes:
