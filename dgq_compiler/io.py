@@ -12,8 +12,9 @@ from dgq_compiler.errors import DgqError
 from models import files
 from models.files import remove_stale_temporaries, sha256_file, sigterm_as_interrupt
 
-__all__ = ["atomic_path", "check_pair_writable", "check_writable", "manifest_file", "relative_path",
-           "remove_stale_temporaries", "report_json", "sha256_file", "sigterm_as_interrupt", "write_text_atomic"]
+__all__ = ["atomic_path", "check_pair_writable", "check_writable", "manifest_file", "output_manifest", "read_format_doc",
+           "relative_path", "remove_stale_temporaries", "report_json", "sha256_file", "sigterm_as_interrupt",
+           "write_format_doc", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -42,6 +43,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_format_doc(path: Path, doc: dict) -> Path:
+    """A small JSON document of ours (sorted keys, one trailing newline), written atomically."""
+    import json
+
+    write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_format_doc(path: str | Path, what: str, kind: str, fmt: str, version: int) -> dict:
+    """The JSON document at `path` if it is one of ours (`format` == fmt, `version` == version), else one
+    DgqError line naming `what` (e.g. "bit allocation 'a.json'") and the `kind` of file expected."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DgqError(f"{what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DgqError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt or doc.get("version") != version:
+        raise DgqError(f"{what} is not a dgq {kind} (format {fmt} version {version})")
+    return doc
+
+
 def manifest_file(path: str | Path, what: str) -> Path:
     """The `.json` manifest of a manifest + `.safetensors` pair, given either file's path."""
     path = Path(path)
@@ -50,6 +75,15 @@ def manifest_file(path: str | Path, what: str) -> Path:
     if path.suffix != ".json":
         raise DgqError(f"{what} path {str(path)!r} must name the manifest, ending in .json")
     return path
+
+
+def output_manifest(output: str, overwrite: bool = False) -> Path:
+    """A CLI's `--output` for a manifest + `.safetensors` pair: it must end in .json, and both files must be
+    writable (checked before any work starts)."""
+    out = Path(output)
+    if out.suffix != ".json":
+        raise DgqError(f"--output must name the manifest, ending in .json, got {output!r}")
+    return check_pair_writable(out, overwrite)
 
 
 def check_pair_writable(manifest: str | Path, overwrite: bool = False) -> Path:

@@ -26,3 +26,15 @@ def tiny_export_dir(tmp_path_factory, tiny_pipeline_dir):
     path = tmp_path_factory.mktemp("export") / "tiny"
     export_unet(load_unet(tiny_pipeline_dir), path, model_name="tiny", progress=lambda _msg: None)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's intra-op threads only add hand-off cost (and stall on a busy machine). A module
+    opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

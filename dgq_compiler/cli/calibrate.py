@@ -60,20 +60,16 @@ def parse_shard(text: str | None):
 
 def run(args) -> int:
     import time
-    from pathlib import Path
 
     from dgq_compiler.calibrate import distributed
     from dgq_compiler.calibrate.run import calibrate, open_pipeline, read_prompts, shard_indices
     from dgq_compiler.cli.argtypes import check_attention_memory
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_pair_writable
+    from dgq_compiler.io import output_manifest
     from dgq_compiler.run import resolve_model
 
-    out = Path(args.output)
-    if out.suffix != ".json":
-        raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
-    check_pair_writable(out, args.overwrite)
+    out = output_manifest(args.output, args.overwrite)
     prompts = read_prompts(args.prompts)
     if args.num_prompts is not None:
         prompts = prompts[: args.num_prompts]

@@ -17,17 +17,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from dgq_compiler.calibrate.stats import CalibrationStats, merge_stats
     from dgq_compiler.cli.table import format_table
-    from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_pair_writable
+    from dgq_compiler.io import output_manifest
 
-    out = Path(args.output)
-    if out.suffix != ".json":
-        raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
-    check_pair_writable(out, args.overwrite)
+    out = output_manifest(args.output, args.overwrite)
     parts = [CalibrationStats.load(p) for p in args.parts]
     merged = merge_stats(parts)
     merged.save(out, overwrite=args.overwrite)

@@ -27,14 +27,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import time
-    from pathlib import Path
 
     from dgq_compiler.calibrate.run import open_unet
     from dgq_compiler.calibrate.stats import CalibrationStats
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.config import PRESET_NAMES, resolve_config
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_pair_writable
+    from dgq_compiler.io import output_manifest
     from dgq_compiler.quantize import quantize_stats
     from dgq_compiler.run import resolve_model
 
@@ -43,10 +42,7 @@ def run(args) -> int:
         return 0
     if not args.stats or not args.output:
         raise DgqError("give a statistics file and -o RECIPE.json (or --list-presets)")
-    out = Path(args.output)
-    if out.suffix != ".json":
-        raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
-    check_pair_writable(out, args.overwrite)
+    out = output_manifest(args.output, args.overwrite)
     config = resolve_config(args.preset)
     stats = CalibrationStats.load(args.stats)
     widths = None

@@ -49,7 +49,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import time
-    from pathlib import Path
 
     from tqdm import tqdm
 
@@ -58,14 +57,11 @@ def run(args) -> int:
     from dgq_compiler.edadm.calset import select_calibration_set
     from dgq_compiler.edadm.reconstruct import ReconstructOptions, find_blocks, reconstruct_recipe
     from dgq_compiler.errors import DgqError
-    from dgq_compiler.io import check_pair_writable
+    from dgq_compiler.io import output_manifest
     from dgq_compiler.recipe import Recipe
     from dgq_compiler.run import default_prompt_files, resolve_model
 
-    out = Path(args.output)
-    if out.suffix != ".json":
-        raise DgqError(f"--output must name the manifest, ending in .json, got {args.output!r}")
-    check_pair_writable(out, args.overwrite)
+    out = output_manifest(args.output, args.overwrite)
     options = ReconstructOptions(iterations=args.iterations, learning_rate=args.learning_rate,
                                  layer_weight=args.layer_weight, activations=not args.no_activations, seed=args.seed)
     recipe = Recipe.load(args.recipe)  # a bad file fails here, before the pipeline loads

@@ -16,7 +16,6 @@ most the same size (the control the ILP must beat). Allocations are JSON (format
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import numpy as np
 
 from dgq_compiler.config import MIXED_ACT_CHOICES, MIXED_WEIGHT_CHOICES
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import check_writable, read_format_doc, write_format_doc
 
 FORMAT = "dgq-allocation"
 VERSION = 1
@@ -71,22 +70,13 @@ class Allocation:
                "method": self.method, "budget": self.budget.__dict__, "objective": self.objective,
                "achieved": self.achieved,
                "layers": {m: {"weight_bits": w, "act_bits": a} for m, (w, a) in sorted(self.layers.items())}}
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        return write_format_doc(path, doc)
 
     @classmethod
     def load(cls, path: str | Path) -> "Allocation":
         path = Path(path)
         what = f"bit allocation {str(path)!r}"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DgqError(f"{what} not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DgqError(f"{what} is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise DgqError(f"{what} is not a dgq bit allocation (format {FORMAT} version {VERSION})")
+        doc = read_format_doc(path, what, "bit allocation", FORMAT, VERSION)
         try:
             layers = {m: (e["weight_bits"], e["act_bits"]) for m, e in doc["layers"].items()}
             allocation = cls(doc["model"]["name"], doc["model"]["config_sha256"], doc["method"],

@@ -15,7 +15,6 @@ which halves the work. The table is JSON (format dgq-sensitivity), written atomi
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from dgq_compiler.config import MIXED_ACT_CHOICES, MIXED_WEIGHT_CHOICES, QuantConfig
 from dgq_compiler.errors import DgqError
-from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.io import check_writable, read_format_doc, write_format_doc
 from dgq_compiler.recipe import Recipe, reads_text_embedding
 
 FORMAT = "dgq-sensitivity"
@@ -68,22 +67,13 @@ class SensitivityTable:
                "config": self.config, "calls": self.calls, "prompts": self.prompts, "normaliser": self.normaliser,
                "measured": list(self.measured),
                "layers": [asdict(layer) for layer in self.layers]}
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        return path
+        return write_format_doc(path, doc)
 
     @classmethod
     def load(cls, path: str | Path) -> "SensitivityTable":
         path = Path(path)
         what = f"sensitivity table {str(path)!r}"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DgqError(f"{what} not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DgqError(f"{what} is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
-            raise DgqError(f"{what} is not a dgq sensitivity table (format {FORMAT} version {VERSION})")
+        doc = read_format_doc(path, what, "sensitivity table", FORMAT, VERSION)
         try:
             layers = tuple(LayerSensitivity(**entry) for entry in doc["layers"])
             table = cls(doc["model"]["name"], doc["model"]["config_sha256"], doc["config"], doc["calls"],

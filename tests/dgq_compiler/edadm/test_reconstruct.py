@@ -15,14 +15,7 @@ BLOCKS = ["down_blocks.1.resnets.0", "mid_block.attentions.0"]
 OPTIONS = ReconstructOptions(iterations=40, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
