@@ -13,11 +13,9 @@ time per node kind.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,21 +112,14 @@ def main() -> None:
         session = runtime.session(model, "default", threads=2, log_severity=3)
         session.run(None, feed)
         session.run(None, feed)
-        times = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - start)
+        times = runtime.timed_runs(session, feed, args.runs)
         kinds = {}
         if profile_dir:
             profiled = runtime.session(model, "default", threads=2, log_severity=3,
                                        profile_prefix=str(Path(profile_dir) / "attention"))
             profiled.run(None, feed)   # warm-up (arena growth) and one run: both profiled
             profiled.run(None, feed)
-            for event in json.loads(Path(profiled.end_profiling()).read_text()):
-                if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-                    op = event.get("args", {}).get("op_name", "?")
-                    kinds[op] = kinds.get(op, 0) + event["dur"]
+            kinds, _runs = runtime.kernel_time_by_op(profiled.end_profiling())
         return statistics.median(times), kinds
 
     rng = np.random.default_rng(0)

@@ -50,17 +50,8 @@ def time_graph(path: str, runs: int, profile_dir: str) -> dict:
     session = runtime.session(path, "default", threads=THREADS, profile_prefix=os.path.join(profile_dir, "profile"))
     startup = time.perf_counter() - start
     out = session.run(None, feed)[0]
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    profile = session.end_profiling()
-    kinds: dict = {}
-    for event in json.loads(Path(profile).read_text()):
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            op = event.get("args", {}).get("op_name", "?")
-            kinds[op] = kinds.get(op, 0) + event["dur"]
+    times = runtime.timed_runs(session, feed, runs)
+    kinds, _runs = runtime.kernel_time_by_op(session.end_profiling())
     peak = 0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +90,7 @@ def main() -> None:
         session = runtime.session(model, "default", threads=2, log_severity=3)
         session.run(None, feed)
         session.run(None, feed)
-        times = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times), session
+        return statistics.median(runtime.timed_runs(session, feed, args.runs)), session
 
     rng = np.random.default_rng(0)
     print(f"{'op':<36}{'fp32 ms':>9}{'tensor':>8}{'channel':>9}{'pixel':>8}{'fast':>7}{'fast err':>10}")

@@ -39,25 +39,13 @@ def measure_step(graph: Path, latent: int, runs: int, profile_dir: Path) -> tupl
     feed = runtime.example_feeds(header, latent, batch=2, seed=0, timestep=500.0)
     session = runtime.session(graph, "default")   # as a real client creates it
     session.run(None, feed)   # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
+    times = runtime.timed_runs(session, feed, runs)
     del session
     session = runtime.session(graph, "default", profile_prefix=profile_dir / graph.parent.name)
     session.run(None, feed)
     session.run(None, feed)
-    trace = json.loads(Path(session.end_profiling()).read_text())
-    by_type: dict = {}
-    runs_seen = 0
-    for event in trace:
-        if event.get("cat") == "Session" and event.get("name") == "model_run":
-            runs_seen += 1
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            op = event.get("args", {}).get("op_name", "?")
-            by_type[op] = by_type.get(op, 0.0) + event["dur"] * 1e-6
-    return statistics.median(times), {k: v / max(runs_seen, 1) for k, v in by_type.items()}
+    by_type, runs_seen = runtime.kernel_time_by_op(session.end_profiling())
+    return statistics.median(times), {k: v * 1e-6 / max(runs_seen, 1) for k, v in by_type.items()}
 
 
 def predict(graph: Path, latent: int, bits: str, groups: int, target, model: str | None) -> object:

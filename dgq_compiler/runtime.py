@@ -97,6 +97,34 @@ def run_all(sess, feeds: dict) -> dict:
     return dict(zip(names, sess.run(None, feeds)))
 
 
+def timed_runs(sess, feeds: dict, runs: int) -> list[float]:
+    """Wall seconds of `runs` calls of `sess` on `feeds` (warm the session up first)."""
+    import time
+
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def kernel_time_by_op(profile: str | Path) -> tuple[dict[str, float], int]:
+    """From an onnxruntime profile (`profile_prefix=` then `end_profiling()`): microseconds of kernel time per
+    op type, summed over the profiled runs, and how many runs that was."""
+    import json
+
+    kinds: dict[str, float] = {}
+    runs = 0
+    for event in json.loads(Path(profile).read_text()):
+        if event.get("cat") == "Session" and event.get("name") == "model_run":
+            runs += 1
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            kinds[op] = kinds.get(op, 0) + event["dur"]
+    return kinds, runs
+
+
 def example_feeds(model, latent, batch: int = 1, seed: int = 0, timestep: float = 500.0) -> dict:
     """Random inputs for an exported (or compiled) UNet graph: `sample` at the latent size (an int or (h, w)),
     `timestep` filled with `timestep`, SDXL's `time_ids` fixed, every other input standard normal; a fixed

@@ -79,3 +79,15 @@ def test_resolve_graph(tmp_path):
     assert runtime.resolve_graph(tmp_path / "unet.onnx") == tmp_path / "unet.onnx"
     with pytest.raises(DgqError, match=r"graph '.*missing' not found \(expected a compiled folder\)"):
         runtime.resolve_graph(tmp_path / "missing", "a compiled folder")
+
+
+def test_timed_runs_and_kernel_time_by_op_read_a_profiled_session(tmp_path):
+    sess = runtime.session(_model(), "default", profile_prefix=str(tmp_path / "profile"))
+    feeds = runtime.example_feeds(_model(), 4, batch=2)
+    sess.run(None, feeds)
+    times = runtime.timed_runs(sess, feeds, 3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    kinds, runs = runtime.kernel_time_by_op(sess.end_profiling())
+    assert runs == 4                                   # the warm-up and the three timed calls
+    assert "Conv" in kinds and all(us >= 0 for us in kinds.values())
+    assert "Relu" not in kinds   # kernels as onnxruntime ran them: the default session fuses Relu into the Conv
