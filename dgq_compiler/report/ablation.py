@@ -64,9 +64,7 @@ def grouping_figure(summary: dict, set_name: str, path: Path) -> Path:
             for dim, (color, marker) in DIMENSION_STYLE.items():
                 points = single + [r for r in rows if r["factors"]["dimension"] == dim]
                 xs = np.array([r["factors"]["groups"] for r in points], dtype=float)
-                values = np.array([r["scores"][set_name][metric]["value"] for r in points])
-                errors = np.array([[v - r["scores"][set_name][metric]["low"], r["scores"][set_name][metric]["high"] - v]
-                                   for v, r in zip(values, points)]).T.clip(0)
+                values, errors = _values_and_error_bars(points, set_name, metric)
                 offset = {"channel": 0.94, "pixel": 1.0, "auto": 1.06}[dim]  # side by side, error bars readable
                 ax.errorbar(xs * offset, values, yerr=errors, color=color, marker=marker, capsize=2, linewidth=1,
                             label=DIMENSION_TITLES[dim])
@@ -96,9 +94,7 @@ def attention_figure(summary: dict, set_name: str, path: Path) -> Path:
         labels = [_attention_label(r["factors"]) for r in rows]
         for row_index, metric in enumerate(("alignment", "frechet")):
             ax = axes[row_index][col]
-            values = np.array([r["scores"][set_name][metric]["value"] for r in rows])
-            errors = np.array([[v - r["scores"][set_name][metric]["low"], r["scores"][set_name][metric]["high"] - v]
-                               for v, r in zip(values, rows)]).T.clip(0)
+            values, errors = _values_and_error_bars(rows, set_name, metric)
             colors = ["tab:gray" if r["factors"]["quantizer"] == "uniform" else
                       ("tab:green" if r["factors"]["dynamic"] else "tab:purple") for r in rows]
             ax.bar(np.arange(len(rows)), values, yerr=errors, color=colors, capsize=3,
@@ -111,6 +107,14 @@ def attention_figure(summary: dict, set_name: str, path: Path) -> Path:
             ax.grid(alpha=0.3, axis="y")
     axes[0][0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def _values_and_error_bars(rows: list[dict], set_name: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's metric and its interval as matplotlib's [2, N] error bars (never negative)."""
+    scores = [r["scores"][set_name][metric] for r in rows]
+    values = np.array([s["value"] for s in scores])
+    errors = np.array([[s["value"] - s["low"], s["high"] - s["value"]] for s in scores]).T.clip(0)
+    return values, errors
 
 
 def _attention_label(f: dict) -> str:

@@ -9,19 +9,10 @@ from PIL import Image
 from dgq_compiler.cli.main import main
 from dgq_compiler.errors import DgqError
 from dgq_compiler.run import RunOptions
+from tests.summaries import without_timings
 
 ARGS = ["--presets", "dgq-w4a6-g16,tfmq-w8a8", "--num-prompts", "2", "--steps", "3", "--num-images", "2",
         "--images", "4"]
-
-
-def _numbers(summary: dict) -> dict:
-    """The summary without wall-clock times."""
-    drop = {"seconds"}
-    if isinstance(summary, dict):
-        return {k: _numbers(v) for k, v in summary.items() if k not in drop}
-    if isinstance(summary, list):
-        return [_numbers(v) for v in summary]
-    return summary
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +104,8 @@ def test_two_runs_give_the_same_numbers_and_byte_identical_graphs(two_runs):
     for rel in ("export/unet.onnx", "graphs/dgq-w4a6-g16/unet.onnx", "graphs/tfmq-w8a8/unet.onnx",
                 "recipes/dgq-w4a6-g16.safetensors", "calibration/stats.safetensors"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    assert _numbers(json.loads((a / "summary.json").read_text())) == \
-        _numbers(json.loads((b / "summary.json").read_text()))
+    assert without_timings(json.loads((a / "summary.json").read_text())) == \
+        without_timings(json.loads((b / "summary.json").read_text()))
 
 
 def test_existing_output_is_refused_before_any_work(capsys, two_runs):

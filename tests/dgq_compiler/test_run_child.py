@@ -10,17 +10,9 @@ import torch
 from dgq_compiler import run_child
 from dgq_compiler.errors import DgqError
 from dgq_compiler.run import RunOptions, run
+from tests.summaries import without_timings
 
 OPTIONS = dict(presets=("dgq-w8a8-g8",), num_prompts=1, steps=2, num_images=1, verify_timesteps=1)
-
-
-def _numbers(value):
-    """A summary without its wall-clock times."""
-    if isinstance(value, dict):
-        return {k: _numbers(v) for k, v in value.items() if k != "seconds"}
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +29,7 @@ def test_child_processes_write_what_the_in_process_run_writes(both_ways):
     in_process, children = both_ways
     a, b = (json.loads((d / "summary.json").read_text()) for d in both_ways)
     assert [c["preset"] for c in b["configs"]] == ["dgq-w8a8-g8", "dgq-w8a8-g8@tensorrt-int8"]
-    assert _numbers(a) == _numbers(b)
+    assert without_timings(a) == without_timings(b)
     assert all(c["verify_passed"] and c["layer_sqnr"] and c["step_snr"] for c in b["configs"])
     compared = 0
     for path in sorted(in_process.rglob("*")):
