@@ -365,3 +365,16 @@ def test_tap_processor_signature_as_diffusers_reads_it():
     real = list(inspect.signature(TapAttnProcessor.__call__).parameters)[1:]  # without self
     assert list(inspect.signature(processor.__call__).parameters) == real
     assert inspect.signature(processor.__call__) is inspect.signature(TapAttnProcessor("y", PassThroughTap()).__call__)
+
+
+def test_step_callback_ticks_once_per_denoising_step_and_changes_nothing(pipe):
+    """calibrate's progress bar ticks per step (a real-size prompt takes minutes on a CPU): the callback
+    sample_latents installs fires once per denoising step and leaves the latents bit for bit as they were."""
+    from dgq_compiler.calibrate.run import sample_latents, use_scheduler
+
+    use_scheduler(pipe, "pndm")
+    plain = sample_latents(pipe, PROMPTS[0], 0, steps=STEPS, guidance=7.5, seed=3)
+    ticks = []
+    ticked = sample_latents(pipe, PROMPTS[0], 0, steps=STEPS, guidance=7.5, seed=3, on_step=lambda: ticks.append(1))
+    assert len(ticks) == len(pipe.scheduler.timesteps) >= STEPS  # PNDM repeats one timestep: STEPS + 1 calls
+    assert np.array_equal(plain.numpy(), ticked.numpy())
