@@ -65,8 +65,12 @@ class CheckReport:
         return counts
 
 
+INLINE_ELEMENTS = 4_000_000  # external tensors up to this size are loaded; bigger ones (weights) stay in the file
+
+
 def load_for_analysis(path: str | Path) -> onnx.ModelProto:
-    """The graph with small tensors (tables, scales, zero points) loaded and big weights left external."""
+    """The graph with small tensors (tables, scales, zero points) loaded and big weights left external
+    (the analysis reads only their dims)."""
     path = Path(path)
     if not path.is_file():
         raise SimulatorError(f"graph {str(path)!r} does not exist")
@@ -77,7 +81,7 @@ def load_for_analysis(path: str | Path) -> onnx.ModelProto:
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
     for t in model.graph.initializer:
-        if uses_external_data(t) and int(np.prod(t.dims)) <= 4_000_000:
+        if uses_external_data(t) and int(np.prod(t.dims)) <= INLINE_ELEMENTS:
             load_external_data_for_tensor(t, str(path.parent))
             t.data_location = onnx.TensorProto.DEFAULT
             del t.external_data[:]

@@ -136,17 +136,18 @@ def analyse(model: onnx.ModelProto) -> GraphInfo:
         if not all(operands):
             continue
         mm = QuantMatmul(node.name, node.op_type, operands, fp_branch=fp)
-        w = g.array(g.producer[node.input[1]].input[0]) if node.input[1] in g.producer and \
-            g.producer[node.input[1]].input[0] in g.initializers else None
-        if node.op_type == "Conv" and w is not None:
-            mm.reduction = int(np.prod(w.shape[1:]))
-            mm.kernel = (int(w.shape[2]), int(w.shape[3]))
+        # the weight's shape from its initializer's dims: a real-size weight stays in the external data file
+        weight = g.producer[node.input[1]].input[0] if node.input[1] in g.producer else None
+        shape = [int(d) for d in g.initializers[weight].dims] if weight in g.initializers else None
+        if node.op_type == "Conv" and shape is not None:
+            mm.reduction = int(np.prod(shape[1:]))
+            mm.kernel = (shape[2], shape[3])
             q = operands[0]
             if isinstance(q, Quantizer) and q.axis == "pixel" and mm.kernel != (1, 1):
                 info.pixel_kxk.setdefault(q.node, []).append(node.name)
-        elif w is not None:
+        elif shape is not None:
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            mm.reduction = int(w.shape[1] if trans_b else w.shape[0])
+            mm.reduction = shape[1] if trans_b else shape[0]
         info.matmuls.append(mm)
     return info
 

@@ -80,3 +80,32 @@ def test_verify_fails_beyond_tolerance_and_bad_target_is_a_one_line_error(graphs
     err = capsys.readouterr().err
     assert "'epilogue.rounding'" in err and len(err.strip().splitlines()) == 1
     assert main(["check", str(tmp_path / "missing"), "--target", "generic-npu"]) == 2
+
+
+def test_check_and_verify_leave_big_weights_in_the_external_file(qdq, tmp_path, monkeypatch, capsys):
+    """Real-size graphs keep weights above check.INLINE_ELEMENTS in unet.onnx.data: the analysis must take their
+    shapes from the initializers' dims (reading their values failed on every SDXL compile), from any directory."""
+    import simulator.check
+
+    model, _ = qdq.conv(axis="pixel", bits=6, w_bits=8)  # int8 weights: stored as raw data, so they go external
+    inline, external = tmp_path / "inline", tmp_path / "external"
+    for folder in (inline, external):
+        folder.mkdir()
+    onnx.save(model, str(inline / "unet.onnx"))
+    onnx.save(model, str(external / "unet.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="unet.onnx.data", size_threshold=0)
+    monkeypatch.setattr(simulator.check, "INLINE_ELEMENTS", 200)  # the conv weight (360 values) stays external
+    analysed = simulator.check.load_for_analysis(external / "unet.onnx")
+    assert [list(t.dims) for t in analysed.graph.initializer if t.external_data] == [[5, 8, 3, 3]]
+    monkeypatch.chdir(tmp_path)  # external locations resolve against the graph's folder, not the working directory
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(json.dumps({"name": "narrow", "accumulator_bits": 16,
+                                  "activations": {"bits": [6, 8], "granularity": ["tensor", "pixel"], "max_groups": 8,
+                                                  "pixel_groups_kxk_conv": True, "scale_sources": ["computed"],
+                                                  "per_step_group_maps": True},
+                                  "weights": {"bits": [8]}}))
+    (acc,) = check_graph(str(external / "unet.onnx"), str(narrow)).accumulators
+    assert acc.reduction == 72 and acc.may_overflow  # K from the external weight's dims: 8 channels x 3 x 3
+    assert acc == check_graph(str(inline / "unet.onnx"), str(narrow)).accumulators[0]
+    assert main(["verify", str(external), "--target", "generic-npu"]) == 0
+    assert "PASS" in capsys.readouterr().out
