@@ -50,7 +50,7 @@ def run(args) -> int:
         return _run_lowered(args, graph, lowered_for)
     target = load_target(args.target)  # a bad target name fails before the progress bar starts
     quiet_onnxruntime()
-    bar = tqdm(desc="verify", unit="run", leave=False)
+    bar = tqdm(desc="verify", unit="stage", leave=False)
 
     def progress(msg):
         bar.set_postfix_str(msg)

@@ -166,6 +166,7 @@ def verify_graph(graph: str | Path, target="generic-npu", timesteps=None, batch:
                for q in info.quantizers}
     code_types = {q.code_tensor: q.code_type for q in info.quantizers}
     start = time.perf_counter()
+    progress("loading the graph into onnxruntime and the simulator ...")  # minutes at SDXL size: say so
     session = runtime.session(runtime.with_outputs(model, code_types), "basic", base_dir=graph.parent,
                               log_severity=4)  # fatal only: a run failure is reported as our one line
     full = onnx.load(str(graph))  # with weights, for the simulator
