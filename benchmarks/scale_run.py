@@ -58,7 +58,9 @@ def main() -> None:
 
         def report():
             while not done.wait(30):
-                print(f"[memory] {time.perf_counter() - start:.0f} s: now {tree_pss(child.pid) / 1024**3:.2f} GB, "
+                now = tree_pss(child.pid)
+                tree.peak = max(tree.peak, now)  # a sample too (the sampler thread may lag on a starved machine)
+                print(f"[memory] {time.perf_counter() - start:.0f} s: now {now / 1024**3:.2f} GB, "
                       f"peak {tree.peak / 1024**3:.2f} GB", flush=True)
 
         threading.Thread(target=report, daemon=True).start()
