@@ -9,8 +9,9 @@ reports the largest single descendant.
 Cheap enough not to perturb what it measures: smaps_rollup walks every page of a process (for a 10 GB
 export, a sampler reading it five times a second took a third of the CPU the export got on a loaded
 machine), so each sample first sums VmRSS (O(1) per process, read from /proc/PID/status) and reads Pss only
-when that sum exceeds the peak so far: Pss <= Rss, so no other sample can raise the peak. The tree is
-found from /proc/PID/task/TID/children, not by reading every process's stat.
+when that sum exceeds the peak so far (Pss <= Rss, so no other sample can raise the peak) and grew by
+RSS_STEP since the last reading or PSS_EVERY seconds passed. The tree is found from
+/proc/PID/task/TID/children, not by reading every process's stat.
 """
 from __future__ import annotations
 
@@ -96,6 +97,10 @@ def tree_pss(pid: int) -> int:
     return sum(_pss_kb(p) for p in descendants(pid)) * 1024
 
 
+PSS_EVERY = 5.0  # seconds between Pss readings of a tree whose Rss stays put
+RSS_STEP = 32 * 2**20  # Rss growth that triggers a reading sooner (a resolution far below the GB budgets)
+
+
 class PeakTreePss:
     """`with PeakTreePss(pid) as mem: ...` then mem.peak (bytes): the largest sum of Pss over the tree seen."""
 
@@ -104,9 +109,15 @@ class PeakTreePss:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
+        read_at, read_rss = 0.0, 0  # when Pss was last read, and the tree's Rss then
         while not self._stop.is_set():
-            if tree_rss(self.pid) > self.peak:  # else Pss (<= Rss) cannot be a new peak: skip the page walk
+            rss = tree_rss(self.pid)
+            # Pss <= Rss: below the peak nothing can be new. Above it (Rss counts whole shared pages, so a steady
+            # tree sits a little above its Pss peak), read again only when Rss grew by RSS_STEP since the last
+            # reading, or every PSS_EVERY seconds (a sharer outside the tree may have ended)
+            if rss > self.peak and (rss > read_rss + RSS_STEP or time.monotonic() - read_at >= PSS_EVERY):
                 self.peak = max(self.peak, tree_pss(self.pid))
+                read_at, read_rss = time.monotonic(), rss
             self._stop.wait(self.interval)
 
     def __enter__(self):
