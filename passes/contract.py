@@ -17,7 +17,8 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
    calibrated scale. In a lowered graph (`--target onnxruntime-cpu`) a pair whose codes feed only its DequantizeLog
    is one node, `dgq.QuantizeDequantizeLog` named `{prefix}/QuantizeDequantizeLog` with the QuantizeLog's metadata
    (quantizer and dequantizer at once; passes/fuse_log_quantizers.py); its body needs opset 26 (BitCast), so
-   lowered graphs import opset 26. Pixel/token group maps are defined on the calibrated grid and resampled to the run-time
+   lowered graphs import opset 26.
+   Pixel/token group maps are defined on the calibrated grid and resampled to the run-time
    size by `{prefix}/resample/*` nodes and `{prefix}/group_map/Resample` (passes/pixel_groups.py).
 3. **Quantizer metadata.** Every QuantizeLinear / QuantizeLog node carries `metadata_props`: `dgq.module`,
    `dgq.role`, `dgq.bits`, `dgq.axis`, `dgq.quantizer` (uniform | log2) and, for log2, `dgq.dynamic` (0/1):

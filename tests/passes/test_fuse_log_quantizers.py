@@ -35,7 +35,8 @@ def _attention(codes_out: bool = False) -> onnx.ModelProto:
         q,
         helper.make_node(DEQUANTIZE_LOG, ["codes", "s"], ["a"], name=f"{PREFIX}/DequantizeLog", domain=LOG_DOMAIN),
         helper.make_node("QuantizeLinear", ["v", "v_scale", "v_zero"], ["v_codes"], name="dgq/blocks.0.attn1/v/Q"),
-        helper.make_node("DequantizeLinear", ["v_codes", "v_scale", "v_zero"], ["v_dq"], name="dgq/blocks.0.attn1/v/DQ"),
+        helper.make_node("DequantizeLinear", ["v_codes", "v_scale", "v_zero"], ["v_dq"],
+                         name="dgq/blocks.0.attn1/v/DQ"),
         helper.make_node("MatMul", ["a", "v_dq"], ["out"], name="/blocks.0/attn1/MatMul_1"),
     ]
     inits = [numpy_helper.from_array(np.array([-2, -1], np.int64), "axes"),
@@ -44,9 +45,9 @@ def _attention(codes_out: bool = False) -> onnx.ModelProto:
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 8, 5])]
     if codes_out:
         outputs.append(helper.make_tensor_value_info("codes", TensorProto.UINT8, [4, 8, 6]))
-    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [4, 8, 6]),
-                                                   helper.make_tensor_value_info("v", TensorProto.FLOAT, [4, 6, 5])],
-                              outputs, inits)
+    inputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [4, 8, 6]),
+              helper.make_tensor_value_info("v", TensorProto.FLOAT, [4, 6, 5])]
+    graph = helper.make_graph(nodes, "attention", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(LOG_DOMAIN, 1)],
                              ir_version=10, functions=log_functions())
 
@@ -112,7 +113,8 @@ def test_the_simulator_reads_and_runs_the_fused_node_as_the_pair():
     fused, _ctx = _fused(model)
     info = analyse(fused)
     log = [q for q in info.quantizers if q.quantizer == "log2"]
-    assert len(log) == 1 and log[0].scale_source == "dynamic" and log[0].dequantizer == log[0].node == f"{PREFIX}/{QUANTIZE_DEQUANTIZE_LOG}"
+    assert len(log) == 1 and log[0].scale_source == "dynamic"
+    assert log[0].dequantizer == log[0].node == f"{PREFIX}/{QUANTIZE_DEQUANTIZE_LOG}"
     assert [m.node for m in info.matmuls] == ["/blocks.0/attn1/MatMul_1"]
     feed = _feed()
     want = Simulator(model).run(feed).outputs["out"]
