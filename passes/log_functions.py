@@ -5,11 +5,13 @@
 Accelerator toolchains match the functions by name; onnxruntime and onnx.reference run the bodies.
 
 The rounding is computed exactly, the way integer hardware does it (X/S = m * 2^E, q = -E - [m > sqrt 2]):
-with r = X / S (float32, as the simulator divides) and u = -ln(r) / ln 2 (float error < 1e-4 for every float32
-r > 0), k1 = floor(u + 1/2 + 2^-10) is the code k or k + 1 (the margin exceeds the error and 2 * margin < 1), and
-it is k + 1 exactly when r > 2^-(k1 - 1/2). That threshold is compared exactly: float32 2^-k1 * (2 * float32(1/sqrt 2)
-rounded down) is the largest float32 below the irrational 2^-(k1 - 1/2) (for normal thresholds), so float error
-in Log never moves a code, and ties cannot occur.
+with r = X / S (float32, as the simulator divides) and r2 = r * 2^64 (exact, and normal for every r >= 2^-149, the
+smallest subnormal: a subnormal r keeps its value but Log and the threshold below need normal numbers),
+u = 64 - ln(r2) / ln 2 = -log2 r (float error < 1e-4), k1 = floor(u + 1/2 + 2^-10) is the code k or k + 1 (the
+margin exceeds the error and 2 * margin < 1), and it is k + 1 exactly when r2 > 2^(64 - k1 + 1/2). That threshold is
+compared exactly: float32 2^(64 - k1) * (2 * float32(1/sqrt 2) rounded down) is the largest float32 below the
+irrational 2^(64 - k1 + 1/2) (normal for k1 <= 190; r > 0 has k1 <= 150), so float error in Log never moves a code,
+and ties cannot occur. For x >= 0 (probabilities): a negative x has no logarithm.
 
 Powers of two 2^-k (k integral, -8 <= k <= 257) come from `exp2_neg_nodes`, not Pow: onnxruntime's Pow is a scalar
 libm loop (about 2.5x the time of the seven vectorised element-wise ops below on a [16, 1024, 1024] tensor) and was
@@ -58,6 +60,7 @@ def _const(name: str, value: float) -> onnx.NodeProto:
 
 
 EXP2_SHIFT = 64          # 2^(64 - k) stays a normal float32 for every k the functions use (k <= 190)
+R2_SHIFT = 64            # QuantizeLog works on r * 2^64: normal for every float32 r > 0
 VELTKAMP = float(2 ** 23 + 1)  # splits a float32 into its leading bit and the rest
 
 
@@ -89,20 +92,21 @@ def quantize_log_function(opset: int = BASE_OPSET) -> onnx.FunctionProto:
         max_code,
         helper.make_node("Cast", ["bits_i"], ["bits_f"], to=TensorProto.FLOAT),
         _const("one", 1.0), _const("zero", 0.0), _const("neg_inv_ln2", float(-1.0 / np.log(2.0))),
-        _const("half_up", 0.5 + LOG_MARGIN),
+        _const("half_up", R2_SHIFT + 0.5 + LOG_MARGIN), _const("r2_shift", 2.0 ** R2_SHIFT),
         helper.make_node("Neg", ["bits_f"], ["neg_bits"]),
         *exp2_neg_nodes("neg_bits", "levels"),
         helper.make_node("Sub", ["levels", "one"], ["hi"]),
         helper.make_node("Div", ["X", "S"], ["r"]),
-        helper.make_node("Log", ["r"], ["ln_r"]),
-        helper.make_node("Mul", ["ln_r", "neg_inv_ln2"], ["approx"]),
-        # k1 = floor(approx + 1/2 + margin): the code or one more (the margin exceeds the float error of approx)
+        helper.make_node("Mul", ["r", "r2_shift"], ["r2"]),
+        helper.make_node("Log", ["r2"], ["ln_r"]),
+        helper.make_node("Mul", ["ln_r", "neg_inv_ln2"], ["approx"]),             # -log2 r - 64
+        # k1 = floor(approx + 64 + 1/2 + margin): the code or one more (the margin exceeds the float error)
         helper.make_node("Add", ["approx", "half_up"], ["shifted"]),
         helper.make_node("Floor", ["shifted"], ["k1_raw"]),
         helper.make_node("Clip", ["k1_raw", "zero", "levels"], ["k1"]),  # bounded, so 2^-k1 below is finite
-        # one more than the code exactly when r > 2^-(k1 - 1/2) = 2^-k1 * sqrt 2
-        *exp2_neg_nodes("k1", "t", times=2 * INV_SQRT2_DOWN),
-        helper.make_node("Greater", ["r", "t"], ["above"]),
+        # one more than the code exactly when r > 2^-(k1 - 1/2), i.e. r2 > 2^(64 - k1) * sqrt 2
+        *exp2_neg_nodes("k1", "t", times=2.0 ** R2_SHIFT * 2 * INV_SQRT2_DOWN),
+        helper.make_node("Greater", ["r2", "t"], ["above"]),
         helper.make_node("Cast", ["above"], ["dec"], to=TensorProto.FLOAT),
         helper.make_node("Sub", ["k1", "dec"], ["q"]),
         helper.make_node("Clip", ["q", "zero", "hi"], ["q_clipped"]),
