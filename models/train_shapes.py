@@ -29,12 +29,13 @@ VAE_CHANNELS = (24, 48)
 # them all), the colour word and the shape noun each 10% (so each alone carries its attribute: see caption()).
 OMIT_RATE = 0.05
 OMIT_IDENTITY_RATE = 0.1
+DIFFUSION_LR = 2e-3  # peak, after 200 warm-up steps; cosine decay to 10%
 # The latents' standard deviation (SD's 0.18215 makes it 1). Half of it lowers the signal-to-noise ratio at every
 # timestep 4x (Chen 2023, "On the importance of noise scheduling"): with unit-variance 16x16 latents, SD's schedule
 # leaves enough signal at its first sampling steps (SNR 0.007 per value, ~1 summed over an object) that a model
 # reads where objects go from the initial noise and ignores the words for it (the earlier model placed objects
 # by seed alone: the same seed, "left" or "right", the same place). Less signal there makes the text the only cue.
-LATENT_STD = 0.5
+LATENT_STD = 0.35
 
 
 def unet_config() -> dict:
@@ -143,7 +144,7 @@ def train_diffusion(text_encoder, unet, tokenizer, pool, scale: float, rng: np.r
     snr = alphas / (1 - alphas)
     min_snr_weight = torch.clamp(snr, max=5.0) / snr
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=DIFFUSION_LR, weight_decay=0.01)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
@@ -152,7 +153,7 @@ def train_diffusion(text_encoder, unet, tokenizer, pool, scale: float, rng: np.r
     recent = []
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, 1e-3, 200)
+            group["lr"] = _lr(step, steps, DIFFUSION_LR, 200)
         index = rng.integers(len(scenes), size=batch)
         captions = ["" if rng.random() < uncond_rate else
                     caption(scenes[i], rng, omit_probability=OMIT_RATE, omit_identity_probability=OMIT_IDENTITY_RATE)
