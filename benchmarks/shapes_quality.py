@@ -70,7 +70,8 @@ def line(label: str, score) -> str:
 
 def position_check(pipe, evaluator, steps: int, guidance: float) -> int:
     seeds = [11, 12, 13, 14, 15]
-    prompts = [f"one large red square {phrase} on a white background" for _ in seeds for phrase in POSITION_PHRASES.values()]
+    prompts = [f"one large red square {phrase} on a white background"
+               for _ in seeds for phrase in POSITION_PHRASES.values()]
     images = sample(pipe, prompts, [s for s in seeds for _ in POSITION_PHRASES], steps, guidance)
     predicted = [p["position"] for p in evaluator.predict(images)]
     print(f"position check (rows: seeds {seeds}; columns: asked {', '.join(POSITION_PHRASES)}):")
