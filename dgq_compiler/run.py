@@ -241,7 +241,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         with run_stage(timer, "quality: FP and every configuration on two prompt sets"):
             from dgq_compiler.quality.table2 import quality_for_run
 
-            quality = quality_for_run(shared, results, stats, figures_dir)
+            quality = quality_for_run(shared, results, stats, figures_dir, deploy)
     else:
         quality = {"skipped": "--images 0"}
 

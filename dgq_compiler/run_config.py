@@ -81,6 +81,17 @@ def quantize_and_compile(name: str, config, stats, pipe, export_dir: Path, out: 
     return Built(name, recipe, recipe_path, report, graph_dir / "unet.onnx")
 
 
+def lower(export_dir: Path, recipe, out: Path, name: str, target: str = "onnxruntime-cpu") -> Path:
+    """Compile `recipe` (not adapted: the same quantization) into integer ops for `target` in
+    out/graphs/<name>@<target>/; returns the graph."""
+    from dgq_compiler.compile import CompileOptions, compile_graph
+
+    graph_dir = out / "graphs" / f"{name}@{target}"
+    compile_graph(export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out), target=target),
+                  progress=lambda *_: None)
+    return graph_dir / "unet.onnx"
+
+
 def one_config(name: str, config, stats, shared: Shared, target: str | None = None) -> ConfigResult:
     """quantize (-> adapt to `target`) -> compile -> verify / check -> images and fidelity -> cost, for one
     configuration; with a target the row is `<preset>@<target>` and the check covers its static graphs."""

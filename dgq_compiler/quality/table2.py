@@ -34,9 +34,11 @@ def describe(label: str, config, recipe, inventory, steps: int) -> dict:
             "model_size_bytes": row.model_size_bytes}
 
 
-def score_rows(stage, rows: list[tuple], inventory, steps: int, show_progress: bool = True) -> dict:
+def score_rows(stage, rows: list[tuple], inventory, steps: int, show_progress: bool = True,
+               relative_to: Path | None = None) -> dict:
     """Score every (label, config, recipe, graph) row with `stage` (a prepared QualityStage), FP (config and
-    recipe None) first; the stage's JSON plus the table rows in order."""
+    recipe None) first; the stage's JSON plus the table rows in order, each naming the graph its images came
+    from (relative to `relative_to` when given)."""
     from tqdm import tqdm
 
     described = []
@@ -44,13 +46,23 @@ def score_rows(stage, rows: list[tuple], inventory, steps: int, show_progress: b
         for label, config, recipe, graph in bar:
             bar.set_postfix_str(label)
             stage.score_graph(label, graph, fp=config is None)
-            described.append(describe(label, config, recipe, inventory, steps))
+            shown = Path(graph).relative_to(relative_to) if relative_to else Path(graph)
+            described.append({**describe(label, config, recipe, inventory, steps), "graph": shown.as_posix()})
     return {**stage.to_json(), "table": described}
 
 
-def quality_for_run(shared, results: list, stats, figures_dir: Path) -> dict:
-    """`dgq run`'s quality stage: FP (the exported fp32 graph) and every configuration's compiled graph, each in a
-    default onnxruntime session, scored on both prompt sets; plus a grid of their first images."""
+def image_graph(shared, result, lowered: dict) -> Path:
+    """The graph a configuration's images come from: its integer-lowered graph when the run lowered it (the
+    deployable form, with int32 accumulators equal to the simulator's, and on onnxruntime's CPU several times
+    faster than the QDQ graph, whose per-channel QuantizeLinear ORT runs element by element), else its QDQ graph."""
+    row = lowered.get(result.preset)
+    return shared.out / (row["graph"] if row else result.graph)
+
+
+def quality_for_run(shared, results: list, stats, figures_dir: Path, lowered: list[dict] = ()) -> dict:
+    """`dgq run`'s quality stage: FP (the exported fp32 graph) and every configuration's compiled graph (`image_graph`:
+    lowered for onnxruntime-cpu when `lowered`, the deploy stage's rows, has it), each in a default onnxruntime
+    session, scored on both prompt sets; plus a grid of their first images."""
     from dgq_compiler.config import preset
     from dgq_compiler.quality.stage import QualityOptions, QualityStage, unsupported
     from dgq_compiler.report.figures import quality_grid
@@ -63,9 +75,10 @@ def quality_for_run(shared, results: list, stats, figures_dir: Path) -> dict:
         return {"skipped": reason}
     stage = QualityStage(shared.pipe, quality_options)
     rows = [(FP_LABEL, None, None, shared.export_dir / "unet.onnx")]
-    rows += [(r.preset, preset(r.preset.partition("@")[0]), _recipe(shared, r), shared.out / r.graph)
+    by_preset = {row["preset"]: row for row in lowered}
+    rows += [(r.preset, preset(r.preset.partition("@")[0]), _recipe(shared, r), image_graph(shared, r, by_preset))
              for r in results]
-    quality = score_rows(stage, rows, shared.inventory, steps=len(stats.timesteps))
+    quality = score_rows(stage, rows, shared.inventory, steps=len(stats.timesteps), relative_to=shared.out)
     quality["figure"] = quality_grid(stage.images, {n: s.prompts for n, s in stage.sets.items()},
                                      figures_dir / "quality_images.png").name
     return quality

@@ -78,6 +78,17 @@ def attribute_rows(quality: dict, name: str) -> tuple[list[str], list[list]]:
     return ["configuration", *attributes], rows
 
 
+def graphs_used(quality: dict) -> str:
+    """Which graphs the configurations' images came from (rows of older summaries name none)."""
+    graphs = [row.get("graph", "") for row in quality["table"][1:]]
+    lowered = sum("@onnxruntime-cpu/" in g for g in graphs)
+    if not lowered:
+        return ""
+    which = "every configuration" if lowered == len(graphs) else f"{lowered} of {len(graphs)} configurations"
+    return (f" ({which} from its integer-lowered onnxruntime-cpu graph, whose int32 accumulators equal the "
+            "simulator's; the others from their QDQ graphs)")
+
+
 def quality_section(summary: dict) -> list[str]:
     quality = summary.get("quality") or {}
     if "skipped" in quality or not quality:
@@ -85,11 +96,12 @@ def quality_section(summary: dict) -> list[str]:
     opts = quality["options"]
     sets = quality["sets"]
     check = quality["evaluator_check"]
+    scheduler = summary.get("options", {}).get("scheduler", "pndm").upper()
     headers, rows = table2_rows(quality)
     parts = ["## Image quality (the paper's Table 2 layout)", "",
              f"{opts['images']} images per configuration and prompt set, the same prompts and seeds for every row, "
-             f"{opts['steps']} PNDM steps, guidance {opts['guidance']}; every row (FP too) from its ONNX graph in a "
-             "default onnxruntime session. Prompt sets: "
+             f"{opts['steps']} {scheduler} steps, guidance {opts['guidance']}; every row (FP too) from its ONNX graph "
+             f"in a default onnxruntime session{graphs_used(quality)}. Prompt sets: "
              + "; ".join(f"**{SET_TITLES.get(n, n)}** ({s['prompts']} prompts: {s['description']})"
                          for n, s in sets.items()) + ". 95% intervals in brackets; **bold**: the interval does "
              "not overlap FP's.", "",
