@@ -1,17 +1,18 @@
 """Benchmark: integer-lowered graphs (`dgq compile --target onnxruntime-cpu`) vs the fp32 graph in default
-onnxruntime sessions, SD v1.4 architecture (random weights), latent 32 (256 px), batch 2, 2 threads.
+onnxruntime sessions (onnxruntime's default threads: 2 on this 2-core machine), SD v1.4 architecture (random
+weights), latent 32 (256 px), batch 2.
 
 Configurations: TFMQ-like W8A8 (per tensor, per step), DGQ W8A8 G8 and DGQ W4A8 G8 (random valid recipes, 25
 steps, per-step group maps), and TFMQ-like W8A8 with --target onnxruntime-cpu-fast. One export, reused; each
 graph is compiled, then timed in its own subprocess (so the peak RSS is that graph's session: VmHWM), all in one
 run, fp32 first and last (drift check). Prints step time (median of
 --runs after one warm-up), its ratio to fp32, session start-up, peak RSS, and from one onnxruntime profiling run
-each graph's share of time per node kind (the session is profiled throughout).
+each graph's share of time per node kind (the warm-up and one more run profiled; the timed runs are not).
 
     python benchmarks/deploy_lowering.py [--export DIR] [--workdir DIR] [--runs 5] [--keep]
 
-Heavy (an SD v1.4 export: minutes, ~14 GB; compiles: minutes): run under the heavy lock,
-`nice flock /tmp/dgq-heavy.lock python benchmarks/deploy_lowering.py`. Targets (DESIGN.md section 9): exact
+Heavy (an SD v1.4 export: minutes, ~14 GB; compiles: minutes, 4-9 GB; pass --export to reuse one, --workdir to
+reuse compiled graphs) and timed: run it when the machine is otherwise idle. Targets (DESIGN.md section 9): exact
 lowering per-tensor <= 0.7x fp32, DGQ W8A8 G8 <= 1.0x (aim 0.7x).
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 CONFIGS = ("tfmq-w8a8", "dgq-w8a8-g8", "tfmq-w8a8:fast", "dgq-w4a8-g8")  # ":fast" = --target onnxruntime-cpu-fast
 LATENT = 32
 BATCH = 2
-THREADS = 2
+THREADS = 2  # the machine's cores; the sessions keep onnxruntime's own default thread setup (2 threads here)
 
 
 def time_graph(path: str, runs: int, profile_dir: str) -> dict:
@@ -44,14 +45,18 @@ def time_graph(path: str, runs: int, profile_dir: str) -> dict:
 
     header = onnx.load(path, load_external_data=False)
     feed = runtime.example_feeds(header, (LATENT, LATENT), batch=BATCH, timestep=501.0)
-    # one session in stock settings (as a client's), profiled throughout (a second session start-up of a large
-    # lowered graph costs a minute); the profiler adds microseconds per node, small against a step of seconds
+    # one session in stock settings (as a client's; a second session start-up of a large lowered graph costs a
+    # minute), profiled for the warm-up and one run only: end_profiling() stops the profiler, and the timed runs
+    # come after it (the profiler costs time per node, and the DGQ graphs have thousands of nodes)
     start = time.perf_counter()
-    session = runtime.session(path, "default", threads=THREADS, profile_prefix=os.path.join(profile_dir, "profile"))
+    # threads left to onnxruntime's default, as a client's session has them (2 here); one measurement with
+    # intra_op_num_threads=2 set explicitly gave a slower DGQ W8A8 G8 step (2.42 s against 1.56 s; noisy machine)
+    session = runtime.session(path, "default", profile_prefix=os.path.join(profile_dir, "profile"))
     startup = time.perf_counter() - start
     out = session.run(None, feed)[0]
-    times = runtime.timed_runs(session, feed, runs)
+    session.run(None, feed)
     kinds, _runs = runtime.kernel_time_by_op(session.end_profiling())
+    times = runtime.timed_runs(session, feed, runs)
     peak = 0
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -136,7 +141,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     fp = statistics.median(results["fp32"]["times"])
     fp_again = statistics.median(again["times"])
-    print(f"\nSD v1.4 architecture, random weights, latent {LATENT} (256 px), batch {BATCH}, {THREADS} threads, "
+    print(f"\nSD v1.4 architecture, random weights, latent {LATENT} (256 px), batch {BATCH}, {THREADS} cores, "
           f"default onnxruntime sessions, median of {args.runs} runs")
     print(f"{'graph':<14}{'step s':>9}{'x fp32':>8}{'startup s':>11}{'peak RSS GB':>13}")
     for name, r in results.items():
@@ -151,7 +156,7 @@ def main() -> None:
     for name, r in results.items():
         total = sum(r["kinds"].values()) or 1
         top = sorted(r["kinds"].items(), key=lambda kv: -kv[1])[:10]
-        print(f"\n{name}: share of node time by kind (all runs, profiled)")
+        print(f"\n{name}: share of node time by kind (the warm-up and one run, profiled)")
         for op, dur in top:
             print(f"  {op:<26}{dur / total:>7.1%}{dur / 1e6:>9.3f} s")
     for name in kernels:

@@ -89,11 +89,16 @@ def sample_scene(rng: np.random.Generator, heldout: bool | None = False) -> Scen
             return scene
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None, omit_probability: float = 0.0) -> str:
+def caption(scene: Scene, rng: np.random.Generator | None = None, omit_probability: float = 0.0,
+            omit_identity_probability: float = 0.0) -> str:
     """A sentence describing `scene`; `rng` picks the template and synonyms (None: the first of each).
 
     With `omit_probability`, size, position and background are each left out at that rate, so
-    captions vary in how much they say, as real captions do.
+    captions vary in how much they say, as real captions do. With `omit_identity_probability`, the
+    colour word and the shape noun are each left out at that rate ("two large on the left"): training
+    on those teaches a model that each word alone carries its attribute, which is what lets it compose
+    the (shape, colour) pairs it never saw (a causal text encoder otherwise mixes the colour into the
+    shape token). Neither draws from `rng` when its rate is 0.
     """
     def pick(options):
         return options[0] if rng is None else options[rng.integers(len(options))]
@@ -110,8 +115,11 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, omit_probabili
     template = pick(TEMPLATES)
     if template.startswith("{background_noun}") and drop_background:
         template = TEMPLATES[0]
-    text = template.format(count=count, size=size, colour=scene.colour,
-                           shape=PLURAL[scene.shape] if plural else scene.shape,
+    identity_omitted = [rng is not None and omit_identity_probability > 0 and rng.random() < omit_identity_probability
+                        for _ in range(2)]
+    colour = "" if identity_omitted[0] else scene.colour
+    shape = "" if identity_omitted[1] else PLURAL[scene.shape] if plural else scene.shape
+    text = template.format(count=count, size=size, colour=colour, shape=shape,
                            position=position, background=background,
                            background_noun=f"a {scene.background} background")
     if plural:

@@ -44,26 +44,50 @@ def project_words() -> list[str]:
 
 
 def build_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Bytes, bytes-with-`</w>`, then left-to-right merges that build each word (deterministic)."""
+    """Bytes, bytes-with-`</w>`, then BPE merges learned on the word list until every word is one token.
+
+    The merges are learned the way BPE is trained (repeatedly merge the most frequent adjacent pair in every
+    word, ties broken by the pair's text), so replaying them in rank order, as every BPE tokenizer does,
+    rebuilds each listed word whole. (Chaining each word's own merges left to right does not: "large" meets
+    the earlier-ranked ("a", "r") of "are" and stays split.) Depends only on the set of words.
+    """
     alphabet = _byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet]
+    segmented = []
+    for word in sorted(set(words)):
+        chars = [alphabet[b] for b in word.encode("utf-8")]
+        segmented.append(chars[:-1] + [chars[-1] + "</w>"])
     merges: list[tuple[str, str]] = []
-    seen_merges: set[tuple[str, str]] = set()
     known = set(tokens)
-    for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        left = pieces[0]
-        for right in pieces[1:]:
-            pair = (left, right)
-            if pair not in seen_merges:
-                seen_merges.add(pair)
-                merges.append(pair)
-            left = left + right
-            if left not in known:
-                known.add(left)
-                tokens.append(left)
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for pieces in segmented:
+            for pair in zip(pieces, pieces[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        joined = best[0] + best[1]
+        if joined not in known:
+            known.add(joined)
+            tokens.append(joined)
+        segmented = [_merge_pair(pieces, best) for pieces in segmented]
     tokens += [BOS, EOS]
     return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def _merge_pair(pieces: list[str], pair: tuple[str, str]) -> list[str]:
+    """`pieces` with every occurrence of `pair` joined, left to right (as BPE applies one merge)."""
+    out, i = [], 0
+    while i < len(pieces):
+        if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+            out.append(pieces[i] + pieces[i + 1])
+            i += 2
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
 
 
 def build_tokenizer(words: list[str] | None = None):

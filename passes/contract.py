@@ -14,7 +14,11 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
    b < 8 on uint8 storage] -> DequantizeLinear. Log2 (attention probabilities): `dgq.QuantizeLog` /
    `dgq.DequantizeLog`, model-local functions of domain `dgq` (passes/log_functions.py), scale = each sample's
    maximum (dynamic: `{prefix}/scale/*` nodes, ReduceMax per row then per sample, [B*heads, 1, 1]) or the step's
-   calibrated scale. Pixel/token group maps are defined on the calibrated grid and resampled to the run-time
+   calibrated scale. In a lowered graph (`--target onnxruntime-cpu`) a pair whose codes feed only its DequantizeLog
+   is one node, `dgq.QuantizeDequantizeLog` named `{prefix}/QuantizeDequantizeLog` with the QuantizeLog's metadata
+   (quantizer and dequantizer at once; passes/fuse_log_quantizers.py); its body needs opset 26 (BitCast), so
+   lowered graphs import opset 26.
+   Pixel/token group maps are defined on the calibrated grid and resampled to the run-time
    size by `{prefix}/resample/*` nodes and `{prefix}/group_map/Resample` (passes/pixel_groups.py).
 3. **Quantizer metadata.** Every QuantizeLinear / QuantizeLog node carries `metadata_props`: `dgq.module`,
    `dgq.role`, `dgq.bits`, `dgq.axis`, `dgq.quantizer` (uniform | log2) and, for log2, `dgq.dynamic` (0/1):
@@ -47,6 +51,7 @@ NODE_PREFIX = NAMESPACE + "/"
 LOG_DOMAIN = NAMESPACE
 QUANTIZE_LOG = "QuantizeLog"
 DEQUANTIZE_LOG = "DequantizeLog"
+QUANTIZE_DEQUANTIZE_LOG = "QuantizeDequantizeLog"   # the fused pair of a lowered graph (no codes tensor)
 
 STEP_INDEX = "dgq.step_index"     # int64 [1]: the calibrated step nearest to the timestep input
 SCHEDULE = "dgq.schedule"         # float32 [T]: the calibrated timesteps
@@ -144,6 +149,8 @@ def parse_node_name(name: str) -> tuple[str, str, str] | None:
 
 def dequantizer_name(quantizer_node: str, op_type: str) -> str:
     """The DequantizeLinear / DequantizeLog node paired with a QuantizeLinear / QuantizeLog node."""
+    if op_type == QUANTIZE_DEQUANTIZE_LOG:
+        return quantizer_node
     dq = DEQUANTIZE_LOG if op_type == QUANTIZE_LOG else "DequantizeLinear"
     return quantizer_node.rsplit("/", 1)[0] + "/" + dq
 
@@ -155,12 +162,15 @@ def weight_names(weight: str) -> dict[str, str]:
 
 
 def is_quantizer_node(node) -> bool:
-    """A QuantizeLinear, or the project's QuantizeLog (onnx NodeProto)."""
-    return node.op_type == "QuantizeLinear" or (node.domain == LOG_DOMAIN and node.op_type == QUANTIZE_LOG)
+    """A QuantizeLinear, or the project's QuantizeLog or fused QuantizeDequantizeLog (onnx NodeProto)."""
+    return node.op_type == "QuantizeLinear" or (
+        node.domain == LOG_DOMAIN and node.op_type in (QUANTIZE_LOG, QUANTIZE_DEQUANTIZE_LOG))
 
 
 def is_dequantizer_node(node) -> bool:
-    return node.op_type == "DequantizeLinear" or (node.domain == LOG_DOMAIN and node.op_type == DEQUANTIZE_LOG)
+    """A DequantizeLinear, or the project's DequantizeLog or fused QuantizeDequantizeLog (onnx NodeProto)."""
+    return node.op_type == "DequantizeLinear" or (
+        node.domain == LOG_DOMAIN and node.op_type in (DEQUANTIZE_LOG, QUANTIZE_DEQUANTIZE_LOG))
 
 
 def node_props(node) -> dict[str, str]:

@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 
 from passes.contract import (LOWERED_INPUT, NARROW_BITS, SIGNED_TYPES, GROUP_MAP, SCALE_TABLE, ZERO_POINT_TABLE,
-                              QuantizerRecord, is_dequantizer_node, is_quantizer_node, is_split_add, node_props)
+                              QUANTIZE_DEQUANTIZE_LOG, QuantizerRecord, is_dequantizer_node, is_quantizer_node,
+                              is_split_add, node_props)
 from passes.graph_query import GraphIndex
 
 LAYOUT_OPS = {"Reshape", "Transpose", "Slice", "Concat", "Identity", "Cast", "Unsqueeze", "Squeeze", "Flatten"}
@@ -215,16 +216,17 @@ def _integer_product(g: _Graph, node, quantizers: dict) -> tuple[QuantMatmul, We
 
 def _quantizer(g: _Graph, node) -> Quantizer | None:
     record = QuantizerRecord.from_node(node)
-    is_log = node.op_type == "QuantizeLog"
+    is_log = node.op_type in ("QuantizeLog", QUANTIZE_DEQUANTIZE_LOG)
+    fused = node.op_type == QUANTIZE_DEQUANTIZE_LOG  # a lowered graph's pair in one node: its own dequantizer
     code = node.output[0]
     clip_bits = None
-    users = g.users(code)
+    users = [] if fused else g.users(code)
     if len(users) == 1 and users[0].op_type == "Clip":
         hi = g.array(users[0].input[2]) if len(users[0].input) > 2 else None
         if hi is not None:
             clip_bits = int(np.ceil(np.log2(int(np.asarray(hi).reshape(-1)[0]) + 1)))
         code = users[0].output[0]
-    deq = next((u for u in g.users(code) if is_dequantizer_node(u)), None)
+    deq = node if fused else next((u for u in g.users(code) if is_dequantizer_node(u)), None)
     if is_log:
         attr_bits = next((a.i for a in node.attribute if a.name == "bits"), 8)
         # dynamic: a maximum of the probabilities at run time (per sample: ReduceMax -> Reshape/Expand)

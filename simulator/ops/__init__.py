@@ -3,15 +3,15 @@
 One op per module; `run` receives a NodeContext (inputs as float values or integer QTensors,
 attributes, the target) and returns the list of outputs.
 """
-from passes.contract import DEQUANTIZE_LOG, LOG_DOMAIN, QUANTIZE_LOG
+from passes.contract import DEQUANTIZE_LOG, LOG_DOMAIN, QUANTIZE_DEQUANTIZE_LOG, QUANTIZE_LOG
 from simulator.ops import (abs, add, arg_min, cast, clip, concat, constant, constant_of_shape, conv,
-                           conv_integer, cos, dequantize_linear, dequantize_log, div, equal, erf, exp,
-                           expand, flatten, floor, gather, gelu, gemm, greater, greater_or_equal, identity,
+                           conv_integer, cos, dequantize_linear, dequantize_log, div, equal, erf, exp, expand,
+                           flatten, floor, gather, gelu, gemm, greater, greater_or_equal, identity,
                            instance_normalization, layer_normalization, less, less_or_equal, log, matmul,
                            matmul_integer, max, min, mul, neg, not_, pow, qlinear_conv, qlinear_matmul,
-                           quantize_linear, quantize_log, range, reciprocal, reduce_max, reduce_mean, relu,
-                           reshape, resize, round, shape, sigmoid, sin, slice, softmax, split, sqrt,
-                           squeeze, sub, tanh, transpose, unsqueeze, where)
+                           quantize_dequantize_log, quantize_linear, quantize_log, range, reciprocal,
+                           reduce_max, reduce_mean, relu, reshape, resize, round, shape, sigmoid, sin, slice,
+                           softmax, split, sqrt, squeeze, sub, tanh, transpose, unsqueeze, where)
 
 REGISTRY = {
     # arithmetic and elementwise (float32 / the input dtype)
@@ -40,4 +40,5 @@ REGISTRY = {
     "QLinearMatMul": qlinear_matmul.run, "QLinearConv": qlinear_conv.run,
     # the DGQ log quantizer (model-local functions recognised by name, run as hardware would)
     f"{LOG_DOMAIN}.{QUANTIZE_LOG}": quantize_log.run, f"{LOG_DOMAIN}.{DEQUANTIZE_LOG}": dequantize_log.run,
+    f"{LOG_DOMAIN}.{QUANTIZE_DEQUANTIZE_LOG}": quantize_dequantize_log.run,
 }

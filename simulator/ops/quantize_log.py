@@ -43,11 +43,16 @@ def leading_blocks(s: np.ndarray, shape) -> int:
 
 
 def run(ctx):
+    return [codes_of(ctx)]
+
+
+def codes_of(ctx) -> np.ndarray:
+    """The codes of the node's input X with scale S (inputs 0 and 1) and its `bits` attribute."""
     x, s = ctx.value(0), np.asarray(ctx.value(1), dtype=np.float32)
     bits = int(ctx.attr("bits", 8))
     out = ctx.empty(x.shape, np.uint8)
     if s.size == 1:
-        return [log_codes(x, s.reshape(-1)[0], bits, out)]
+        return log_codes(x, s.reshape(-1)[0], bits, out)
     blocks = leading_blocks(s, x.shape)
     if not blocks:
         raise ValueError(f"QuantizeLog scale of shape {list(s.shape)} is neither a scalar nor one per leading index "
@@ -55,4 +60,4 @@ def run(ctx):
     rows, flat_out, scales = x.reshape(blocks, -1), out.reshape(blocks, -1), s.reshape(-1)
     for i in range(blocks):
         log_codes(rows[i], scales[i], bits, flat_out[i])
-    return [out]
+    return out

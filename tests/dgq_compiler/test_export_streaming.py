@@ -87,7 +87,7 @@ def test_bindings_transpose_exactly_the_matmul_weights(traced_tiny):
     assert not model.graph.initializer  # the trace carries no weights
     bindings = bind_initializers(model, data_inputs, shapes)
     by_parameter = {b.parameter: b for b in bindings}
-    to_q = by_parameter["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"]
+    to_q = by_parameter["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"]
     assert to_q.transpose and to_q.shape == shapes[to_q.parameter][::-1]
     conv = by_parameter["conv_in.weight"]
     assert not conv.transpose and conv.initializer == "unet.conv_in.weight"

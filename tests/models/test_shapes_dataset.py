@@ -87,6 +87,22 @@ def test_captions_parse_back_to_the_labels():
         assert full == {k: getattr(scene, k) for k in ds.ATTRIBUTES}
 
 
+def test_identity_omission_drops_colour_or_shape_words_alone_and_costs_no_draws_when_off():
+    rng = np.random.default_rng(1)
+    scenes = [ds.sample_scene(rng, heldout=None) for _ in range(400)]
+    texts = [ds.caption(s, np.random.default_rng(i), omit_identity_probability=0.3) for i, s in enumerate(scenes)]
+    parsed = [ds.parse_caption(t) for t in texts]
+    without_colour = sum("colour" not in p for p in parsed) / len(parsed)
+    without_shape = sum("shape" not in p for p in parsed) / len(parsed)
+    assert 0.2 < without_colour < 0.4 and 0.2 < without_shape < 0.4, (without_colour, without_shape)
+    for scene, text, found in zip(scenes, texts, parsed):
+        assert all(getattr(scene, k) == v for k, v in found.items()), (text, scene)  # what is said stays true
+        assert {"size", "position", "background"} <= found.keys(), text  # only colour and shape go
+        assert "  " not in text and not text.endswith(" "), text
+    # Off (the default) it draws nothing, so captions are what they were: the shipped prompt files still
+    # regenerate byte for byte (next test).
+
+
 def test_training_never_sees_heldout_pairs_and_prompt_files_are_regenerable(tmp_path):
     rng = np.random.default_rng(0)
     assert not any(ds.is_heldout(ds.sample_scene(rng, heldout=False)) for _ in range(2000))

@@ -16,6 +16,26 @@ def test_prompt_words_are_single_tokens_when_isolated():
     assert tok.tokenize("bicycle lighthouse") == ["bicycle</w>", "lighthouse</w>"]
 
 
+def test_every_word_of_a_vocabulary_is_one_token_even_when_its_letters_recur_in_other_words():
+    from models.shapes_dataset import caption, sample_scene, vocabulary
+
+    import numpy as np
+
+    words = vocabulary()
+    tok = build_tokenizer(words)
+    assert {w: tok.tokenize(w) for w in words} == {w: [w + "</w>"] for w in words}
+    assert tok.tokenize("three large squares") == ["three</w>", "large</w>", "squares</w>"]
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # a training caption is one token per word (punctuation apart)
+        text = caption(sample_scene(rng), rng)
+        assert len(tok.tokenize(text)) == len(text.replace(",", " ,").split()), text
+    # The order words are listed in does not matter; another word list gives other merges.
+    assert build_vocab_and_merges(words[::-1]) == build_vocab_and_merges(words)
+    assert build_vocab_and_merges(words + ["lighthouse"]) != build_vocab_and_merges(words)
+    tiny = build_tokenizer()  # the tiny pipeline's vocabulary: the shipped prompt sets' words
+    assert all(len(tiny.tokenize(w)) == 1 for w in project_words())
+
+
 def test_any_text_tokenizes_through_the_byte_alphabet():
     tok = build_tokenizer()
     ids = tok("zqxj ünïcode 42!").input_ids
