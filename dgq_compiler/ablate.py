@@ -135,7 +135,7 @@ def _ablate_into(options: AblateOptions, source: str, label: str, out: Path, log
             built_row = quantize_and_compile(row.name, row.config, stats, pipe, out / "export", out, own,
                                              options=run_options)
             with own.stage("lower"):  # images from the integer graph: several times faster than the QDQ one
-                graph = lower(out / "export", built_row.recipe, out, row.name)
+                graph, _ = lower(out / "export", built_row.recipe, out, row.name)
             with own.stage("images"):
                 stage.score_graph(row.name, graph)
         built[row.config] = (row.name, own.seconds)

@@ -81,15 +81,16 @@ def quantize_and_compile(name: str, config, stats, pipe, export_dir: Path, out: 
     return Built(name, recipe, recipe_path, report, graph_dir / "unet.onnx")
 
 
-def lower(export_dir: Path, recipe, out: Path, name: str, target: str = "onnxruntime-cpu") -> Path:
+def lower(export_dir: Path, recipe, out: Path, name: str, target: str = "onnxruntime-cpu"):
     """Compile `recipe` (not adapted: the same quantization) into integer ops for `target` in
-    out/graphs/<name>@<target>/; returns the graph."""
+    out/graphs/<name>@<target>/; returns (the graph, the compile report)."""
     from dgq_compiler.compile import CompileOptions, compile_graph
 
     graph_dir = out / "graphs" / f"{name}@{target}"
-    compile_graph(export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out), target=target),
-                  progress=lambda *_: None)
-    return graph_dir / "unet.onnx"
+    (out / "graphs").mkdir(exist_ok=True)
+    report = compile_graph(export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out), target=target),
+                           progress=lambda *_: None)
+    return graph_dir / "unet.onnx", report
 
 
 def one_config(name: str, config, stats, shared: Shared, target: str | None = None) -> ConfigResult:

@@ -18,19 +18,15 @@ def lowered_rows(export_dir: Path, out: Path, recipes: dict, time_call: Callable
                  fp32_call_s: float | None, qdq_call_s: dict, verify_timesteps: list) -> list[dict]:
     """Compile each recipe ({configuration: Recipe}, configurations not adapted to a target) for onnxruntime-cpu into
     `out`/graphs/<configuration>@onnxruntime-cpu and measure it. `time_call(graph)`: median UNet call in seconds."""
-    from dgq_compiler.compile import CompileOptions, compile_graph
+    from dgq_compiler.run_config import lower
     from dgq_compiler.verify.lowering import verify_lowered
     from simulator.check import check_graph
 
     rows = []
-    (out / "graphs").mkdir(exist_ok=True)
     for name, recipe in recipes.items():
-        graph_dir = out / "graphs" / f"{name}@{TARGET}"
-        report = compile_graph(export_dir, recipe, graph_dir, CompileOptions(paths_relative_to=str(out), target=TARGET),
-                               progress=lambda *_: None)
-        graph = graph_dir / "unet.onnx"
+        graph, report = lower(export_dir, recipe, out, name, TARGET)
         call = time_call(graph)
-        exact = verify_lowered(graph_dir, timesteps=verify_timesteps, batch=1)
+        exact = verify_lowered(graph.parent, timesteps=verify_timesteps, batch=1)
         check = check_graph(graph, TARGET)
         rows.append({"preset": name, "graph": str(graph.relative_to(out)),
                      "products": sum(k[1] for k in report.kernels),
