@@ -38,13 +38,18 @@ def test_tensorrt_target_reports_groups_6_bit_grid_and_log_quantizer(graphs):
     assert generic.ok, generic.violations
 
 
+def narrow_target(path, weight_bits: int):
+    """A target file like generic-npu's activations but a 16-bit accumulator, with `weight_bits` weights."""
+    path.write_text(json.dumps({"name": "narrow", "accumulator_bits": 16,
+                                "activations": {"bits": [6, 8], "granularity": ["tensor", "pixel"], "max_groups": 8,
+                                                "pixel_groups_kxk_conv": True, "scale_sources": ["computed"],
+                                                "per_step_group_maps": True},
+                                "weights": {"bits": [weight_bits]}}))
+    return path
+
+
 def test_worst_case_accumulator_analysis_flags_narrow_accumulators(graphs, tmp_path):
-    target = tmp_path / "narrow.json"
-    target.write_text(json.dumps({"name": "narrow", "accumulator_bits": 16,
-                                  "activations": {"bits": [6, 8], "granularity": ["tensor", "pixel"], "max_groups": 8,
-                                                  "pixel_groups_kxk_conv": True, "scale_sources": ["computed"],
-                                                  "per_step_group_maps": True},
-                                  "weights": {"bits": [4]}}))
+    target = narrow_target(tmp_path / "narrow.json", 4)
     report = check_graph(str(graphs["conv6"] / "unet.onnx"), str(target))
     (acc,) = report.accumulators
     # K = 8 channels * 3 * 3; |a| <= 63 (6-bit), |b| <= 15 (int4): 72 * 63 * 15 = 68040 -> 17 bits + sign
@@ -98,12 +103,7 @@ def test_check_and_verify_leave_big_weights_in_the_external_file(qdq, tmp_path, 
     analysed = simulator.check.load_for_analysis(external / "unet.onnx")
     assert [list(t.dims) for t in analysed.graph.initializer if t.external_data] == [[5, 8, 3, 3]]
     monkeypatch.chdir(tmp_path)  # external locations resolve against the graph's folder, not the working directory
-    narrow = tmp_path / "narrow.json"
-    narrow.write_text(json.dumps({"name": "narrow", "accumulator_bits": 16,
-                                  "activations": {"bits": [6, 8], "granularity": ["tensor", "pixel"], "max_groups": 8,
-                                                  "pixel_groups_kxk_conv": True, "scale_sources": ["computed"],
-                                                  "per_step_group_maps": True},
-                                  "weights": {"bits": [8]}}))
+    narrow = narrow_target(tmp_path / "narrow.json", 8)
     (acc,) = check_graph(str(external / "unet.onnx"), str(narrow)).accumulators
     assert acc.reduction == 72 and acc.may_overflow  # K from the external weight's dims: 8 channels x 3 x 3
     assert acc == check_graph(str(inline / "unet.onnx"), str(narrow)).accumulators[0]
