@@ -85,8 +85,9 @@ def graphs_used(quality: dict) -> str:
     if not lowered:
         return ""
     which = "every configuration" if lowered == len(graphs) else f"{lowered} of {len(graphs)} configurations"
+    others = "" if lowered == len(graphs) else "; the others from their QDQ graphs"
     return (f" ({which} from its integer-lowered onnxruntime-cpu graph, whose int32 accumulators equal the "
-            "simulator's; the others from their QDQ graphs)")
+            f"simulator's{others})")
 
 
 def quality_section(summary: dict) -> list[str]:
