@@ -20,6 +20,15 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
    lowered graphs import opset 26.
    Pixel/token group maps are defined on the calibrated grid and resampled to the run-time
    size by `{prefix}/resample/*` nodes and `{prefix}/group_map/Resample` (passes/pixel_groups.py).
+   **Blocked form.** A uniform quantizer whose per-index axis is the last axis of the tensor it reads (channel
+   groups of [B, N, C] and [B, C], pixel groups of a flattened [B, C, H*W]) is written as opset 21's blocked
+   QuantizeLinear/DequantizeLinear(axis=BLOCK_AXIS (-2), block_size=BLOCK_SIZE): the per-index scale and zero point
+   [L] are broadcast by `{prefix}/block/Expand_scale` / `Expand_zero_point` to the tensor's shape with its
+   second-to-last extent K replaced by ceil(K / BLOCK_SIZE), computed from the run-time shape by `{prefix}/block/*`
+   nodes (passes/block_axis_quantizers.py). Same scales, zero points and codes as the per-axis form (which
+   onnxruntime's CPU kernel runs one element per call, ~10x slower); readers take the per-index vector behind the
+   Expand (`per_index_param`) and the quantized axis from `quantized_axis` (-1 for a blocked quantizer).
+   Other per-axis quantizers (channels of [B, C, H, W], tokens of [B, N, C]) keep QuantizeLinear(axis).
 3. **Quantizer metadata.** Every QuantizeLinear / QuantizeLog node carries `metadata_props`: `dgq.module`,
    `dgq.role`, `dgq.bits`, `dgq.axis`, `dgq.quantizer` (uniform | log2) and, for log2, `dgq.dynamic` (0/1):
    `QuantizerRecord.to_props()` writes them, `QuantizerRecord.from_node()` reads them.
@@ -68,6 +77,10 @@ SPLIT = "split"                   # the <start>-token split of a cross-attention
 BOS_SLICE = "Slice_bos"           # dgq/{module}/{role}/Slice_bos: the <start> token row, kept FP
 REST_SLICE = "Slice_rest"         # dgq/{module}/{role}/Slice_rest: the other tokens, quantized
 BOS_JOIN = "Concat"               # dgq/{module}/{role}/Concat: FP row 0 + dequantized rows 1.. on the token axis
+
+BLOCK = "block"                   # dgq/{module}/{role}/block/*: a last-axis quantizer's blocked parameters
+BLOCK_AXIS = -2                   # the blocked axis (the one before the quantized last axis)
+BLOCK_SIZE = 64                   # its block; the parameters' extent there is ceil(K / 64) at run time
 
 # table suffixes of the per-point initializers {module}/{role}/{suffix}
 SCALE_TABLE = "scale_table"
@@ -153,6 +166,33 @@ def dequantizer_name(quantizer_node: str, op_type: str) -> str:
         return quantizer_node
     dq = DEQUANTIZE_LOG if op_type == QUANTIZE_LOG else "DequantizeLinear"
     return quantizer_node.rsplit("/", 1)[0] + "/" + dq
+
+
+def block_names(prefix: str) -> dict[str, str]:
+    """The nodes that broadcast a quantizer's per-index scale / zero point to the blocked form."""
+    return {"scale": f"{prefix}/{BLOCK}/Expand_scale", "zero_point": f"{prefix}/{BLOCK}/Expand_zero_point",
+            "shape": f"{prefix}/{BLOCK}/shape"}
+
+
+def is_block_expand(node) -> bool:
+    """One of the Expand nodes of block_names (onnx NodeProto or onnx-graphsurgeon Node)."""
+    op = getattr(node, "op_type", None) or getattr(node, "op", None)
+    return op == "Expand" and node.name.startswith(NODE_PREFIX) and \
+        node.name.rsplit("/", 2)[-2:] in ([BLOCK, "Expand_scale"], [BLOCK, "Expand_zero_point"])
+
+
+def per_index_param(producer: dict, tensor: str) -> str:
+    """The per-index (or scalar) scale / zero-point tensor behind a quantizer's parameter input: the input of a
+    blocked form's Expand, else the tensor itself. `producer`: tensor name -> onnx NodeProto."""
+    node = producer.get(tensor)
+    return node.input[0] if node is not None and is_block_expand(node) else tensor
+
+
+def quantized_axis(node) -> int:
+    """The axis a QuantizeLinear / DequantizeLinear node's per-index parameters run along (onnx NodeProto): -1 for
+    the blocked form, else the `axis` attribute (default 1; moot for a per-tensor node: one-element parameters)."""
+    attrs = {a.name: a.i for a in node.attribute}
+    return -1 if attrs.get("block_size", 0) else int(attrs.get("axis", 1))
 
 
 def weight_names(weight: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from passes.base import Pass
+from passes.block_axis_quantizers import BlockAxisQuantizers
 from passes.check_recipe import CheckRecipe
 from passes.fold_attention_scale import FoldAttentionScale
 from passes.insert_activation_qdq import InsertActivationQdq
@@ -18,4 +19,4 @@ from passes.write_encodings import WriteEncodings
 def compile_passes() -> list[Pass]:
     return [CheckRecipe(), FoldAttentionScale(), InsertStepIndex(), QuantizeWeights(), InsertActivationQdq(),
             QuantizeTextEmbedding(), QuantizeAttentionProbs(), SplitCrossAttention(), InsertFusionBarriers(),
-            PropagateTimestepNan(), WriteEncodings()]
+            BlockAxisQuantizers(), PropagateTimestepNan(), WriteEncodings()]

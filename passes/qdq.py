@@ -27,6 +27,8 @@ from passes.pixel_groups import LevelGrid, group_index
 #   nlc:  tokens x channels [B, N, C]   channel 2, pixel (token) 1
 #   nc:   [B, C] (time embedding)       channel 1, no pixel axis
 CHANNEL_AXIS = {"nchw": 1, "nlc": 2, "nc": 1}
+# (layout, axis) whose per-index axis is the last one of the tensor QuantizeLinear reads (nchw pixels: flattened)
+INNERMOST = {("nchw", "pixel"), ("nlc", "channel"), ("nc", "channel")}
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -112,7 +114,7 @@ def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor,
         out = add_node(graph, "Reshape", f"{prefix}/Reshape_out", [out, shape])
     meta = QuantizerRecord(tq.module, tq.role, "uniform", tq.bits, tq.axis).to_props()
     record = QuantRecord(tq.module, tq.role, "uniform", tq.bits, tq.axis, int(tq.scale.shape[1]), x.name, q_name,
-                         axis, tq)
+                         axis, tq, innermost=(layout, tq.axis) in INNERMOST)
     return out, record, {q_name: meta}
 
 

@@ -13,7 +13,7 @@ import onnx
 
 from passes.contract import (LOWERED_INPUT, NARROW_BITS, SIGNED_TYPES, GROUP_MAP, SCALE_TABLE, ZERO_POINT_TABLE,
                               QUANTIZE_DEQUANTIZE_LOG, QuantizerRecord, is_dequantizer_node, is_quantizer_node,
-                              is_split_add, node_props)
+                              is_split_add, node_props, per_index_param)
 from passes.graph_query import GraphIndex
 
 LAYOUT_OPS = {"Reshape", "Transpose", "Slice", "Concat", "Identity", "Cast", "Unsqueeze", "Squeeze", "Flatten"}
@@ -244,6 +244,9 @@ def _quantizer(g: _Graph, node) -> Quantizer | None:
     spelled = _spelled_params(g, node) if params is node else None
     if spelled is not None:  # an integer lowering's quantizer (no dequantizer): Div by s -> Round -> Add z
         scale_name, zp_name = spelled
+    # the blocked form's parameters are the per-index vectors broadcast by an Expand: read the vectors
+    scale_name = per_index_param(g.producer, scale_name)
+    zp_name = per_index_param(g.producer, zp_name) if zp_name else ""
     zp_table = g.find_table(zp_name, ZERO_POINT_TABLE) if zp_name else None
     # the codes' type is the zero point's: read it from the [T, G] table when the zero point is gathered per step
     code_type = g.elem_type(zp_table or zp_name, onnx.TensorProto.UINT8) if zp_name else onnx.TensorProto.UINT8

@@ -51,7 +51,8 @@ def point_errors(compiled: Path, recipe, batch: int = 2, seed: int = 0) -> dict:
     import torch
 
     from dgq_compiler.fakequant import quantize_log2, quantize_uniform
-    from passes.contract import QuantizerRecord, dequantizer_name, is_compiler_node, is_quantizer_node
+    from passes.contract import (QuantizerRecord, dequantizer_name, is_compiler_node, is_quantizer_node, per_index_param,
+                                 quantized_axis)
     from passes.graph_query import GraphIndex, attribute
     from passes.qdq import code_type
 
@@ -63,7 +64,10 @@ def point_errors(compiled: Path, recipe, batch: int = 2, seed: int = 0) -> dict:
         if record is None:
             continue
         dq_node = index.node(dequantizer_name(node.name, node.op_type))
-        points.append((record, list(node.input), dq_node.output[0], attribute(node, "axis")))
+        inputs = list(node.input)  # a blocked quantizer's parameters: the per-index vectors behind its Expand nodes
+        inputs[1:3] = [per_index_param(index.producer, t) for t in inputs[1:3]]
+        axis = quantized_axis(node) if attribute(node, "axis") is not None or attribute(node, "block_size") else None
+        points.append((record, inputs, dq_node.output[0], axis))
     wanted = sorted({t for _r, inputs, out, _a in points for t in inputs + [out]})
     signed = {inputs[2] for record, inputs, _o, _a in points  # zero points of int8 (signed symmetric) storage
               if record.quantizer == "uniform" and code_type(recipe.tensors[(record.module, record.role)]) is np.int8}
