@@ -22,8 +22,21 @@ def _list(array) -> list:
     return np.asarray(array).tolist()
 
 
-def encodings_document(ctx: PassContext) -> dict:
+def _block_sizes(graph: gs.Graph | None) -> dict[str, int]:
+    """QuantizeLinear node -> block size, for the nodes written in the blocked form."""
+    if graph is None:
+        return {}
+    return {n.name: int(n.attrs["block_size"]) for n in graph.nodes
+            if n.op == "QuantizeLinear" and n.attrs.get("block_size", 0)}
+
+
+def encodings_document(ctx: PassContext, graph: gs.Graph | None = None) -> dict:
+    """`onnx_axis`: the axis of the tensor `node` quantizes along which the per-index parameters run (for nchw
+    pixel groups, of the [B, C, H*W] view). `block_size` (uniform activations of a QDQ graph): 0 when `node` is a
+    per-axis (or per-tensor) QuantizeLinear, else the block of its blocked form (contract item 2: parameters
+    broadcast to ceil(K / block_size) blocks of the second-to-last axis; same codes)."""
     activations, weights = [], []
+    blocks = _block_sizes(graph)
     for r in sorted(ctx.records, key=lambda r: (r.module, r.role)):
         tq = r.params
         common = {"module": r.module, "role": r.role, "tensor": r.tensor, "node": r.node, "quantizer": r.quantizer,
@@ -34,6 +47,8 @@ def encodings_document(ctx: PassContext) -> dict:
                             "scale": _list(tq.scale.astype(np.float32)), "zero_point": _list(tq.zero_point)})
             continue
         entry = {**common, "groups": r.groups, "storage": "uint8", "bos_split": r.bos_split}
+        if r.quantizer == "uniform":
+            entry["block_size"] = blocks.get(r.node, 0)
         if r.quantizer == "log2":
             entry["dynamic_scale"] = bool(tq.dynamic)
             entry["scale_rule"] = ("max(A[..., 1:]) per call" if r.bos_split else "max(A) per call") if tq.dynamic \
@@ -57,6 +72,6 @@ class WriteEncodings(Pass):
     name = "write_encodings"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        doc = encodings_document(ctx)
+        doc = encodings_document(ctx, graph)
         ctx.artifacts[ENCODINGS_NAME] = json.dumps(doc, indent=None, separators=(",", ":"), sort_keys=True) + "\n"
         return graph

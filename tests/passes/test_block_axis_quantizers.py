@@ -34,15 +34,29 @@ def _quantizers(model) -> dict:
     return {n.name: n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.name.startswith("dgq/")}
 
 
-def _run_with_codes(model, feed, runtime):
-    from dgq_compiler.runtime import run_all, session, with_outputs
+def _with_codes(model, runtime):
+    """A session of `model` that also outputs every quantizer's codes; run it with `run_all`."""
+    from dgq_compiler.runtime import session, with_outputs
 
     types = {}
     inits = {i.name: i.data_type for i in model.graph.initializer}
     for q in _quantizers(model).values():  # the codes' type is the zero point's (its [T, G] table's)
-        table = next((t for t in inits if t.endswith("zero_point_table") and q.name[4:].startswith(t.rsplit("/", 1)[0] + "/")), None)
-        types[q.output[0]] = inits[table] if table else TensorProto.UINT8
-    return run_all(session(with_outputs(model, types), runtime), feed)
+        table = f"{q.name[4:].rsplit('/', 1)[0]}/zero_point_table"
+        types[q.output[0]] = inits.get(table, TensorProto.UINT8)
+    return session(with_outputs(model, types), runtime)
+
+
+def _same_codes(sessions: dict, feed: dict, where: str) -> dict:
+    """Run {name: session} on `feed`; every output of the first equals the others' bit for bit. -> first's."""
+    from dgq_compiler.runtime import run_all
+
+    results = {name: run_all(sess, feed) for name, sess in sessions.items()}
+    (first, want), *others = results.items()
+    for name, got in others:
+        assert set(got) == set(want)
+        for tensor in want:
+            np.testing.assert_array_equal(got[tensor], want[tensor], err_msg=f"{tensor}: {name} vs {first} {where}")
+    return want
 
 
 LAYERS = [  # (conv input axis, proj input axis, time input axis, bits): every layout x axis, 4 and 8 bits
@@ -85,15 +99,20 @@ def test_last_axis_quantizers_are_blocked_with_the_per_axis_codes(tg, conv_axis,
     # the records keep the quantized axis (encodings' onnx_axis) and say which were blocked
     assert {r.module: r.innermost for r in ctx.records if r.role == "input"} == {
         "down.conv": conv_axis == "pixel", "proj": proj_axis == "channel", "time": time_axis == "channel"}
+    # the encodings say which form each quantizer's node has; onnx_axis stays the quantized axis
+    doc = json.loads(ctx.artifacts["encodings.json"])
+    assert {(e["module"], e["onnx_axis"], e["block_size"]) for e in doc["activations"]} == {
+        (m, {"down.conv": {"channel": 1, "pixel": 2}, "proj": {"channel": 2, "pixel": 1}, "time": {"channel": 1}}[m].get(a),
+         BLOCK_SIZE if (m, a) in innermost else 0)
+        for m, a in (("down.conv", conv_axis), ("proj", proj_axis), ("time", time_axis))}
     # numerics: every code and output, every step, both runtimes
+    sessions = {f"{form} {runtime}": _with_codes(model, runtime) for runtime in ("default", "reference")
+                for form, model in (("per-axis", per_axis), ("blocked", blocked))}
     rng = np.random.default_rng(bits)
     for t in tg.TIMESTEPS:
         feed = {"sample": (rng.standard_normal((1, 4, 4, 4)) * 2).astype(np.float32), "timestep": np.array([t], np.float32)}
-        for runtime in ("default", "reference"):
-            want, got = _run_with_codes(per_axis, feed, runtime), _run_with_codes(blocked, feed, runtime)
-            assert set(want) == set(got)
-            for name in want:
-                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} at t={t} in {runtime}")
+        want = _same_codes(sessions, feed, f"at t={t}")
+        assert len(want) == 3 + len(_quantizers(blocked))
 
 
 def test_attention_quantizers_are_blocked_and_lowered_graphs_are_not(tg):
@@ -110,13 +129,12 @@ def test_attention_quantizers_are_blocked_and_lowered_graphs_are_not(tg):
     assert blocks == ["dgq/attn1/q/QuantizeLinear", "dgq/attn1/v/QuantizeLinear", "dgq/attn2/k/QuantizeLinear"]
     assert not any("block_size" in _attrs(n) for n in lowered.graph.node)
     assert not any(n.op_type == "Expand" and "/block/" in n.name for n in lowered.graph.node)
+    sessions = {"per-axis": _with_codes(per_axis, "default"), "blocked": _with_codes(blocked, "default")}
     rng = np.random.default_rng(0)
     for t in tg.TIMESTEPS:
         feed = {"x": rng.standard_normal((2, 6, 8)).astype(np.float32) * 2, "timestep": np.array([t], np.float32),
                 "encoder_hidden_states": rng.standard_normal((2, 5, 4)).astype(np.float32)}
-        want, got = _run_with_codes(per_axis, feed, "default"), _run_with_codes(blocked, feed, "default")
-        for name in want:
-            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        _same_codes(sessions, feed, f"at t={t}")
     # static analysis (dgq check / verify) reads the same quantizers from both forms
     from simulator.graph_info import analyse
 
@@ -175,11 +193,12 @@ def test_tiny_unet_codes_equal_the_per_axis_form_at_other_sizes_and_a_changed_sc
     wrong.graph.node.extend(nodes)
     victim = _quantizers(wrong)[victim.name]
     victim.input[1] = "rev/out"
-    for size in (8, 24):
+    from dgq_compiler.runtime import run_all
+
+    sessions = {"per-axis": _with_codes(per_axis, "default"), "blocked": _with_codes(blocked, "default")}
+    changed = _with_codes(wrong, "default")
+    for size in (8, 24):  # calibrated at 16
         feed = example_feeds(blocked, (size, size), batch=2, seed=size, timestep=501.0)
-        want, got = _run_with_codes(per_axis, feed, "default"), _run_with_codes(blocked, feed, "default")
+        want = _same_codes(sessions, feed, f"at latent {size}")
         assert len(want) == len(quantizers) + len(blocked.graph.output)
-        for name in want:
-            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{name} at latent {size}")
-        changed = _run_with_codes(wrong, feed, "default")
-        assert not np.array_equal(changed[victim.output[0]], want[victim.output[0]])
+        assert not np.array_equal(run_all(changed, feed)[victim.output[0]], want[victim.output[0]])
