@@ -4,8 +4,10 @@ Why: in a DGQ W8A8 G8 QDQ graph of the embedded model at the quality stage's bat
 puts 47.6% of the UNet call in QuantizeLinear: every channel- or pixel-group quantizer is a per-axis
 QuantizeLinear, and onnxruntime's CPU kernel for that is far slower than its per-tensor one. This measures, on
 the same tensor and scales, Q -> DQ pairs spelled as:
-- per-axis   QuantizeLinear(axis) -> DequantizeLinear(axis)           (what passes/qdq.py writes today)
+- per-axis   QuantizeLinear(axis) -> DequantizeLinear(axis)           (passes/qdq.py's form)
 - blocked    the scale expanded to [B, 1, C] and QuantizeLinear(axis=1, block_size=N) (opset 21), same DQ
+             (compiled QDQ graphs use this form for last-axis quantizers: passes/block_axis_quantizers.py;
+             benchmarks/qdq_graph_speed.py times it on the whole UNet)
 - per-tensor one scale (the speed floor; not the same numbers)
 and checks that the blocked codes equal the per-axis ones bit for bit in onnxruntime and in onnx.reference
 (whose blocked kernel repeats each scale `block_size` times: a block size far above the real extent costs

@@ -398,14 +398,15 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
 
 
 def _is_qparam(name: str, index: _Graph) -> bool:
-    """Scales / zero points of Q/DQ nodes, and the [T, G] tables / group maps gathered into them."""
+    """Scales / zero points of Q/DQ nodes, and the [T, G] tables / group maps gathered into them (through the
+    blocked form's Expand too: passes/block_axis_quantizers.py)."""
     def feeds_qdq_params(tensor: str, depth: int) -> bool:
         for user in index.consumers.get(tensor, []):
             if user.op_type in ("QuantizeLinear", "DequantizeLinear") and user.input[0] != tensor:
                 return True
-            if depth and user.op_type in ("Gather", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Identity") \
+            if depth and user.op_type in ("Gather", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Identity", "Expand") \
                     and feeds_qdq_params(user.output[0], depth - 1):
                 return True
         return False
 
-    return feeds_qdq_params(name, 3)
+    return feeds_qdq_params(name, 4)
