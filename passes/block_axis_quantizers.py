@@ -43,7 +43,7 @@ def blocked_shape(graph: gs.Graph, x: gs.Tensor, prefix: str) -> gs.Variable:
                       dtype=np.int64)
     blocks = add_node(graph, "Div", f"{p}/blocks", [padded, constant(f"{p}/block_size", _i64([BLOCK_SIZE]))],
                       dtype=np.int64)
-    return add_node(graph, "Concat", block_names(prefix)["shape"], [head, blocks, tail], dtype=np.int64,
+    return add_node(graph, "Concat", p, [head, blocks, tail], dtype=np.int64,
                     attrs={"axis": 0})
 
 

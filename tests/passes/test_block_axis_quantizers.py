@@ -202,3 +202,40 @@ def test_tiny_unet_codes_equal_the_per_axis_form_at_other_sizes_and_a_changed_sc
         want = _same_codes(sessions, feed, f"at latent {size}")
         assert len(want) == len(quantizers) + len(blocked.graph.output)
         assert not np.array_equal(run_all(changed, feed)[victim.output[0]], want[victim.output[0]])
+
+
+def test_a_static_variant_keeps_the_blocked_form_and_reads_like_the_per_axis_ones(tg):
+    import onnx_graphsurgeon as gs
+
+    from passes.graph_io import export_model
+    from passes.make_static_variant import MakeStaticVariant
+    from simulator.graph_info import analyse
+
+    entries = [tg.uniform_entry("down.conv", "input", bits=6, axis="pixel", n=16, groups=4, seed=1),
+               tg.uniform_entry("proj", "input", axis="channel", n=6, groups=3, seed=2),
+               tg.weight_entry("down.conv", 6), tg.weight_entry("proj", 8, seed=1)]
+    recipe = tg.make_recipe(entries)
+    dynamic, ctx = tg.compile_model(tg.layers_model(), recipe, compile_passes())
+    per_axis, per_axis_ctx = tg.compile_model(tg.layers_model(), recipe, _per_axis_passes())
+    fields = lambda m: sorted((q.node, q.axis, q.groups, q.steps, q.scale_source, q.code_type)  # noqa: E731
+                              for q in analyse(m).quantizers)
+    sample = np.random.default_rng(0).standard_normal((1, 4, 4, 4)).astype(np.float32)
+    for step, t in enumerate(recipe.timesteps):
+        static = export_model(MakeStaticVariant(step).run(gs.import_onnx(dynamic), ctx), ctx)
+        onnx.checker.check_model(static, full_check=True)
+        reference = export_model(MakeStaticVariant(step).run(gs.import_onnx(per_axis), per_axis_ctx), per_axis_ctx)
+        assert all(_attrs(q) == {"axis": BLOCK_AXIS, "block_size": BLOCK_SIZE} for q in _quantizers(static).values())
+        # the channel groups' step parameters fold into a constant vector behind the Expand (the pixel groups'
+        # are gathered by the run-time resampled map, in both forms)
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in static.graph.initializer}
+        producer = {o: node for node in static.graph.node for o in node.output}
+        q = _quantizers(static)["dgq/proj/input/QuantizeLinear"]
+        np.testing.assert_array_equal(inits[per_index_param(producer, q.input[1])],
+                                      tg.per_index(recipe.tensors[("proj", "input")], step, 6)[0])
+        assert fields(static) == fields(reference) and ("dgq/proj/input/QuantizeLinear", "channel", 3, 1, "constant",
+                                                        TensorProto.UINT8) in fields(static)
+        feed = {"sample": sample, "timestep": np.array([0.0], np.float32)}
+        for a, b, c in zip(tg.run(static, feed), tg.run(reference, feed),
+                           tg.run(dynamic, {**feed, "timestep": np.array([t], np.float32)})):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
