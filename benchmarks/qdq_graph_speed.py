@@ -9,7 +9,10 @@ its defaults. For each preset the recipe is compiled twice from the same export:
 the two forms' outputs are equal bit for bit; the machine's load average beside the figures.
 
     python benchmarks/qdq_graph_speed.py --run-dir DIR [--presets dgq-w8a8-g8,dgq-w4a6-g16] [--batch 128]
-                                         [--latent 16] [--runs 5] [--workdir DIR]
+                                         [--latent 16] [--runs 5] [--workdir DIR] [--reference-batch 2]
+
+With --reference-batch N, each form of each preset also runs once in onnx.reference at batch N (its own child
+process, so its peak RSS is that run's): the blocked form's parameters are repeated block_size times there.
 
 DIR is a `dgq run` output folder of the embedded model (its export/ and recipes/<preset>.json are read;
 `dgq run -o DIR --presets dgq-w8a8-g8,dgq-w4a6-g16 --images 0` makes one). Timed: run it on an idle machine.
@@ -52,6 +55,42 @@ def measure(graph, feed: dict, runs: int, profile_dir: str) -> dict:
             "out": out}
 
 
+def reference_child(run_dir: Path, preset: str, form: str, batch: int, latent: int, out: str) -> None:
+    """In a child process: one onnx.reference run; prints seconds and peak RSS, saves the output."""
+    import resource
+    import time
+
+    import numpy as np
+    from onnx.reference import ReferenceEvaluator
+
+    from dgq_compiler import runtime
+    from dgq_compiler.recipe import Recipe
+
+    model = compile_form(run_dir / "export", Recipe.load(run_dir / "recipes" / f"{preset}.json"), form == "blocked")
+    feed = runtime.example_feeds(model, (latent, latent), batch=batch, seed=0, timestep=501.0)
+    start = time.perf_counter()
+    np.save(out, ReferenceEvaluator(model).run(None, feed)[0])
+    print(f"{time.perf_counter() - start:.1f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}")
+
+
+def reference_rows(args, preset: str, work: str) -> list[str]:
+    import subprocess
+
+    import numpy as np
+
+    outs, lines = {}, []
+    for form in ("per-axis", "blocked"):
+        outs[form] = os.path.join(work, f"reference-{preset}-{form}.npy")
+        done = subprocess.run([sys.executable, __file__, "--run-dir", str(args.run_dir), "--reference-child",
+                               f"{preset},{form},{outs[form]}", "--reference-batch", str(args.reference_batch),
+                               "--latent", str(args.latent)], capture_output=True, text=True, check=True)
+        seconds, peak = done.stdout.split()[-2:]
+        lines.append(f"{preset:<16} {form:<10} onnx.reference batch {args.reference_batch}: {float(seconds):6.1f} s, "
+                     f"peak RSS {int(peak) / 2 ** 30:.2f} GiB")
+    same = np.array_equal(np.load(outs["per-axis"]), np.load(outs["blocked"]))
+    return lines + [f"{preset:<16} onnx.reference outputs equal bit for bit: {'yes' if same else 'NO'}"]
+
+
 def load() -> str:
     return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -69,7 +108,13 @@ def main(argv=None) -> int:
     parser.add_argument("--latent", type=int, default=16)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="where the profiles go (a temporary folder)")
+    parser.add_argument("--reference-batch", type=int, default=0, help="also run onnx.reference at this batch")
+    parser.add_argument("--reference-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.reference_child:
+        preset, form, out = args.reference_child.split(",")
+        reference_child(args.run_dir, preset, form, args.reference_batch, args.latent, out)
+        return 0
     export_dir = args.run_dir / "export"
     if not (export_dir / "unet.onnx").is_file():
         parser.error(f"--run-dir {args.run_dir}: no export/unet.onnx (expected a `dgq run` output folder)")
@@ -95,8 +140,10 @@ def main(argv=None) -> int:
     print(f"{'graph':<16} {'quantizers':<10} {'call s':>8} {'x fp32':>7} {'Q share':>8} {'same out':>9}")
     for name, form, seconds, share, same in rows:
         print(f"{name:<16} {form:<10} {seconds:8.3f} {seconds / base['median']:7.2f} {share:8.1%} {same:>9}")
-    print(load() + " at end")
-    return 0 if all(r[4] != "NO" for r in rows) else 1
+    reference = [line for preset in args.presets.split(",") for line in reference_rows(args, preset, work)] \
+        if args.reference_batch else []
+    print("\n".join(reference + [load() + " at end"]))
+    return 0 if all(r[4] != "NO" for r in rows) and not any(line.endswith("NO") for line in reference) else 1
 
 
 if __name__ == "__main__":
