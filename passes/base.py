@@ -33,7 +33,7 @@ class QuantRecord:
     params: Any           # the recipe entry (scale, zero_point, group_map)
     storage: str = "uint8"  # int8 | int4 (weights) | uint8 (activations)
     bos_split: bool = False
-    innermost: bool = False  # onnx_axis is the last axis of the tensor QuantizeLinear reads (block_axis_quantizers)
+    last_axis_rank: int = 0  # when onnx_axis is the last axis of the tensor QuantizeLinear reads: its rank (else 0)
 
 
 @dataclass

@@ -29,31 +29,24 @@ from passes.base import Pass, PassContext, add_node, constant, nodes_by_name
 from passes.contract import BLOCK_AXIS, BLOCK_SIZE, block_names
 
 
-def _i64(values) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
-
-
-def blocked_shape(graph: gs.Graph, x: gs.Tensor, prefix: str) -> gs.Variable:
-    """x's run-time shape with its second-to-last extent K replaced by ceil(K / BLOCK_SIZE)."""
+def blocked_shape(graph: gs.Graph, x: gs.Tensor, rank: int, prefix: str) -> gs.Variable:
+    """x's run-time shape with its second-to-last extent K replaced by ceil(K / BLOCK_SIZE): (shape + c) // d with
+    c = [0, .., BLOCK_SIZE - 1, 0] and d = [1, .., BLOCK_SIZE, 1] (three nodes: session start-up grows with nodes)."""
     p = block_names(prefix)["shape"]
-    head = add_node(graph, "Shape", f"{p}/head", [x], dtype=np.int64, attrs={"end": -2})
-    extent = add_node(graph, "Shape", f"{p}/extent", [x], dtype=np.int64, attrs={"start": -2, "end": -1})
-    tail = add_node(graph, "Shape", f"{p}/tail", [x], dtype=np.int64, attrs={"start": -1})
-    padded = add_node(graph, "Add", f"{p}/round_up", [extent, constant(f"{p}/block_minus_one", _i64([BLOCK_SIZE - 1]))],
-                      dtype=np.int64)
-    blocks = add_node(graph, "Div", f"{p}/blocks", [padded, constant(f"{p}/block_size", _i64([BLOCK_SIZE]))],
-                      dtype=np.int64)
-    return add_node(graph, "Concat", p, [head, blocks, tail], dtype=np.int64,
-                    attrs={"axis": 0})
+    pad, block = np.zeros(rank, np.int64), np.ones(rank, np.int64)
+    pad[-2], block[-2] = BLOCK_SIZE - 1, BLOCK_SIZE
+    shape = add_node(graph, "Shape", f"{p}/Shape", [x], dtype=np.int64)
+    padded = add_node(graph, "Add", f"{p}/round_up", [shape, constant(f"{p}/pad", pad)], dtype=np.int64)
+    return add_node(graph, "Div", p, [padded, constant(f"{p}/block", block)], dtype=np.int64)
 
 
-def block_pair(graph: gs.Graph, q: gs.Node, dequantizers: list[gs.Node]) -> None:
+def block_pair(graph: gs.Graph, q: gs.Node, dequantizers: list[gs.Node], rank: int) -> None:
     """Rewrite one per-axis (last-axis) QuantizeLinear and the DequantizeLinear nodes reading its parameters."""
     prefix = q.name.rsplit("/", 1)[0]
     names = block_names(prefix)
     x, scale = q.inputs[0], q.inputs[1]
     zero = q.inputs[2] if len(q.inputs) > 2 else None
-    shape = blocked_shape(graph, x, prefix)
+    shape = blocked_shape(graph, x, rank, prefix)
     blocked_scale = add_node(graph, "Expand", names["scale"], [scale, shape], dtype=scale.dtype)
     blocked_zero = add_node(graph, "Expand", names["zero_point"], [zero, shape], dtype=zero.dtype) \
         if zero is not None else None
@@ -76,8 +69,8 @@ class BlockAxisQuantizers(Pass):
                 readers.setdefault(node.inputs[1].name, []).append(node)
         for record in ctx.records:
             q = by_name.get(record.node)
-            if not record.innermost or q is None or q.op != "QuantizeLinear" or q.attrs.get("block_size", 0):
+            if not record.last_axis_rank or q is None or q.op != "QuantizeLinear" or q.attrs.get("block_size", 0):
                 continue
             dequantizers = [dq for dq in readers.get(q.inputs[1].name, []) if dq.attrs.get("axis") == q.attrs.get("axis")]
-            block_pair(graph, q, dequantizers)
+            block_pair(graph, q, dequantizers, record.last_axis_rank)
         return graph

@@ -27,8 +27,9 @@ from passes.pixel_groups import LevelGrid, group_index
 #   nlc:  tokens x channels [B, N, C]   channel 2, pixel (token) 1
 #   nc:   [B, C] (time embedding)       channel 1, no pixel axis
 CHANNEL_AXIS = {"nchw": 1, "nlc": 2, "nc": 1}
-# (layout, axis) whose per-index axis is the last one of the tensor QuantizeLinear reads (nchw pixels: flattened)
-INNERMOST = {("nchw", "pixel"), ("nlc", "channel"), ("nc", "channel")}
+# (layout, axis) whose per-index axis is the last one of the tensor QuantizeLinear reads -> that tensor's rank
+# (nchw pixels: the flattened [B, C, H*W]); passes/block_axis_quantizers.py writes these in the blocked form
+LAST_AXIS_RANK = {("nchw", "pixel"): 3, ("nlc", "channel"): 3, ("nc", "channel"): 2}
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -114,7 +115,7 @@ def uniform_qdq(graph: gs.Graph, x: gs.Tensor, tq, layout: str, step: gs.Tensor,
         out = add_node(graph, "Reshape", f"{prefix}/Reshape_out", [out, shape])
     meta = QuantizerRecord(tq.module, tq.role, "uniform", tq.bits, tq.axis).to_props()
     record = QuantRecord(tq.module, tq.role, "uniform", tq.bits, tq.axis, int(tq.scale.shape[1]), x.name, q_name,
-                         axis, tq, innermost=(layout, tq.axis) in INNERMOST)
+                         axis, tq, last_axis_rank=LAST_AXIS_RANK.get((layout, tq.axis), 0))
     return out, record, {q_name: meta}
 
 

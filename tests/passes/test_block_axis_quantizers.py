@@ -97,8 +97,8 @@ def test_last_axis_quantizers_are_blocked_with_the_per_axis_codes(tg, conv_axis,
     assert sum("block_size" in _attrs(q) for q in _quantizers(blocked).values()) == sum(
         (m, a) in innermost for m, a in (("down.conv", conv_axis), ("proj", proj_axis), ("time", time_axis)))
     # the records keep the quantized axis (encodings' onnx_axis) and say which were blocked
-    assert {r.module: r.innermost for r in ctx.records if r.role == "input"} == {
-        "down.conv": conv_axis == "pixel", "proj": proj_axis == "channel", "time": time_axis == "channel"}
+    assert {r.module: r.last_axis_rank for r in ctx.records if r.role == "input"} == {
+        "down.conv": 3 * (conv_axis == "pixel"), "proj": 3 * (proj_axis == "channel"), "time": 2 * (time_axis == "channel")}
     # the encodings say which form each quantizer's node has; onnx_axis stays the quantized axis
     doc = json.loads(ctx.artifacts["encodings.json"])
     assert {(e["module"], e["onnx_axis"], e["block_size"]) for e in doc["activations"]} == {
