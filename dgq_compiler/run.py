@@ -7,7 +7,6 @@ finished (built under a temporary name, then renamed).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -123,11 +122,13 @@ def run(options: RunOptions, output: str | Path, overwrite: bool = False, log=pr
     output = check_writable(output, overwrite=overwrite, kind="folder")
     options, quick = shortened(options)
     source, label = resolve_model(options.model)
-    started = time.perf_counter()
+    from dgq_compiler.timing import JobClock
+
+    clock = JobClock()
     with atomic_path(output, directory=True) as out:
         summary = _run_into(options, source, label, out, log)
         summary["shortened"] = quick
-        summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        clock.stamp(summary)
         from dgq_compiler.report.markdown import write_report
 
         write_report(summary, out)
@@ -275,7 +276,7 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                             "points": len(stats.points)},
             "image_prompts": image_prompts, "seeds": seeds,
             "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
-            "attention": attention, "seconds": seconds, "deploy": deploy, "quality": quality,
+            "attention": attention, "seconds": seconds, "cpu_seconds": timer.cpu_seconds, "deploy": deploy, "quality": quality,
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 

@@ -140,11 +140,22 @@ def write_report(summary: dict, out: Path) -> Path:
               "`export/` fp32 graph + module map · `calibration/` statistics · `recipes/` one recipe per configuration · "
               "`graphs/<configuration>/` compiled graph, encodings.json, compile.json, verify.json, check.json · "
               "`figures/` the PNGs above · `summary.json` every number of this page.", "",
-              "## Stage times", "",
-              _table(["stage", "seconds"], [[k, v] for k, v in summary["seconds"].items()]), ""]
+              "## Stage times", "", *stage_times(summary)]
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def stage_times(summary: dict) -> list[str]:
+    """The stage table: wall and CPU seconds (CPU: this process and its children, over all cores), with the load."""
+    cpu = summary.get("cpu_seconds", {})
+    load = summary.get("load")
+    lines = []
+    if load:
+        lines += [f"Machine load (1-minute average) {load['start']:.1f} at the start, {load['end']:.1f} at the end; "
+                  f"CPU seconds count every core this run used, so they change little with the load.", ""]
+    rows = [[k, v, cpu.get(k, "-")] for k, v in summary["seconds"].items()]
+    return lines + [_table(["stage", "wall s", "CPU s"], rows), ""]
 
 
 def _median(values: dict) -> float:
