@@ -249,9 +249,13 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     with run_stage(timer, "cost model"):
         from dgq_compiler.report.roofline import preset_configs, roofline_summary
 
+        from dgq_compiler.mixdq.compose import compiled_inventory
+
         cost = _cost_tables(shared.inventory, options)
+        per_op = {r.preset: compiled_inventory(out / r.graph, preset(r.preset), shared.inventory)
+                  for r in results if r.preset in options.presets}  # not the `@target` rows
         roofline = roofline_summary(shared.inventory, preset_configs(options.presets), figures_dir / "roofline.png",
-                                    steps=options.steps)
+                                    steps=options.steps, per_op={k: v for k, v in per_op.items() if v is not None})
 
     with run_stage(timer, "figures"):
         figs = {}

@@ -105,6 +105,9 @@ def write_report(summary: dict, out: Path) -> Path:
     r = summary["roofline"]
     parts += [f"### Latency and energy (roofline on {r['target']})", "", f"![roofline](figures/{r['figure']})", "",
               _table(r["headers"], r["rows"]), ""]
+    if r.get("per_op_widths"):
+        parts += ["Costed at the widths their compiled graph gives each layer (mixed precision, FP <start> row): "
+                  + ", ".join(r["per_op_widths"]) + "; the other rows at their configuration's one width.", ""]
     parts += ["Exact-convention TBOPs of each configuration of this model are in the summary table.", "",
               "## Fidelity", "",
               f"![per-layer SQNR](figures/{summary['figures']['layer_sqnr']})", "",
