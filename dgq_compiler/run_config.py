@@ -130,9 +130,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
 
     with timer.stage("layer_sqnr"):  # torch first: a child process can then drop the torch UNet (see Shared)
         with apply_recipe(pipe.unet, recipe):
-            quantized_layers = analysis.layer_outputs(pipe.unet, shared.probe_calls, shared.layers)
-        layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
-        del quantized_layers
+            layer_sqnr = analysis.per_layer_sqnr(pipe.unet, shared.probe_calls, shared.layers, shared.fp_layers)
         if shared.release_unet:
             release_weights(pipe.unet)
 
