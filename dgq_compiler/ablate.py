@@ -13,7 +13,6 @@ appears in both tables is built once.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,10 +91,12 @@ def ablate(options: AblateOptions, output: str | Path, overwrite: bool = False, 
 
     output = check_writable(output, overwrite=overwrite, kind="folder")
     source, label = resolve_model(options.run.model)
-    started = time.perf_counter()
+    from dgq_compiler.timing import JobClock
+
+    clock = JobClock()
     with atomic_path(output, directory=True) as out:
         summary = _ablate_into(options, source, label, out, log)
-        summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        clock.stamp(summary)
         from dgq_compiler.report.ablation import write_ablation_report
 
         write_ablation_report(summary, out)
@@ -149,4 +150,4 @@ def _ablate_into(options: AblateOptions, source: str, label: str, out: Path, log
     return {"model": label, "source": source, "options": {**asdict(options), "run": asdict(run_options)},
             "calibration": {"prompts": len(prompts), "timesteps": list(stats.timesteps)},
             "export": {"parameters": export.parameters}, "quality": quality, "rows": entries,
-            "seconds": timer.seconds}
+            "seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds}

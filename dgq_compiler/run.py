@@ -7,7 +7,6 @@ finished (built under a temporary name, then renamed).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -123,11 +122,13 @@ def run(options: RunOptions, output: str | Path, overwrite: bool = False, log=pr
     output = check_writable(output, overwrite=overwrite, kind="folder")
     options, quick = shortened(options)
     source, label = resolve_model(options.model)
-    started = time.perf_counter()
+    from dgq_compiler.timing import JobClock
+
+    clock = JobClock()
     with atomic_path(output, directory=True) as out:
         summary = _run_into(options, source, label, out, log)
         summary["shortened"] = quick
-        summary["seconds"]["total"] = round(time.perf_counter() - started, 1)
+        clock.stamp(summary)
         from dgq_compiler.report.markdown import write_report
 
         write_report(summary, out)
@@ -233,9 +234,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             with run_stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
                 results.append(run_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
     with run_stage(timer, "lowered for onnxruntime-cpu: compile, time, verify, check"):
-        from dgq_compiler.report.deploy import run_hook
+        from dgq_compiler.report.deploy import run_hook, skipped
 
         deploy = run_hook(shared, results)
+        deploy_skipped = skipped(shared)
 
     if options.images:
         with run_stage(timer, "quality: FP and every configuration on two prompt sets"):
@@ -248,9 +250,13 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
     with run_stage(timer, "cost model"):
         from dgq_compiler.report.roofline import preset_configs, roofline_summary
 
+        from dgq_compiler.mixdq.compose import compiled_inventory
+
         cost = _cost_tables(shared.inventory, options)
+        per_op = {r.preset: compiled_inventory(out / r.graph, preset(r.preset), shared.inventory)
+                  for r in results if r.preset in options.presets}  # not the `@target` rows
         roofline = roofline_summary(shared.inventory, preset_configs(options.presets), figures_dir / "roofline.png",
-                                    steps=options.steps)
+                                    steps=options.steps, per_op={k: v for k, v in per_op.items() if v is not None})
 
     with run_stage(timer, "figures"):
         figs = {}
@@ -275,7 +281,8 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                             "points": len(stats.points)},
             "image_prompts": image_prompts, "seeds": seeds,
             "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
-            "attention": attention, "seconds": seconds, "deploy": deploy, "quality": quality,
+            "attention": attention, "seconds": seconds, "cpu_seconds": timer.cpu_seconds, "deploy": deploy,
+            "deploy_skipped": deploy_skipped, "quality": quality,
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 

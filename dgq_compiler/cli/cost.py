@@ -108,14 +108,16 @@ def run(args) -> int:
         raise DgqError(f"--groups {args.groups} is more than the widest quantization point of {args.model} has "
                        f"channels ({widest}): expected at most {widest}")
     options = {"steps": args.steps, "convention": args.convention, "shared_group_map": args.shared_group_map}
+    own_widths = bits is None and inventory.per_op_widths and args.convention == "exact"
     if bits is not None:
         rows = [cost_row(inventory, bits, groups=args.groups or STANDARD_GROUPS[0], **options)]
     else:
         rows = standard_rows(inventory, **options)
-        if inventory.per_op_widths and args.convention == "exact":  # a compiled graph: first its own widths
+        if own_widths:  # a compiled graph: first its own widths, in the cost row and the roofline alike
             rows.insert(0, cost_row(inventory, "W8A8", groups=args.groups or STANDARD_GROUPS[0], compiled=True,
                                     **options))
-    estimates = [estimate(inventory, r.bits, r.groups, target, args.steps) for r in rows]
+    estimates = [estimate(inventory, r.bits, r.groups, target, args.steps, compiled=own_widths and i == 0)
+                 for i, r in enumerate(rows)]
     if args.json:
         configs = [dict(r.to_json(), estimate=e.to_json()) for r, e in zip(rows, estimates)]
         target_doc = {"name": target.name, "hardware": target.hardware.to_dict()}

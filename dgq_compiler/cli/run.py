@@ -74,6 +74,8 @@ def run(args) -> int:
         print()
         print(format_table(*terminal_rows(quality), title="image quality (* = 95% interval separates from FP)"))
     print()
-    print(format_table(["stage", "seconds"], [[k, v] for k, v in summary["seconds"].items()], title="time by stage"))
+    cpu = summary.get("cpu_seconds", {})
+    print(format_table(["stage", "wall s", "CPU s"], [[k, v, cpu.get(k, "-")] for k, v in summary["seconds"].items()],
+                       title=f"time by stage (load {summary['load']['start']:.1f} -> {summary['load']['end']:.1f})"))
     failed = [r["preset"] for r in summary["configs"] if not r["verify_passed"]]
     return 1 if failed else 0

@@ -76,14 +76,24 @@ def _reconstructed(recipe, pipe, options):
                               ReconstructOptions(iterations=RUN_ITERATIONS, seed=options.seed))[0]
 
 
-def compiled_cost_row(graph: Path, config, inventory, steps: int):
-    """The cost row of a compiled graph at its own per-op widths (MixDQ's per-layer allocation, the FP <start>
-    row of a BOS-aware text embedding), or None for configurations with one width everywhere."""
+def compiled_inventory(graph: Path, config, inventory):
+    """The cost inventory of a compiled graph, each op carrying the widths the graph gives it, when they differ
+    from one width everywhere (MixDQ's per-layer allocation, the FP <start> row of a BOS-aware text embedding);
+    None otherwise (the fp32 `inventory` at the configuration's widths says the same)."""
     if not (config.mixed or config.text_bos_fp):
         return None
-    from simulator.cost import cost_row
     from simulator.cost.macs_from_graph import inventory_from_graph
 
-    compiled = inventory_from_graph(graph, batch=inventory.batch, resolution=inventory.resolution[0])
+    return inventory_from_graph(graph, batch=inventory.batch, resolution=inventory.resolution[0])
+
+
+def compiled_cost_row(graph: Path, config, inventory, steps: int):
+    """The cost row of a compiled graph at its own per-op widths, or None for configurations with one width
+    everywhere (compiled_inventory)."""
+    compiled = compiled_inventory(graph, config, inventory)
+    if compiled is None:
+        return None
+    from simulator.cost import cost_row
+
     return cost_row(compiled, "W8A8", groups=config.groups, steps=steps, convention="exact", compiled=True,
                     shared_group_map=config.shared_group_map)

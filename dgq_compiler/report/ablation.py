@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dgq_compiler.report.markdown import _table as table
+from dgq_compiler.report.markdown import stage_times
 from dgq_compiler.report.quality import METRIC_TITLES, SET_TITLES, interval_text, metric_cell, metric_digits
 
 METRICS = ("frechet", "alignment", "is_like")
@@ -169,7 +170,7 @@ def write_ablation_report(summary: dict, out: Path) -> Path:
               "", "## Time", "",
               f"Total {seconds['total']:.0f} s. Per configuration: quantize + compile + images "
               f"(median {np.median([sum(r['seconds'].values()) for r in builds]):.0f} s).", "",
-              table(["stage", "seconds"], [[k, v] for k, v in seconds.items()]), ""]
+              *stage_times(summary)]
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

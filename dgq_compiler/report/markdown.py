@@ -98,13 +98,16 @@ def write_report(summary: dict, out: Path) -> Path:
     ]
     for title, rows in summary["cost"].items():
         parts += [f"**{title}**, paper convention (Σ MACs × b_w × b_a), batch {rows[0]['batch']}, "
-                  f"resolution {rows[0]['resolution'][0]}×{rows[0]['resolution'][1]} latent:", "",
+                  f"resolution {rows[0]['resolution'][0]}×{rows[0]['resolution'][1]} px:", "",
                   _table(["bits", "G", "TBOPs", "model size MB", "quant. params MB"],
                          [[r["bits"], r["groups"], r["tbops"], _mb(r["model_size_bytes"]),
                            _mb(r["qparam_bytes"])] for r in rows]), ""]
     r = summary["roofline"]
     parts += [f"### Latency and energy (roofline on {r['target']})", "", f"![roofline](figures/{r['figure']})", "",
               _table(r["headers"], r["rows"]), ""]
+    if r.get("per_op_widths"):
+        parts += ["Costed at the widths their compiled graph gives each layer (mixed precision, FP <start> row): "
+                  + ", ".join(r["per_op_widths"]) + "; the other rows at their configuration's one width.", ""]
     parts += ["Exact-convention TBOPs of each configuration of this model are in the summary table.", "",
               "## Fidelity", "",
               f"![per-layer SQNR](figures/{summary['figures']['layer_sqnr']})", "",
@@ -140,11 +143,22 @@ def write_report(summary: dict, out: Path) -> Path:
               "`export/` fp32 graph + module map · `calibration/` statistics · `recipes/` one recipe per configuration · "
               "`graphs/<configuration>/` compiled graph, encodings.json, compile.json, verify.json, check.json · "
               "`figures/` the PNGs above · `summary.json` every number of this page.", "",
-              "## Stage times", "",
-              _table(["stage", "seconds"], [[k, v] for k, v in summary["seconds"].items()]), ""]
+              "## Stage times", "", *stage_times(summary)]
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def stage_times(summary: dict) -> list[str]:
+    """The stage table: wall and CPU seconds (CPU: this process and its children, over all cores), with the load."""
+    cpu = summary.get("cpu_seconds", {})
+    load = summary.get("load")
+    lines = []
+    if load:
+        lines += [f"Machine load (1-minute average) {load['start']:.1f} at the start, {load['end']:.1f} at the end; "
+                  f"CPU seconds count every core this run used, so they change little with the load.", ""]
+    rows = [[k, v, cpu.get(k, "-")] for k, v in summary["seconds"].items()]
+    return lines + [_table(["stage", "wall s", "CPU s"], rows), ""]
 
 
 def _median(values: dict) -> float:

@@ -27,16 +27,20 @@ def preset_configs(names) -> dict:
     return configs
 
 
-def estimate_configs(inventory, configs: dict, target="generic-npu", steps: int = 25) -> dict:
-    """name -> (Estimate, [OpEstimate]) for `configs` = {name: (bits label, groups)} on `target`."""
+def estimate_configs(inventory, configs: dict, target="generic-npu", steps: int = 25,
+                     per_op: dict | None = None) -> dict:
+    """name -> (Estimate, [OpEstimate]) for `configs` = {name: (bits label, groups)} on `target`; `per_op`:
+    {name: the inventory of its compiled graph}, whose ops carry their own widths (mixed precision)."""
     from simulator.cost.roofline import estimate, op_estimates
     from simulator.targets import load_target
 
     target = load_target(target)
     out = {}
+    per_op = per_op or {}
     for name, (bits, groups) in configs.items():
-        out[name] = (estimate(inventory, bits, groups, target, steps),
-                     op_estimates(inventory, bits, groups, target.hardware))
+        inv, compiled = (per_op[name], True) if name in per_op else (inventory, False)
+        out[name] = (estimate(inv, bits, groups, target, steps, compiled),
+                     op_estimates(inv, bits, groups, target.hardware, compiled))
     return out
 
 
@@ -107,13 +111,15 @@ def latency_energy_table(estimates: dict) -> tuple[list[str], list[list]]:
     return list(TABLE_HEADERS), rows
 
 
-def roofline_summary(inventory, configs: dict, figure_path: str | Path, target="generic-npu", steps: int = 25) -> dict:
-    """Estimate `configs` ({name: (bits label, groups)}) on `target`, draw the roofline to `figure_path`;
-    returns {"target", "steps", "batch", "figure" (file name), "headers", "rows", "estimates"} (JSON-able)."""
+def roofline_summary(inventory, configs: dict, figure_path: str | Path, target="generic-npu", steps: int = 25,
+                     per_op: dict | None = None) -> dict:
+    """Estimate `configs` ({name: (bits label, groups)}) on `target` (`per_op`: see estimate_configs), draw the
+    roofline to `figure_path`; returns {"target", "steps", "batch", "figure" (file name), "headers", "rows",
+    "estimates", "per_op_widths" (the names costed at their compiled graph's widths)} (JSON-able)."""
     from simulator.targets import load_target
 
     target = load_target(target)
-    results = estimate_configs(inventory, configs, target, steps)
+    results = estimate_configs(inventory, configs, target, steps, per_op)
     h, w = inventory.resolution
     title = (f"Roofline on {target.name}: one UNet step, batch {inventory.batch}, {h}x{w} px "
              "(one point per op kind)")
@@ -121,4 +127,5 @@ def roofline_summary(inventory, configs: dict, figure_path: str | Path, target="
     headers, rows = latency_energy_table({name: e for name, (e, _) in results.items()})
     return {"target": target.name, "steps": steps, "batch": inventory.batch, "figure": Path(path).name,
             "headers": headers, "rows": rows,
-            "estimates": {name: e.to_json() for name, (e, _) in results.items()}}
+            "estimates": {name: e.to_json() for name, (e, _) in results.items()},
+            "per_op_widths": sorted(per_op or {})}

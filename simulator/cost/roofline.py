@@ -132,13 +132,16 @@ class Estimate:
         return doc
 
 
-def op_estimates(inventory: Inventory, bits: BitWidths | str, groups: int, hw: HardwareSpec) -> list[OpEstimate]:
+def op_estimates(inventory: Inventory, bits: BitWidths | str, groups: int, hw: HardwareSpec,
+                 compiled: bool = False) -> list[OpEstimate]:
     bits = parse_bits(bits) if isinstance(bits, str) else bits
-    return [op_estimate(t, hw) for t in inventory_traffic(inventory, bits, groups, hw.fused_softmax)]
+    return [op_estimate(t, hw) for t in inventory_traffic(inventory, bits, groups, hw.fused_softmax, compiled)]
 
 
-def estimate(inventory: Inventory, bits: BitWidths | str, groups: int, target, steps: int) -> Estimate:
-    """Roofline latency and energy of `bits` with G = `groups` on `target` (a Target with a hardware section)."""
+def estimate(inventory: Inventory, bits: BitWidths | str, groups: int, target, steps: int,
+             compiled: bool = False) -> Estimate:
+    """Roofline latency and energy of `bits` with G = `groups` on `target` (a Target with a hardware section);
+    `compiled`: every conv / linear at the widths its compiled graph gives it (an inventory of a compiled graph)."""
     hw = getattr(target, "hardware", None)
     if hw is None:
         raise SimulatorError(f"target {getattr(target, 'name', target)!r} has no `hardware` section "
@@ -146,7 +149,7 @@ def estimate(inventory: Inventory, bits: BitWidths | str, groups: int, target, s
     if not isinstance(steps, int) or steps < 1:
         raise SimulatorError(f"steps must be a positive integer, got {steps!r}")
     bits = parse_bits(bits) if isinstance(bits, str) else bits
-    ops = op_estimates(inventory, bits, groups, hw)
+    ops = op_estimates(inventory, bits, groups, hw, compiled)
     by_kind: dict = {}
     for op in ops:
         k = by_kind.setdefault(op.kind, {"ops": 0, "macs": 0, "dram_bytes": 0, "latency_s": 0.0,

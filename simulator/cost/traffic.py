@@ -81,19 +81,21 @@ class OpTraffic:
         return sum(self.macs.values())
 
 
-def _point_bytes(channels: list, bits: BitWidths, groups: int) -> int:
+def _point_bytes(channels: list, act_bits: int, groups: int) -> int:
     """This step's scale-table rows and group maps of the activation points feeding one op."""
-    if not bits.quantized_activations:
+    if act_bits >= FP:
         return 0
-    table = _bytes(groups, SCALE_BITS + bits.activation) * len(channels)
+    table = _bytes(groups, SCALE_BITS + act_bits) * len(channels)
     maps = sum(_bytes(c, math.ceil(math.log2(groups))) for c in channels) if groups > 1 else 0
     return table + maps
 
 
 def op_traffic(op: CountedOp, bits: BitWidths, groups: int, point_channels: list,
-               fused_softmax: bool = False) -> OpTraffic:
+               fused_softmax: bool = False, compiled: bool = False) -> OpTraffic:
     """Bytes and MACs of `op` at `bits` with G = `groups`; `point_channels`: channel counts of its points;
-    `fused_softmax`: the target keeps QK^T's logits on chip and writes probability codes."""
+    `fused_softmax`: the target keeps QK^T's logits on chip and writes probability codes; `compiled`: a conv /
+    linear at the widths its compiled graph gives it (MixDQ's per-layer allocation; `bits` where it gives
+    none), its FP <start>-row MACs (a BOS-aware text embedding) on the fp32 unit."""
     if not isinstance(groups, int) or groups < 1:
         raise SimulatorError(f"groups must be a positive integer, got {groups!r}")
     quant_act = bits.quantized_activations
@@ -106,23 +108,28 @@ def op_traffic(op: CountedOp, bits: BitWidths, groups: int, point_channels: list
     out_bytes = _bytes(op.outputs, OUTPUT_BITS)
     qparams = start = psums = fused = 0
     if op.kind in ("conv", "linear"):
-        w = FP if op.full_precision else bits.weight
-        a = FP if op.full_precision else bits.activation
+        w, a = bits.weight, bits.activation
+        if compiled:
+            w, a = op.weight_bits or w, op.act_bits or a
+        if op.full_precision:
+            w = a = FP
+        fp_macs = op.fp_macs if compiled else 0
         a_bytes, b_bytes = _bytes(op.a_elements, a), _bytes(op.b_elements, w)
-        add(unit_for(w, a), op.macs)
+        add(unit_for(w, a), op.macs - fp_macs)
+        add("fp32", fp_macs)
         if not op.full_precision:
-            if bits.quantized_weights:
+            if w < FP:
                 out_channels = op.b_elements // max(op.macs // max(op.outputs, 1), 1)
                 qparams += _bytes(out_channels, SCALE_BITS + w)
-            if quant_act:
-                qparams += _point_bytes(point_channels, bits, groups)
+            if a < FP:
+                qparams += _point_bytes(point_channels, a, groups)
                 add("fp32", op.outputs * groups)
                 psums = op.outputs * groups * ACCUMULATOR_BYTES * 2 if groups > 1 else 0
     elif op.kind in ("attn_qk", "attn_av") and quant_act:
         a = bits.activation
         keys = op.keys if op.cross and op.keys else 0
         start_macs = op.macs // keys if keys else 0
-        qparams += _point_bytes(point_channels, bits, groups)
+        qparams += _point_bytes(point_channels, a, groups)
         add("fp32", start_macs)
         if op.kind == "attn_qk":
             k_start = op.b_elements // keys if keys else 0
@@ -165,6 +172,7 @@ def points_by_op(inventory: Inventory) -> dict:
 
 
 def inventory_traffic(inventory: Inventory, bits: BitWidths, groups: int,
-                      fused_softmax: bool = False) -> list[OpTraffic]:
+                      fused_softmax: bool = False, compiled: bool = False) -> list[OpTraffic]:
     points = points_by_op(inventory)
-    return [op_traffic(op, bits, groups, points[(op.module, op.kind)], fused_softmax) for op in inventory.ops]
+    return [op_traffic(op, bits, groups, points[(op.module, op.kind)], fused_softmax, compiled)
+            for op in inventory.ops]

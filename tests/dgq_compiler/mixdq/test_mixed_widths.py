@@ -96,3 +96,19 @@ def test_cost_counts_every_op_at_its_compiled_widths(mixed):
     assert row.name.startswith("compiled (W") and row.name != w8.name
     with pytest.raises(Exception, match="exact convention"):
         cost_row(inventory, "W8A8", convention="paper", compiled=True)
+
+
+def test_roofline_moves_each_layers_weights_at_its_compiled_width(mixed):
+    from simulator.cost.macs_from_graph import inventory_from_graph
+    from simulator.cost.roofline import estimate
+    from simulator.targets import load_target
+
+    path, _recipe, _low = mixed
+    inventory = inventory_from_graph(path, batch=2, resolution=64)
+    target = load_target("generic-npu")
+    mixed_estimate = estimate(inventory, "W8A8", 8, target, 3, compiled=True)
+    w8 = estimate(inventory, "W8A8", 8, target, 3)
+    layers = [op for op in inventory.ops if op.kind in ("conv", "linear") and not op.full_precision]
+    own = sum(-(-op.b_elements * op.weight_bits // 8) for op in layers)
+    fp_layers = sum(op.b_elements * 4 for op in inventory.ops if op.kind in ("conv", "linear") and op.full_precision)
+    assert mixed_estimate.step_bytes["weights"] == own + fp_layers < w8.step_bytes["weights"]

@@ -160,3 +160,33 @@ def test_fused_softmax_keeps_the_logits_on_chip():
                   points=(QuantPoint("attn2", "q", 5), QuantPoint("attn2", "k", 5))), "W8A6", 1, hw)]
     assert estimate_fused.dram_bytes == fused.compulsory_bytes
     assert estimate_fused.on_chip_bytes == fused.compulsory_bytes + 24 * 4 * 2
+
+
+def test_compiled_widths_cost_each_layer_at_its_own_width():
+    """A compiled graph's per-layer widths (MixDQ) replace the configuration's only when asked (`compiled`)."""
+    linear = dict(kind="linear", macs=64 * 48 * 32, outputs=64 * 48, a_elements=64 * 32, b_elements=32 * 48)
+    w4 = CountedOp("mid.proj", weight_bits=4, act_bits=8, **linear)
+    plain = CountedOp("mid.proj", **linear)
+    as_w4a8 = op_traffic(plain, BitWidths(4, 8), 1, [32])
+    assert op_traffic(w4, BitWidths(8, 8), 1, [32], compiled=True) == as_w4a8
+    assert op_traffic(w4, BitWidths(8, 8), 1, [32]) == op_traffic(plain, BitWidths(8, 8), 1, [32])
+    assert as_w4a8.b_bytes == 32 * 48 // 2 and as_w4a8.macs == {"int8": 64 * 48 * 32, "fp32": 64 * 48}
+
+
+def test_compiled_fp_start_row_runs_on_the_fp32_unit():
+    """A BOS-aware text embedding keeps the <start> row of to_k / to_v FP: those MACs are fp32 ones."""
+    op = CountedOp("attn2.to_k", "linear", macs=77 * 64 * 32, outputs=77 * 64, a_elements=77 * 32,
+                   b_elements=32 * 64, weight_bits=8, act_bits=8, fp_macs=64 * 32)
+    t = op_traffic(op, BitWidths(8, 8), 1, [32], compiled=True)
+    assert t.macs == {"int8": 76 * 64 * 32, "fp32": 64 * 32 + 77 * 64}   # <start> row + one rescale per output
+    assert op_traffic(op, BitWidths(8, 8), 1, [32]).macs["int8"] == 77 * 64 * 32
+
+
+def test_compiled_inventory_estimate_differs_from_its_uniform_label():
+    ops = (CountedOp("a", "linear", macs=4096, outputs=64, a_elements=64, b_elements=4096, weight_bits=4, act_bits=8),
+           CountedOp("b", "linear", macs=4096, outputs=64, a_elements=64, b_elements=4096, weight_bits=8, act_bits=8))
+    inv = Inventory("graph", "two", 1, (8, 8), ops, 8192, 128, 0)
+    mixed = estimate(inv, "W8A8", 1, TARGET, steps=1, compiled=True)
+    uniform = estimate(inv, "W8A8", 1, TARGET, steps=1)
+    assert mixed.step_bytes["weights"] == 4096 // 2 + 4096 and uniform.step_bytes["weights"] == 2 * 4096
+    assert mixed.step_latency_s < uniform.step_latency_s
