@@ -6,7 +6,8 @@ per-axis) and numerics (every code and output equal in a default onnxruntime ses
 8-bit, channel and pixel groups, nchw / nlc / nc layouts, every calibrated step). On the tiny UNet's compiled DGQ
 graph the blocked graph is unblocked back to the per-axis form and every quantizer's codes compared at latent sizes
 other than the calibrated one; a per-axis graph with one quantizer's scales permuted must differ (the comparison
-can tell)."""
+can tell). Static variants (`compile --static`) keep the blocked form and read like the per-axis ones; lowered
+graphs have no blocked node."""
 from __future__ import annotations
 
 import json
