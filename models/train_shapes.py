@@ -45,6 +45,7 @@ LATENT_STD = 0.5
 PREDICTION = "epsilon"
 PREDICTIONS = ("epsilon", "v_prediction")
 MIN_SNR = 5.0
+V_FLOOR = 1.0  # v's clean-image weight at the noisiest steps (see loss_weights)
 
 
 def unet_config() -> dict:
@@ -146,7 +147,7 @@ def loss_weights(alphas_cumprod, prediction: str):
 
     snr = alphas_cumprod / (1 - alphas_cumprod)
     if prediction == "v_prediction":
-        return (torch.clamp(snr, max=MIN_SNR) + 1) / (snr + 1)
+        return (torch.clamp(snr, max=MIN_SNR) + V_FLOOR) / (snr + 1)
     return torch.clamp(snr, max=MIN_SNR) / snr
 
 
