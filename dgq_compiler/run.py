@@ -234,9 +234,10 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
             with run_stage(timer, f"{dgq} for {CHECK_TARGET}: adapt, compile, verify, check"):
                 results.append(run_config(dgq, preset(dgq), stats, shared, target=CHECK_TARGET))
     with run_stage(timer, "lowered for onnxruntime-cpu: compile, time, verify, check"):
-        from dgq_compiler.report.deploy import run_hook
+        from dgq_compiler.report.deploy import run_hook, skipped
 
         deploy = run_hook(shared, results)
+        deploy_skipped = skipped(shared)
 
     if options.images:
         with run_stage(timer, "quality: FP and every configuration on two prompt sets"):
@@ -280,7 +281,8 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
                             "points": len(stats.points)},
             "image_prompts": image_prompts, "seeds": seeds,
             "configs": [asdict(r) for r in results], "cost": cost, "roofline": roofline, "figures": figs,
-            "attention": attention, "seconds": seconds, "cpu_seconds": timer.cpu_seconds, "deploy": deploy, "quality": quality,
+            "attention": attention, "seconds": seconds, "cpu_seconds": timer.cpu_seconds, "deploy": deploy,
+            "deploy_skipped": deploy_skipped, "quality": quality,
             "fp_image_mean": float(np.mean(images["FP32"]))}
 
 

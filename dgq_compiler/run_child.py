@@ -25,7 +25,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
-from dgq_compiler.run_config import ConfigResult, Shared, one_config
+from dgq_compiler.run_config import ConfigResult, Shared, one_config, release_weights
 
 CHILD_MIN_PARAMETERS = 100_000_000   # SD 1.x has 860 M; the embedded and tiny models a few M
 JOB_FOLDER = ".configs"              # inside the run's output while it is built; removed at the end
@@ -61,7 +61,7 @@ def config_runner(shared: Shared, source: str, stats):
     _save_fp_layers(shared.fp_layers, jobs)
     for outputs in shared.fp_layers:
         outputs.clear()
-    _release_weights(shared.pipe.unet)
+    release_weights(shared.pipe.unet)
     counter = itertools.count()
 
     def run_in_child(name, config, _stats, shared_, target=None) -> ConfigResult:
@@ -97,24 +97,6 @@ def _load_all(path: Path) -> dict:
     from safetensors.numpy import load_file
 
     return load_file(str(path))
-
-
-def _release_weights(unet) -> None:
-    """Drop the parameters' storage (buffers stay): the parent does not run the UNet while children do."""
-    import torch
-
-    for param in unet.parameters():
-        param.data = torch.empty(0, dtype=param.dtype)
-    _give_back_freed_heap()
-
-
-def _give_back_freed_heap() -> None:
-    """glibc keeps freed small blocks (most conv weights are a few MB) in its heap: return them to the machine."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc: nothing to trim
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
 def _restore_weights(unet, source: str, seed: int) -> None:
@@ -216,7 +198,7 @@ def _shared_in_child(job: dict, jobs: Path) -> Shared:
     fp_layers = [_LayerFile(jobs / f"fp_layers_{k}.safetensors") for k in range(len(meta["probe"]))]
     return Shared(pipe, export_dir, Path(job["out"]), options, calls, [calls[i] for i in meta["probe"]],
                   job["layers"], fp_layers, job["image_prompts"], job["seeds"], {}, inventory,
-                  fp32_step_s=job["fp32_step_s"])
+                  fp32_step_s=job["fp32_step_s"], release_unet=True)
 
 
 def child_main(job_path: str) -> int:

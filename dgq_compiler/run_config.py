@@ -46,6 +46,9 @@ class Shared:
     inventory: object           # the fp32 graph's cost inventory (the same for every configuration)
     recipes: dict = field(default_factory=dict)   # preset -> Recipe
     fp32_step_s: float | None = None              # median UNet call of the fp32 graph, default onnxruntime session
+    # drop the torch UNet's weights once a configuration's torch stages ran (a child process, which runs one
+    # configuration and exits): its onnxruntime stage then never holds two copies of the model (SD at 512 px)
+    release_unet: bool = False
 
 
 @dataclass
@@ -125,6 +128,12 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
             {"target": CHECK_TARGET, "graphs": [g.name for g in checked],
              "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
 
+    with timer.stage("layer_sqnr"):  # torch first: a child process can then drop the torch UNet (see Shared)
+        with apply_recipe(pipe.unet, recipe):
+            layer_sqnr = analysis.per_layer_sqnr(pipe.unet, shared.probe_calls, shared.layers, shared.fp_layers)
+        if shared.release_unet:
+            release_weights(pipe.unet)
+
     with timer.stage("images_and_fidelity"):
         if shared.fp32_step_s is None:  # timed first: the fp32 and compiled sessions are never open at once
             shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
@@ -135,10 +144,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
         latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
                          latent_size=options.latent_size)
         shared.images[name] = decode(pipe, latents)
-        del predictor  # its weights and arena go before the torch fake-quant pass
-        with apply_recipe(pipe.unet, recipe):
-            quantized_layers = analysis.layer_outputs(pipe.unet, shared.probe_calls, shared.layers)
-        layer_sqnr = analysis.per_layer_sqnr(shared.fp_layers, quantized_layers, shared.layers)
+        del predictor
     seconds = timer.seconds
 
     weight_bits, act_bits = compiled_bits(recipe, config)
@@ -161,6 +167,25 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
         layer_sqnr={k: float(v) for k, v in layer_sqnr.items()},
         seconds={**seconds, "unet_call": step_s, "fp32_unet_call": shared.fp32_step_s},  # wall clock: kept apart
         onnxruntime={"default_session": True})
+
+
+def release_weights(unet) -> None:
+    """Drop the parameters' storage (buffers stay) and give the freed heap back to the machine."""
+    import torch
+
+    for param in unet.parameters():
+        param.data = torch.empty(0, dtype=param.dtype)
+    _give_back_freed_heap()
+
+
+def _give_back_freed_heap() -> None:
+    """glibc keeps freed small blocks (most conv weights are a few MB) in its heap: return them to the machine."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc: nothing to trim
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
 def compiled_bits(recipe, config) -> tuple[int, int]:

@@ -11,7 +11,11 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """10 log10(|ref|^2 / |ref - test|^2); +inf when they are identical."""
     reference = np.asarray(reference, dtype=np.float64)
     noise = float(np.sum((reference - np.asarray(test, dtype=np.float64)) ** 2))
-    signal = float(np.sum(reference ** 2))
+    return snr_from_sums(float(np.sum(reference ** 2)), noise)
+
+
+def snr_from_sums(signal: float, noise: float) -> float:
+    """snr_db from the sums of squares |ref|^2 and |ref - test|^2."""
     if noise == 0.0:
         return float("inf")
     return 10.0 * np.log10(max(signal, 1e-30) / noise)
@@ -54,15 +58,35 @@ def layer_outputs(unet, calls: list[UNetCall], layers: list[str]) -> list[dict[s
     return captured
 
 
-def per_layer_sqnr(fp: list[dict[str, np.ndarray]], quantized: list[dict[str, np.ndarray]],
-                   layers: list[str]) -> dict[str, float]:
-    """SQNR (dB) of each layer's output over all recorded calls."""
-    out = {}
-    for name in layers:
-        ref = np.concatenate([c[name].ravel() for c in fp])
-        got = np.concatenate([c[name].ravel() for c in quantized])
-        out[name] = snr_db(ref, got)
-    return out
+def per_layer_sqnr(unet, calls: list[UNetCall], layers: list[str], fp: list) -> dict[str, float]:
+    """SQNR (dB) of each named layer's output (the UNet as it is now) against `fp` (layer_outputs of the FP UNet
+    on the same calls: per call, a mapping layer -> output), over all calls. Each output is compared the moment
+    it is made and dropped: at 512 px one call's layer outputs take GBs."""
+    import torch
+
+    modules = dict(unet.named_modules())
+    sums = {name: [0.0, 0.0] for name in layers}   # |ref|^2, |ref - test|^2
+    reference: list = [None]
+
+    def hook(name):
+        def fn(_module, _args, output):
+            ref = np.asarray(reference[0][name], dtype=np.float64)
+            err = ref - output.detach().double().numpy()
+            sums[name][0] += float(np.sum(ref ** 2))
+            sums[name][1] += float(np.sum(err ** 2))
+        return fn
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
+    try:
+        for call, fp_call in zip(calls, fp):
+            reference[0] = fp_call
+            with torch.no_grad():
+                unet(torch.from_numpy(call.sample), torch.tensor([call.timestep], dtype=torch.float32),
+                     torch.from_numpy(call.states), return_dict=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: snr_from_sums(*sums[name]) for name in layers}
 
 
 def outlier_points(stats, role: str = "input", top: int = 2) -> list[tuple[str, str, str, float]]:

@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 TARGET = "onnxruntime-cpu"
+# what the report says when run_hook leaves a real-size model out (its reason is in run_hook's docstring)
+REAL_SIZE_SKIPPED = (f"Not lowered in this run: at this model's size `dgq run` does not lower its configurations for "
+                     f"{TARGET} (a lowered session beside the run's pipeline is the memory its child processes "
+                     f"avoid). Lower one with `dgq compile --target {TARGET}`, compare it with `dgq verify --target "
+                     f"{TARGET}`; `benchmarks/deploy_lowering.py` measures SD v1.4-size graphs.")
 
 
 def lowered_rows(export_dir: Path, out: Path, recipes: dict, time_call: Callable[[Path], float],
@@ -46,11 +51,10 @@ def run_hook(shared, results) -> list[dict]:
     memory the children avoid; benchmarks/deploy_lowering.py measures that size. The decision is by size alone, so
     forcing child processes on a small model (DGQ_RUN_CHILD=1) writes the same summary."""
     from dgq_compiler.recipe import Recipe
-    from dgq_compiler.run_child import real_size
     from dgq_compiler.run_config import _median_call_s
     from dgq_compiler.sampling import onnx_predictor
 
-    if real_size(shared.pipe.unet):
+    if skipped(shared):
         return []
     recipes = {r.preset: Recipe.load(shared.out / r.recipe) for r in results if "@" not in r.preset}
     if not recipes:
@@ -66,9 +70,19 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def skipped(shared) -> str | None:
+    """Why run_hook lowers nothing for this run's model (None: it lowers every configuration)."""
+    from dgq_compiler.run_child import real_size
+
+    return REAL_SIZE_SKIPPED if real_size(shared.pipe.unet) else None
+
+
 def deploy_section(summary: dict) -> list[str]:
-    """Markdown lines of the section (none when the run lowered nothing)."""
+    """Markdown lines of the section (a sentence when the run left its model out, none when it had nothing to
+    lower)."""
     rows = summary.get("deploy") or []
+    if summary.get("deploy_skipped"):
+        return ["## Deployment: integer lowering for onnxruntime", "", summary["deploy_skipped"], ""]
     if not rows:
         return []
     head = ["configuration", "integer products", "int32 accumulators", "UNet call s", "vs fp32", "vs its QDQ graph",

@@ -98,7 +98,7 @@ def write_report(summary: dict, out: Path) -> Path:
     ]
     for title, rows in summary["cost"].items():
         parts += [f"**{title}**, paper convention (Σ MACs × b_w × b_a), batch {rows[0]['batch']}, "
-                  f"resolution {rows[0]['resolution'][0]}×{rows[0]['resolution'][1]} latent:", "",
+                  f"resolution {rows[0]['resolution'][0]}×{rows[0]['resolution'][1]} px:", "",
                   _table(["bits", "G", "TBOPs", "model size MB", "quant. params MB"],
                          [[r["bits"], r["groups"], r["tbops"], _mb(r["model_size_bytes"]),
                            _mb(r["qparam_bytes"])] for r in rows]), ""]

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from dgq_compiler import run_child
+from dgq_compiler import run_child, run_config
 from dgq_compiler.errors import DgqError
 from dgq_compiler.run import RunOptions, run
 from tests.summaries import without_timings
@@ -53,7 +53,7 @@ def test_weights_are_released_and_taken_back_bit_for_bit(tiny_pipeline_dir):
 
     unet = open_pipeline(str(tiny_pipeline_dir), device="cpu").unet
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    run_child._release_weights(unet)
+    run_config.release_weights(unet)
     assert all(p.numel() == 0 for p in unet.parameters())
     run_child._restore_weights(unet, str(tiny_pipeline_dir), seed=0)
     after = unet.state_dict()

@@ -46,3 +46,20 @@ def test_lowered_rows_and_section(tmp_path, tiny_export_dir, tiny_pipeline_dir):
     call = rows[0]["seconds"]["unet_call"]
     assert f"{call / 0.5:.2f}x" in text and f"{call / 0.25:.2f}x" in text
     assert deploy_section({}) == [] and deploy_section({"deploy": []}) == []
+
+
+def test_a_real_size_run_says_why_it_lowered_nothing(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from dgq_compiler import run_child
+    from dgq_compiler.report.deploy import REAL_SIZE_SKIPPED, deploy_section, skipped
+
+    shared = SimpleNamespace(pipe=SimpleNamespace(unet=torch.nn.Linear(10, 10)))
+    assert skipped(shared) is None
+    monkeypatch.setattr(run_child, "CHILD_MIN_PARAMETERS", 100)  # the Linear's 110 parameters are "real size" now
+    assert skipped(shared) == REAL_SIZE_SKIPPED
+    lines = deploy_section({"deploy": [], "deploy_skipped": skipped(shared)})
+    assert lines[0].startswith("## Deployment") and REAL_SIZE_SKIPPED in lines
+    assert deploy_section({"deploy": [], "deploy_skipped": None}) == []
