@@ -7,7 +7,7 @@ import json
 import pytest
 
 from models.errors import ModelError
-from models.train_shapes import PREDICTION, loss_weights, main, train
+from models.train_shapes import PREDICTION, V_FLOOR, loss_weights, main, train
 
 SHORT = dict(seed=3, vae_steps=2, unet_steps=2, batch=4, pool_size=16, threads=1, quiet=True)
 
@@ -52,10 +52,10 @@ def test_v_loss_keeps_the_high_noise_steps_that_epsilon_loss_neglects():
     # in units of the clean-image error: epsilon error = SNR x it, v error = (SNR + 1) x it
     clean_v = loss_weights(alphas, "v_prediction") * (snr + 1)
     clean_eps = loss_weights(alphas, "epsilon") * snr
-    torch.testing.assert_close(clean_v, torch.clamp(snr, max=5.0) + 1)
+    torch.testing.assert_close(clean_v, torch.clamp(snr, max=5.0) + V_FLOOR)
     torch.testing.assert_close(clean_eps, torch.clamp(snr, max=5.0))
-    assert clean_v.min() >= 1.0 and clean_eps[-1] < 0.01  # the last (noisiest) step: v keeps it, epsilon drops it
-    torch.testing.assert_close(clean_v[:100], clean_eps[:100] + 1)  # low noise: both capped by Min-SNR-5
+    assert V_FLOOR >= 0.1 and clean_v.min() >= V_FLOOR and clean_eps[-1] < 0.01  # the noisiest step: v keeps it
+    torch.testing.assert_close(clean_v[:100], clean_eps[:100] + V_FLOOR)  # low noise: both capped by Min-SNR-5
 
 
 def test_existing_output_is_refused_before_training_unless_overwrite(tmp_path, capsys):
