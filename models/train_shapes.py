@@ -41,7 +41,9 @@ LATENT_STD = 0.5
 # where layout and colour are decided: the epsilon model places objects by the seed noise. v-prediction (SD 2.x-768)
 # asks for the clean image there. Measured (seed 0, 2200 steps, held-out 64 images, guidance 7.5): v raised colour
 # 0.62 -> 0.80, position 0.23 -> 0.44 and alignment 0.685 -> 0.742, but shape fell 0.53 -> 0.23 and the Fréchet
-# distance rose 777 -> 1329, and positions still mostly follow the seed; so epsilon stays the default.
+# distance rose 777 -> 1329, and positions still mostly follow the seed; so epsilon stays the default. With
+# V_FLOOR 0.2 the position words fell back to epsilon's (text states 0.022 apart, benchmarks/shapes_quality.py
+# --conditioning-check; 0.087 at 1.0, 0.041 for epsilon) and shape stayed low (0.19).
 PREDICTION = "epsilon"
 PREDICTIONS = ("epsilon", "v_prediction")
 MIN_SNR = 5.0
