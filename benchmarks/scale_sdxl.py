@@ -113,26 +113,31 @@ def main() -> None:
             if rows[-1]["exit"] != 0 and name not in ("verify", "cost (graph)") and not name.startswith("dgq run"):
                 print(f"{name} failed; see {log}", flush=True)
                 break
-        exports = {}
-        for label, folder in (("sd-v1.4", work / "sd14"), ("sdxl-base", work / "sdxl"), ("sdxl-turbo", work / "turbo")):
-            if (folder / "export.json").is_file():
-                report = json.loads((folder / "export.json").read_text())
-                exports[label] = {"max_abs_error": report["max_abs_error"], "tolerance": report["tolerance"],
-                                  "latent_size": report["latent_size"], "seconds": report["seconds"]}
-        print(json.dumps({"stages": rows, "exports": exports}, indent=1))
-        print(f"\n{'stage':24} {'exit':>4} {'seconds':>8} {'peak GB':>8} {'budget':>7}")
-        for r in rows:
-            print(f"{r['stage']:24} {r['exit']:>4} {r['seconds']:>8.1f} {r['peak_rss_gb']:>8.2f} {r['budget_gb']:>6} "
-                  f"{'ok' if r['within'] else 'OVER/FAILED'}")
-        for label, e in exports.items():
-            print(f"export {label}: max abs error {max(e['max_abs_error'].values()):.3g} "
-                  f"(tolerance {e['tolerance']:g}, latent {e['latent_size']})")
+        print(summary(rows, work))
     finally:
         if lock is not None:
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def summary(rows: list[dict], work: Path) -> str:
+    """The run's stage rows (JSON, then a table) and each export's validation against torch."""
+    exports = {}
+    for label, folder in (("sd-v1.4", work / "sd14"), ("sdxl-base", work / "sdxl"), ("sdxl-turbo", work / "turbo")):
+        if (folder / "export.json").is_file():
+            report = json.loads((folder / "export.json").read_text())
+            exports[label] = {key: report[key] for key in ("max_abs_error", "tolerance", "latent_size")}
+    lines = [json.dumps({"stages": rows, "exports": exports}, indent=1),
+             f"\n{'stage':24} {'exit':>4} {'seconds':>8} {'peak GB':>8} {'budget':>7}"]
+    for r in rows:
+        lines.append(f"{r['stage']:24} {r['exit']:>4} {r['seconds']:>8.1f} {r['peak_rss_gb']:>8.2f} {r['budget_gb']:>6} "
+                     f"{'ok' if r['within'] else 'OVER/FAILED'}")
+    for label, e in exports.items():
+        lines.append(f"export {label}: max abs error {max(e['max_abs_error'].values()):.3g} "
+                     f"(tolerance {e['tolerance']:g}, latent {e['latent_size']})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

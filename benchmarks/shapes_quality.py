@@ -2,6 +2,7 @@
 
     python benchmarks/shapes_quality.py [--pipeline DIR] [--images 64] [--sets heldout,rephrased,validation]
                                         [--guidance 7.5] [--steps 25] [--ceiling] [--position-check]
+                                        [--conditioning-check]
 
 Per prompt set (held-out and rephrased: the quality stage's two sets; validation: the training combinations of
 `shapes_calibration.txt`, for choosing sampling settings without looking at the held-out set), the torch pipeline
@@ -11,7 +12,8 @@ and IS-like with jackknife intervals (`dgq_compiler.quality.metrics.score_set`, 
 `--ceiling`: the same scores for the VAE's reconstructions of real scenes of the same prompts (what the
 autoencoder alone allows). `--position-check`: one prompt, five position phrases x five seeds; a model that places
 objects by the words recognises each row's five positions, one that reads them from the initial noise repeats
-one position per seed.
+one position per seed. `--conditioning-check`: how much the position and colour words change the text encoder's states
+and the UNet's first-step prediction, against how much the seed noise does.
 """
 from __future__ import annotations
 
@@ -82,15 +84,47 @@ def position_check(pipe, evaluator, steps: int, guidance: float) -> int:
     return hits
 
 
+def conditioning_check(pipe, t: int = 961) -> None:
+    """Does a word reach the UNet's first sampling step? For the five position phrases and for the six colour words
+    (one prompt, the rest fixed): the spread of the text encoder's states across the words (relative to their norm),
+    and the spread across the words of the clean latent the UNet predicts from one noise at timestep `t`, against its
+    spread across four noises for one prompt. A word the first step ignores cannot decide what the seed noise does not."""
+    alphas = pipe.scheduler.alphas_cumprod[t]
+    noise = torch.randn(4, 4, *(2 * [int(pipe.unet.config.sample_size)]), generator=torch.Generator().manual_seed(0))
+    print(f"conditioning check ({pipe.scheduler.config.prediction_type}, timestep {t}):")
+    words = {"position": (list(POSITION_PHRASES.values()), "one large red square {} on a white background"),
+             "colour": (["red", "green", "blue", "yellow", "purple", "orange"],
+                        "one large {} square on the left on a white background")}
+    for name, (options, template) in words.items():
+        ids = pipe.tokenizer([template.format(w) for w in options], padding="max_length",
+                             max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            states = pipe.text_encoder(ids)[0]
+            out = torch.stack([pipe.unet(noise, torch.tensor([t]), s.expand(len(noise), -1, -1)).sample
+                               for s in states.unsqueeze(1)])                    # [words, noises, C, H, W]
+        if pipe.scheduler.config.prediction_type == "v_prediction":
+            clean = alphas.sqrt() * noise - (1 - alphas).sqrt() * out
+        else:
+            clean = (noise - (1 - alphas).sqrt() * out) / alphas.sqrt()
+        text_spread = float((states - states.mean(0)).norm() / states.norm())
+        across_words = float((clean - clean.mean(0)).pow(2).mean().sqrt() / clean.std())
+        across_noise = float((clean - clean.mean(1, keepdim=True)).pow(2).mean().sqrt() / clean.std())
+        print(f"  {name:8s} text states spread {text_spread:.3f}; predicted clean latent spread across the words "
+              f"{across_words:.3f}, across noises {across_noise:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", default=None, help="diffusers folder (default: the shipped shapes model)")
     parser.add_argument("--images", type=int, default=64, help="images per prompt set")
-    parser.add_argument("--sets", default="heldout,rephrased", help=f"comma-separated, of {', '.join(SETS)}")
+    parser.add_argument("--sets", default="heldout,rephrased",
+                        help=f"comma-separated, of {', '.join(SETS)} ('' for none: only the checks)")
     parser.add_argument("--guidance", default="7.5", help="classifier-free guidance scale(s), comma-separated")
     parser.add_argument("--steps", type=int, default=25, help="PNDM steps")
     parser.add_argument("--ceiling", action="store_true", help="also score the VAE's reconstructions of real scenes")
     parser.add_argument("--position-check", action="store_true", help="does the position follow the words?")
+    parser.add_argument("--conditioning-check", action="store_true",
+                        help="do position and colour words change the text states and the UNet's first step?")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -99,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = load_evaluator()
     guidances = [float(g) for g in args.guidance.split(",")]
     print(f"{args.pipeline or trained_pipeline_dir()}: {args.images} images per set, {args.steps} PNDM steps")
-    for index, name in enumerate(args.sets.split(",")):
+    if args.images < 1:
+        parser.error(f"--images must be at least 1, got {args.images}")
+    for index, name in enumerate(args.sets.split(",") if args.sets else []):  # --sets "": only the checks
         if name not in SETS:
             parser.error(f"unknown prompt set {name!r}: expected some of {', '.join(SETS)}")
         prompts_all = set_prompts(name)
@@ -117,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             print(line(f"{name} VAE ceiling", score), flush=True)
     if args.position_check:
         position_check(pipe, evaluator, args.steps, guidances[0])
+    if args.conditioning_check:
+        conditioning_check(pipe)
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable
 from dgq_compiler.run_child import config_runner
-from dgq_compiler.run_config import CHECK_TARGET, Shared
+from dgq_compiler.run_config import CHECK_TARGET, Shared, indented
 
 DGQ_PRESETS = ("dgq-w8a8-g8", "dgq-w4a8-g8", "dgq-w8a6-g16", "dgq-w4a6-g16")
 BASELINE_PRESETS = ("qdiffusion-w8a8", "tfmq-w8a8", "qdiffusion-w4a6", "tfmq-w4a6")
@@ -223,7 +223,8 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
 
     shared = Shared(pipe, out / "export", out, options, calls, probe_calls, layers, fp_layers, image_prompts, seeds,
                     images, inventory_from_graph(out / "export" / "unet.onnx", batch=export.batch,
-                                                 resolution=stats.resolution[0] * 8, model="export/unet.onnx"))
+                                                 resolution=stats.resolution[0] * 8, model="export/unet.onnx"),
+                    log=indented(log))
     results = []  # run_config.ConfigResult per configuration
     with config_runner(shared, source, stats) as run_config:  # real-size models: one child process each
         for name in options.presets:

@@ -15,6 +15,7 @@ CHILD_MIN_PARAMETERS run in process; DGQ_RUN_CHILD=1 or 0 forces either way. Bot
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from dgq_compiler.errors import DgqError
-from dgq_compiler.run_config import ConfigResult, Shared, one_config, release_weights
+from dgq_compiler.run_config import ConfigResult, Shared, indented, one_config, release_weights
 
 CHILD_MIN_PARAMETERS = 100_000_000   # SD 1.x has 860 M; the embedded and tiny models a few M
 JOB_FOLDER = ".configs"              # inside the run's output while it is built; removed at the end
@@ -198,7 +199,7 @@ def _shared_in_child(job: dict, jobs: Path) -> Shared:
     fp_layers = [_LayerFile(jobs / f"fp_layers_{k}.safetensors") for k in range(len(meta["probe"]))]
     return Shared(pipe, export_dir, Path(job["out"]), options, calls, [calls[i] for i in meta["probe"]],
                   job["layers"], fp_layers, job["image_prompts"], job["seeds"], {}, inventory,
-                  fp32_step_s=job["fp32_step_s"], release_unet=True)
+                  fp32_step_s=job["fp32_step_s"], release_unet=True, log=indented(functools.partial(print, flush=True)))
 
 
 def child_main(job_path: str) -> int:

@@ -49,6 +49,7 @@ class Shared:
     # drop the torch UNet's weights once a configuration's torch stages ran (a child process, which runs one
     # configuration and exits): its onnxruntime stage then never holds two copies of the model (SD at 512 px)
     release_unet: bool = False
+    log: object = None          # where a configuration's sub-stages are announced (None: nowhere)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def quantize_and_compile(name: str, config, stats, pipe, export_dir: Path, out: 
     from dgq_compiler.compile import CompileOptions, compile_graph
     from dgq_compiler.mixdq.compose import recipe_for_run
 
-    with timer.stage("quantize"):
+    with timer.stage("quantize", "quantize"):
         recipe = recipe_for_run(name, config, stats, pipe, out, options)  # DGQ / MixDQ / EDA-DM, composed
         if target is not None:
             recipe, _gave_up = adapt_recipe(recipe, target, kxk_conv_modules(export_dir / "unet.onnx"))
@@ -76,7 +77,7 @@ def quantize_and_compile(name: str, config, stats, pipe, export_dir: Path, out: 
         (out / "recipes").mkdir(exist_ok=True)
         recipe_path = recipe.save(out / "recipes" / f"{name}.json")
 
-    with timer.stage("compile"):
+    with timer.stage("compile", "compile"):
         (out / "graphs").mkdir(exist_ok=True)
         graph_dir = out / "graphs" / name
         report = compile_graph(export_dir, recipe, graph_dir,
@@ -110,13 +111,13 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
     from simulator.cost.report import cost_row
 
     out, options, pipe = shared.out, shared.options, shared.pipe
-    timer = StageTimer(digits=2)
+    timer = StageTimer(shared.log, digits=2)
     built = quantize_and_compile(name, config, stats, pipe, shared.export_dir, out, timer, target, options)
     name, recipe, recipe_path, report, graph = built.name, built.recipe, built.recipe_path, built.report, built.graph
     graph_dir = graph.parent
     shared.recipes[name] = recipe
 
-    with timer.stage("verify_check"):
+    with timer.stage("verify_check", f"verify on the {VERIFY_TARGET} simulator, check {CHECK_TARGET} rules"):
         verify = verify_graph(graph, target=VERIFY_TARGET, seed=options.seed,
                               latent_size=min(stats.resolution[0], options.verify_latent_size or stats.resolution[0]),
                               timesteps=_spread(stats.timesteps, options.verify_timesteps))
@@ -128,13 +129,13 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
             {"target": CHECK_TARGET, "graphs": [g.name for g in checked],
              "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
 
-    with timer.stage("layer_sqnr"):  # torch first: a child process can then drop the torch UNet (see Shared)
+    with timer.stage("layer_sqnr", "per-layer SQNR (torch fake-quant)"):  # torch first: a child process can then drop the torch UNet (see Shared)
         with apply_recipe(pipe.unet, recipe):
             layer_sqnr = analysis.per_layer_sqnr(pipe.unet, shared.probe_calls, shared.layers, shared.fp_layers)
         if shared.release_unet:
             release_weights(pipe.unet)
 
-    with timer.stage("images_and_fidelity"):
+    with timer.stage("images_and_fidelity", "noise SNR, call time and images (default onnxruntime session)"):
         if shared.fp32_step_s is None:  # timed first: the fp32 and compiled sessions are never open at once
             shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
         predictor = onnx_predictor(graph)  # a default session: what a client opens
@@ -167,6 +168,11 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
         layer_sqnr={k: float(v) for k, v in layer_sqnr.items()},
         seconds={**seconds, "unet_call": step_s, "fp32_unet_call": shared.fp32_step_s},  # wall clock: kept apart
         onnxruntime={"default_session": True})
+
+
+def indented(log):
+    """`log` for a configuration's sub-stages, announced under the run's numbered stage line."""
+    return lambda message: log(f"    {message} ...")
 
 
 def release_weights(unet) -> None:

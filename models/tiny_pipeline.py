@@ -12,13 +12,14 @@ from models.zoo import zoo_config
 TEXT_WIDTH = 32
 
 
-def pndm_scheduler():
-    """PNDM with Stable Diffusion 1.x's noise schedule."""
+def pndm_scheduler(prediction_type: str = "epsilon"):
+    """PNDM with Stable Diffusion 1.x's noise schedule; `prediction_type` says what the UNet predicts ("epsilon" as
+    SD 1.x, "v_prediction" as SD 2.x-768), so every scheduler made from this config reads its output right."""
     from diffusers import PNDMScheduler
 
     return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          num_train_timesteps=1000, set_alpha_to_one=False, skip_prk_steps=True,
-                         steps_offset=1)
+                         steps_offset=1, prediction_type=prediction_type)
 
 
 def build_tiny_pipeline(seed: int = 0):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from models.loader import load_pipeline, load_unet
+from models.train_shapes import PREDICTION
 from models.trained import shapes_prompts_file, trained_evaluator_dir, trained_pipeline_dir
 
 
@@ -36,6 +37,7 @@ def test_components_have_stable_diffusion_layout(pipe):
     assert list(config.up_block_types) == ["CrossAttnUpBlock2D"] * 2 + ["UpBlock2D"]
     assert config.cross_attention_dim == pipe.text_encoder.config.hidden_size and config.in_channels == 4
     assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert pipe.scheduler.config.prediction_type == PREDICTION  # what the training script's default trains
     assert pipe.vae.config.scaling_factor != 1.0  # measured from the latents, as SD's 0.18215
     ids = pipe.tokenizer("two red circles", padding="max_length", max_length=77).input_ids
     assert ids[0] == pipe.tokenizer.bos_token_id and ids[-1] == pipe.tokenizer.eos_token_id
