@@ -57,7 +57,6 @@ def measure(graph, feed: dict, runs: int, profile_dir: str) -> dict:
 
 def reference_child(run_dir: Path, preset: str, form: str, batch: int, latent: int, out: str) -> None:
     """In a child process: one onnx.reference run; prints seconds and peak RSS, saves the output."""
-    import resource
     import time
 
     import numpy as np
@@ -70,7 +69,11 @@ def reference_child(run_dir: Path, preset: str, form: str, batch: int, latent: i
     feed = runtime.example_feeds(model, (latent, latent), batch=batch, seed=0, timestep=501.0)
     start = time.perf_counter()
     np.save(out, ReferenceEvaluator(model).run(None, feed)[0])
-    print(f"{time.perf_counter() - start:.1f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}")
+    seconds = time.perf_counter() - start
+    # VmHWM (this process image's peak), not ru_maxrss: that one keeps the parent's peak across fork + exec
+    peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
+    print(f"{seconds:.1f} {peak}")
 
 
 def reference_rows(args, preset: str, work: str) -> list[str]:
