@@ -249,9 +249,8 @@ def _run_into(options: RunOptions, source: str, label: str, out: Path, log) -> d
         quality = {"skipped": "--images 0"}
 
     with run_stage(timer, "cost model"):
-        from dgq_compiler.report.roofline import preset_configs, roofline_summary
-
         from dgq_compiler.mixdq.compose import compiled_inventory
+        from dgq_compiler.report.roofline import preset_configs, roofline_summary
 
         cost = _cost_tables(shared.inventory, options)
         per_op = {r.preset: compiled_inventory(out / r.graph, preset(r.preset), shared.inventory)

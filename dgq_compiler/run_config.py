@@ -129,7 +129,8 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
             {"target": CHECK_TARGET, "graphs": [g.name for g in checked],
              "violations": [asdict(v) for v in violations]}, indent=1, sort_keys=True) + "\n")
 
-    with timer.stage("layer_sqnr", "per-layer SQNR (torch fake-quant)"):  # torch first: a child process can then drop the torch UNet (see Shared)
+    # torch first: a child process can then drop the torch UNet before onnxruntime (Shared.release_unet)
+    with timer.stage("layer_sqnr", "per-layer SQNR (torch fake-quant)"):
         with apply_recipe(pipe.unet, recipe):
             layer_sqnr = analysis.per_layer_sqnr(pipe.unet, shared.probe_calls, shared.layers, shared.fp_layers)
         if shared.release_unet:
@@ -145,7 +146,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
         latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
                          latent_size=options.latent_size)
         shared.images[name] = decode(pipe, latents)
-        del predictor
+        del predictor  # its weights and arena go now, not when the cost row below is done
     seconds = timer.seconds
 
     weight_bits, act_bits = compiled_bits(recipe, config)
