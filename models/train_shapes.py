@@ -20,6 +20,7 @@ import numpy as np
 
 from models.shapes_dataset import IMAGE_SIZE, caption, render_batch, vocabulary
 from models.tokenizer import MAX_LENGTH, build_tokenizer, write_legacy_files
+from models.train_text import lr_schedule, train_text
 from models.training_cli import run_training, training_parser
 
 TEXT_WIDTH = 64
@@ -29,6 +30,7 @@ VAE_CHANNELS = (24, 48)
 # them all), the colour word and the shape noun each 10% (so each alone carries its attribute: see caption()).
 OMIT_RATE = 0.05
 OMIT_IDENTITY_RATE = 0.1
+UNCOND_RATE = 0.1  # empty captions, for classifier-free guidance
 DIFFUSION_LR = 1e-3  # peak, after 200 warm-up steps; cosine decay to 10%
 # The latents' standard deviation (SD's 0.18215 makes it 1). Half of it lowers the signal-to-noise ratio at every
 # timestep 4x (Chen 2023, "On the importance of noise scheduling"): with unit-variance 16x16 latents, SD's schedule
@@ -86,14 +88,6 @@ def build_components(seed: int):
     return tokenizer, text_encoder, unet, vae
 
 
-def _lr(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
-
-
 def train_vae(vae, rng: np.random.Generator, steps: int, batch: int, log) -> float:
     """Reconstruction (MSE) + a light KL term; returns the final mean-squared reconstruction error."""
     import torch
@@ -104,7 +98,7 @@ def train_vae(vae, rng: np.random.Generator, steps: int, batch: int, log) -> flo
     recent = []
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, 3e-3, 50)
+            group["lr"] = lr_schedule(step, steps, 3e-3, 50)
         images = torch.from_numpy(render_batch(rng, batch, heldout=False).images)
         posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
@@ -154,9 +148,10 @@ def loss_weights(alphas_cumprod, prediction: str):
 
 
 def train_diffusion(text_encoder, unet, tokenizer, pool, scale: float, rng: np.random.Generator,
-                    steps: int, batch: int, log, ema_decay: float = 0.995, uncond_rate: float = 0.1,
-                    prediction: str = PREDICTION, lr: float = DIFFUSION_LR):
-    """Joint text-encoder + UNet training; returns the EMA copies (what is shipped) and the last loss."""
+                    steps: int, batch: int, log, ema_decay: float = 0.995, uncond_rate: float = UNCOND_RATE,
+                    prediction: str = PREDICTION, lr: float = DIFFUSION_LR, freeze_text: bool = False):
+    """UNet training, with the text encoder trained jointly or (`freeze_text`, after the text stage) frozen;
+    returns the EMA copies (what is shipped; a frozen encoder as it is) and the last loss."""
     import torch
     from diffusers import DDPMScheduler
 
@@ -164,17 +159,18 @@ def train_diffusion(text_encoder, unet, tokenizer, pool, scale: float, rng: np.r
     noise_schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                    num_train_timesteps=1000)
     weight = loss_weights(noise_schedule.alphas_cumprod, prediction)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    trained = [unet] if freeze_text else [unet, text_encoder]
+    params = [p for module in trained for p in module.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    ema_params = list(ema_unet.parameters()) + list(ema_text.parameters())
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), text_encoder if freeze_text else copy.deepcopy(text_encoder).eval()
+    ema_params = [p for module in ([ema_unet] if freeze_text else [ema_unet, ema_text]) for p in module.parameters()]
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    unet.train()
-    text_encoder.train()
+    for module in trained:
+        module.train()
     recent = []
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr, 200)
+            group["lr"] = lr_schedule(step, steps, lr, 200)
         index = rng.integers(len(scenes), size=batch)
         captions = ["" if rng.random() < uncond_rate else
                     caption(scenes[i], rng, omit_probability=OMIT_RATE, omit_identity_probability=OMIT_IDENTITY_RATE)
@@ -184,7 +180,8 @@ def train_diffusion(text_encoder, unet, tokenizer, pool, scale: float, rng: np.r
         noise = torch.randn(latents.shape, generator=gen)
         timesteps = torch.randint(0, 1000, (batch,), generator=gen)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
-        context = text_encoder(tokenize(tokenizer, captions))[0]
+        with torch.set_grad_enabled(not freeze_text):  # frozen: no backward through the encoder (cheaper steps)
+            context = text_encoder(tokenize(tokenizer, captions))[0]
         target = noise_schedule.get_velocity(latents, noise, timesteps) if prediction == "v_prediction" else noise
         per_sample = (unet(noisy, timesteps, context).sample - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per_sample * weight[timesteps]).mean()
@@ -213,7 +210,7 @@ def build_pipeline(tokenizer, text_encoder, unet, vae, prediction: str = PREDICT
 
 def train(out: str | Path, seed: int = 0, vae_steps: int = 800, unet_steps: int = 2200, batch: int = 32,
           pool_size: int = 24576, threads: int = 2, quiet: bool = False, overwrite: bool = False,
-          prediction: str = PREDICTION) -> dict:
+          prediction: str = PREDICTION, text_steps: int = 0, text_batch: int = 256) -> dict:
     """Train and save the pipeline to `out` (an existing `out` only with `overwrite`; written under a
     temporary name and renamed, so an interrupted run leaves nothing); returns a summary."""
     import torch
@@ -253,9 +250,18 @@ def train(out: str | Path, seed: int = 0, vae_steps: int = 800, unet_steps: int 
     vae.register_to_config(scaling_factor=scale)
     times["encode"] = time.perf_counter() - start
 
+    text_accuracy = None
+    if text_steps > 0:  # 0: the text encoder trains jointly with the UNet (and no draws are made here)
+        start = time.perf_counter()
+        text_accuracy = train_text(text_encoder, lambda captions: tokenize(tokenizer, captions), rng, text_steps,
+                                   text_batch, log, omit=OMIT_RATE, omit_identity=OMIT_IDENTITY_RATE,
+                                   uncond_rate=UNCOND_RATE)
+        times["text"] = time.perf_counter() - start
+
     start = time.perf_counter()
     text_encoder, unet, loss = train_diffusion(text_encoder, unet, tokenizer, pool, scale, rng,
-                                               unet_steps, batch, log, prediction=prediction)
+                                               unet_steps, batch, log, prediction=prediction,
+                                               freeze_text=text_steps > 0)
     times["diffusion"] = time.perf_counter() - start
     for bar in bars.values():
         bar.close()
@@ -265,7 +271,8 @@ def train(out: str | Path, seed: int = 0, vae_steps: int = 800, unet_steps: int 
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         write_legacy_files(tmp / "tokenizer")  # the files transformers 4.x / optimum read
     summary = {"seed": seed, "vae_steps": vae_steps, "unet_steps": unet_steps, "batch": batch,
-               "pool_size": pool_size, "threads": threads, "prediction": prediction, "vae_mse": round(vae_mse, 6),
+               "pool_size": pool_size, "threads": threads, "prediction": prediction, "text_steps": text_steps,
+               "text_batch": text_batch, "text_accuracy": None if text_accuracy is None else round(text_accuracy, 4), "vae_mse": round(vae_mse, 6),
                "latent_scaling_factor": round(scale, 6), "final_diffusion_loss": round(loss, 6),
                "seconds": {k: round(v, 1) for k, v in times.items()},
                "cpu_seconds": round(time.process_time() - cpu_start, 1)}
@@ -285,9 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--pool-size", type=int, default=24576, help="scenes encoded once for stage 2")
     parser.add_argument("--prediction", choices=PREDICTIONS, default=PREDICTION, help="what the UNet predicts")
+    parser.add_argument("--text-steps", type=int, default=0,
+                        help="steps of the text stage (grounding heads), after which the text encoder is frozen; "
+                             "0: the text encoder trains jointly with the UNet")
+    parser.add_argument("--text-batch", type=int, default=256, help="captions per step of the text stage")
     args = parser.parse_args(argv)
     return run_training(train, args.out, args.seed, args.vae_steps, args.unet_steps, args.batch, args.pool_size,
-                        args.threads, overwrite=args.overwrite, prediction=args.prediction)
+                        args.threads, overwrite=args.overwrite, prediction=args.prediction,
+                        text_steps=args.text_steps, text_batch=args.text_batch)
 
 
 if __name__ == "__main__":
