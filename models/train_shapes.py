@@ -3,8 +3,10 @@
     python -m models.train_shapes --out DIR --seed 0
 
 Stage 1 trains a small AutoencoderKL (32x32x3 <-> 4x16x16, factor 2) on rendered scenes; its
-latent scale (SD's 0.18215) is measured, not assumed. Stage 2 trains the CLIP text encoder and the
-UNet together on those latents with SD 1.x's recipe: epsilon prediction (`--prediction v_prediction`
+latent scale (SD's 0.18215) is measured, not assumed. With `--text-steps N`, the "text" stage then pretrains the
+CLIP text encoder with a grounding objective (models/train_text.py) and freezes it, as SD conditions on a
+pretrained, frozen CLIP; without it, stage 2 trains the text encoder jointly with the UNet. Stage 2 trains the UNet
+on those latents with SD 1.x's recipe: epsilon prediction (`--prediction v_prediction`
 gives SD 2.x's; the saved scheduler config says which), the scaled-linear 0.00085..0.012 schedule over
 1000 steps, 10% empty captions for classifier-free guidance, an EMA of the weights. Everything is drawn from `--seed` (numpy for scenes/captions, torch generators for
 init and noise), and the result is saved with `save_pretrained(safe_serialization=True)`.
