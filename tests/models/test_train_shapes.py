@@ -9,7 +9,8 @@ import pytest
 from models.errors import ModelError
 from models.train_shapes import PREDICTION, V_FLOOR, loss_weights, main, train
 
-SHORT = dict(seed=3, vae_steps=2, unet_steps=2, batch=4, pool_size=16, threads=1, quiet=True)
+SHORT = dict(seed=3, vae_steps=2, unet_steps=2, batch=4, pool_size=16, threads=1, quiet=True, text_steps=2,
+             text_batch=8)
 
 
 def _digests(folder):
@@ -24,6 +25,10 @@ def test_same_seed_gives_byte_identical_weights_and_another_seed_does_not(tmp_pa
     assert first == second and a["final_diffusion_loss"] == b["final_diffusion_loss"]
     assert first["unet/diffusion_pytorch_model.safetensors"] != other["unet/diffusion_pytorch_model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    train(tmp_path / "joint", **{**SHORT, "text_steps": 0})  # no text stage: the encoder trains with the UNet
+    joint = _digests(tmp_path / "joint")
+    assert joint["text_encoder/model.safetensors"] != first["text_encoder/model.safetensors"]
+    assert joint["vae/diffusion_pytorch_model.safetensors"] == first["vae/diffusion_pytorch_model.safetensors"]
 
 
 def _prediction_type(folder):
