@@ -16,8 +16,11 @@ straight-through estimator passes gradients through their rounding). A block kee
 its loss (without R) on the whole calibration set is below round-to-nearest's; otherwise it keeps the nearest
 codes, so no block gets worse on the data. Deterministic for a seed and thread count.
 
-Memory: every block's FP inputs and outputs on the calibration set are held at once (sized for the embedded model
-and small sets; a large UNet wants few samples per step).
+Memory: the FP data streams, one block at a time: before each block an FP pass over the calibration set captures
+that block's inputs, output and layer outputs only, and stops at the block (the rest of the UNet is not run). Peak
+memory is one block's data (the largest block's inputs and outputs on the set) instead of every block's at once;
+the extra compute is a partial FP forward per block and call, small against the block's optimiser steps. The
+captured tensors are the same computation as one pass capturing everything, so the result is bit-identical.
 """
 from __future__ import annotations
 
@@ -115,10 +118,17 @@ def _detach(value):
     return value
 
 
-def capture(unet, calset, blocks) -> dict:
+class _BlockDone(Exception):
+    """Raised by the capture hook once the one block of a streamed pass has run: the rest of the UNet is skipped."""
+
+
+def capture(unet, calset, blocks, stop_after_block: bool = False) -> dict:
     """One FP pass over the calibration set: per block the (step, args, kwargs, output) of each call and its
-    layers' outputs."""
+    layers' outputs. `stop_after_block` (one block): each call stops as soon as the block has run."""
     import torch
+
+    if stop_after_block and len(blocks) != 1:
+        raise ValueError("stop_after_block captures exactly one block")
 
     modules = dict(unet.named_modules())
     data = {name: {"calls": [], "layers": {layer: [] for layer in layers}} for name, layers in blocks}
@@ -131,6 +141,8 @@ def capture(unet, calset, blocks) -> dict:
 
         def post(_m, _args, _kwargs, output):
             data[name]["calls"][-1][3] = _first_tensor(output).detach().clone()
+            if stop_after_block:
+                raise _BlockDone
         return pre, post
 
     def layer_hook(name, layer):
@@ -149,8 +161,11 @@ def capture(unet, calset, blocks) -> dict:
         with torch.no_grad():
             for index, _t, x, states in calset.calls():
                 step[0] = index
-                unet(torch.from_numpy(x), torch.tensor([float(calset.timesteps[index])]),
-                     torch.from_numpy(np.ascontiguousarray(states)), return_dict=False)
+                try:
+                    unet(torch.from_numpy(x), torch.tensor([float(calset.timesteps[index])]),
+                         torch.from_numpy(np.ascontiguousarray(states)), return_dict=False)
+                except _BlockDone:
+                    pass
     finally:
         for h in handles:
             h.remove()
@@ -187,7 +202,6 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
         blocks = [b for b in blocks if b[0] in only]
     if not blocks:
         raise DgqError("the recipe quantizes no Conv/Linear weight of this UNet: nothing to reconstruct")
-    data = capture(unet, calset, blocks)
     steps = [recipe.step_index(t) for t in calset.timesteps]
     modules = dict(unet.named_modules())
     generator = torch.Generator().manual_seed(options.seed)
@@ -195,12 +209,17 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
     requires = {name: p.requires_grad for name, p in unet.named_parameters()}
     for p in unet.parameters():
         p.requires_grad_(False)
-    fq = apply_recipe(unet, recipe, weights=False, activations=options.activations, straight_through=True)
+    fq = None
     try:
         for name, layers in blocks:
             start = time.perf_counter()
-            result, codes = _reconstruct_block(name, layers, modules, data[name], steps, recipe, fq, options,
+            # this block's FP data only (the UNet unquantized while capturing), then the recipe's activations on
+            data = capture(unet, calset, [(name, layers)], stop_after_block=True)[name]
+            fq = apply_recipe(unet, recipe, weights=False, activations=options.activations, straight_through=True)
+            result, codes = _reconstruct_block(name, layers, modules, data, steps, recipe, fq, options,
                                                generator, AdaRoundWeight, beta_schedule, parametrize)
+            fq.remove()
+            fq = data = None
             result.seconds = round(time.perf_counter() - start, 2)
             for layer, c in codes.items():
                 tensors[(layer, "weight")] = replace(recipe.tensors[(layer, "weight")], codes=c)
@@ -208,7 +227,8 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
             if progress:
                 progress(result)
     finally:
-        fq.remove()
+        if fq is not None:
+            fq.remove()
         for pname, p in unet.named_parameters():
             p.requires_grad_(requires.get(pname, True))
     return replace(recipe, tensors=tensors), report

@@ -80,6 +80,42 @@ def test_reconstruction_is_deterministic_for_a_seed(setup, reconstructed):
                for l in dict(find_blocks(pipe.unet, recipe))[BLOCKS[0]])
 
 
+def _same(a, b) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_streamed_capture_equals_one_pass_over_every_block_and_stops_at_the_block(setup):
+    """Reconstruction captures one block at a time (memory: one block's data): the tensors are bit-identical to one
+    pass capturing every block at once (the reconstruction before streaming), so its result is too; and a streamed
+    pass stops at its block (conv_out never runs while a down block is captured)."""
+    from dgq_compiler.edadm.reconstruct import capture
+
+    pipe, recipe, calset = setup
+    blocks = [b for b in find_blocks(pipe.unet, recipe) if b[0] in BLOCKS + ["time_embedding.linear_1"]]
+    together = capture(pipe.unet, calset, blocks)
+    ran = []
+    handle = pipe.unet.conv_out.register_forward_hook(lambda *_: ran.append(1))
+    try:
+        for name, layers in blocks:
+            alone = capture(pipe.unet, calset, [(name, layers)], stop_after_block=True)
+            assert list(alone) == [name] and len(alone[name]["calls"]) == len(list(calset.calls()))
+            assert _same(alone[name]["calls"], together[name]["calls"])
+            assert _same(alone[name]["layers"], together[name]["layers"])
+    finally:
+        handle.remove()
+    assert not ran
+    with pytest.raises(ValueError, match="exactly one block"):
+        capture(pipe.unet, calset, blocks, stop_after_block=True)
+
+
 def test_recipe_with_codes_round_trips_and_drives_fake_quant(setup, reconstructed, tmp_path):
     import torch
 
