@@ -54,7 +54,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    (work / "graphs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stats = CalibrationStats.load(args.stats)
     table = SensitivityTable.load(args.table)

@@ -10,9 +10,10 @@ independent and their order does not matter. The loss is EDA-DM's fine-grained a
     ||B_q(x) - B(x)||^2 / ||B(x)||^2  +  layer_weight * mean_l ||L_q(x) - L(x)||^2 / ||L(x)||^2  +  round_weight * R
 
 with B the block output, L each quantized layer's output inside it, R AdaRound's rounding regulariser (adaround.py).
-Only the rounding (up or down on the recipe's grid) is learned: scales, zero points and every activation
+Only the rounding (up or down on the recipe's grid) is learned by default: scales, zero points and every activation
 quantizer stay the recipe's, and the activations are fake-quantized by the recipe during reconstruction (the
-straight-through estimator passes gradients through their rounding). A block keeps its learned rounding only when
+straight-through estimator passes gradients through their rounding). `act_steps` also learns the step sizes of
+the block's layers' input quantizers (LSQ, lsq.py), kept with the rounding under the same rule. A block keeps its learned rounding only when
 its loss (without R) on the whole calibration set is below round-to-nearest's; otherwise it keeps the nearest
 codes, so no block gets worse on the data. Deterministic for a seed and thread count.
 
@@ -41,6 +42,7 @@ class ReconstructOptions:
     layer_weight: float = 1.0       # fine-grained term: the layers inside the block
     round_weight: float = 0.01      # AdaRound regulariser
     activations: bool = True        # fake-quantize activations by the recipe while reconstructing
+    act_steps: bool = False         # LSQ: also learn the block's layers' input step sizes (needs activations)
     seed: int = 0
 
     def __post_init__(self):
@@ -52,6 +54,8 @@ class ReconstructOptions:
                 raise DgqError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.learning_rate <= 0:
             raise DgqError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.act_steps and not self.activations:
+            raise DgqError("act_steps (learned activation step sizes) needs the activations quantized")
 
 
 @dataclass
@@ -185,9 +189,7 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
     UNet the recipe was made for (left as it was); `calset` an edadm.calset.CalibrationSet whose timesteps the
     recipe's schedule covers (each maps to its nearest calibrated step); `only`: these blocks alone."""
     import torch
-    from torch.nn.utils import parametrize
 
-    from dgq_compiler.edadm.adaround import AdaRoundWeight, beta_schedule
     from dgq_compiler.fakequant import apply_recipe
 
     options = options or ReconstructOptions()
@@ -215,14 +217,18 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
             start = time.perf_counter()
             # this block's FP data only (the UNet unquantized while capturing), then the recipe's activations on
             data = capture(unet, calset, [(name, layers)], stop_after_block=True)[name]
-            fq = apply_recipe(unet, recipe, weights=False, activations=options.activations, straight_through=True)
-            result, codes = _reconstruct_block(name, layers, modules, data, steps, recipe, fq, options,
-                                               generator, AdaRoundWeight, beta_schedule, parametrize)
+            learned = _learned_inputs(recipe, layers) if options.act_steps else {}
+            # the inputs whose steps are learned are quantized by their LearnedSteps, not by the recipe's hooks
+            fixed = replace(recipe, tensors={k: v for k, v in recipe.tensors.items() if k not in learned})
+            fq = apply_recipe(unet, fixed, weights=False, activations=options.activations, straight_through=True)
+            result, codes, inputs = _reconstruct_block(name, layers, modules, data, steps, recipe, fq, options,
+                                                       generator, learned)
             fq.remove()
             fq = data = None
             result.seconds = round(time.perf_counter() - start, 2)
             for layer, c in codes.items():
                 tensors[(layer, "weight")] = replace(recipe.tensors[(layer, "weight")], codes=c)
+            tensors.update(inputs)
             report.blocks.append(result)
             if progress:
                 progress(result)
@@ -234,9 +240,20 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
     return replace(recipe, tensors=tensors), report
 
 
-def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, options, generator,
-                       AdaRoundWeight, beta_schedule, parametrize):
+def _learned_inputs(recipe, layers) -> dict:
+    """{(layer, "input"): LearnedSteps} for the block's layers with a uniform input quantizer."""
+    from dgq_compiler.edadm.lsq import LearnedSteps
+
+    return {(layer, "input"): LearnedSteps(recipe.tensors[(layer, "input")]) for layer in layers
+            if (layer, "input") in recipe.tensors and recipe.tensors[(layer, "input")].quantizer == "uniform"}
+
+
+def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, options, generator, learned):
+    """-> (BlockResult, {layer: codes}, {(layer, "input"): entry with learned steps} (empty unless kept))."""
     import torch
+    from torch.nn.utils import parametrize
+
+    from dgq_compiler.edadm.adaround import AdaRoundWeight, beta_schedule
 
     block = modules[name]
     rounding = {}
@@ -247,6 +264,8 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
     outputs: dict = {}
     handles = [modules[layer].register_forward_hook(lambda _m, _a, out, layer=layer: outputs.__setitem__(layer, out))
                for layer in layers]
+    handles += [modules[layer].register_forward_pre_hook(steps_of.hook(fq.steps)) for (layer, _r), steps_of
+                in learned.items()]
     calls = block_data["calls"]
 
     def loss_of(i):
@@ -266,7 +285,7 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
         loss_nearest = whole_set()
         for r in rounding.values():
             r.fixed = None
-        params = [r.v for r in rounding.values()]
+        params = [r.v for r in rounding.values()] + [steps_of.u for steps_of in learned.values()]
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(params, lr=options.learning_rate)
@@ -293,5 +312,6 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
             h.remove()
         for layer in layers:
             parametrize.remove_parametrizations(modules[layer], "weight", leave_parametrized=False)
+    inputs = {key: steps_of.learned_entry() for key, steps_of in learned.items()} if keep else {}
     return BlockResult(name, len(layers), weights, loss_nearest, loss_learned, "learned" if keep else "nearest",
-                       flipped if keep else 0.0), codes
+                       flipped if keep else 0.0), codes, inputs
