@@ -74,7 +74,7 @@ def run(args) -> int:
 
         points: dict = {"ILP": [], "random (same size or smaller)": []}
         for bits in FRONT_BITS:
-            ilp = allocate(table, Budget(weight_bits=bits))
+            ilp = allocate(table, Budget(weight_bits=bits, fp=budget.fp))
             points["ILP"].append((ilp.achieved["weight_bits"], ilp.objective))
             for seed in range(FRONT_RANDOM_SEEDS):
                 rand = random_allocation(table, ilp, seed=seed)
