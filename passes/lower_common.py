@@ -301,10 +301,11 @@ def zero_point_rows(w_int: np.ndarray, w_zero: np.ndarray) -> np.ndarray:
     return d.astype(np.int8)
 
 
-def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor, kernel, strides, pads, dilations,
-                prefix: str) -> gs.Tensor:
+def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor | None, kernel, strides, pads, dilations,
+                prefix: str, axes=(1, 2)) -> gs.Tensor:
     """uint8 NHWC codes [B, H, W, C] -> patches [B, Ho, Wo, kh*kw*C] (tap-major, channels inner); padding with
-    the zero-point code, so padded taps add (z - z) * w = 0 like the convolution's zero padding."""
+    the zero-point code, so padded taps add (z - z) * w = 0 like the convolution's zero padding. `axes`: the
+    spatial axes (channels are always last; [G, B, H, W, C] codes of batched groups come padded: pads all 0)."""
     kh, kw = kernel
     top, left, bottom, right = pads
     if any(pads):
@@ -314,7 +315,7 @@ def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor, kernel,
     if (kh, kw) == (1, 1) and tuple(strides) == (1, 1):
         return codes
     # tap (i, j) reads rows i*d, i*d + s, ... up to P - d*(k-1-i) (exclusive), i.e. Ho rows: constant Slice inputs
-    axes, steps = constant(f"{prefix}/axes", _i64([1, 2])), constant(f"{prefix}/steps", _i64(list(strides)))
+    axes, steps = constant(f"{prefix}/axes", _i64(list(axes))), constant(f"{prefix}/steps", _i64(list(strides)))
     taps = []
     for i in range(kh):
         for j in range(kw):
@@ -325,7 +326,7 @@ def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor, kernel,
                                  [codes, constant(f"{prefix}/start{i}{j}", start), constant(f"{prefix}/end{i}{j}", end),
                                   axes, steps], dtype=np.uint8))
     return taps[0] if len(taps) == 1 else add_node(graph, "Concat", f"{prefix}/Concat", taps, dtype=np.uint8,
-                                                   attrs={"axis": 3})
+                                                   attrs={"axis": -1})
 
 
 def with_zero_point_columns(graph: gs.Graph, codes: gs.Tensor, zero_rows: gs.Tensor, r: int, prefix: str) -> gs.Tensor:

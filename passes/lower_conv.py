@@ -26,9 +26,6 @@ from passes.lower_common import (
     product_meta,
     lowered_prefix,
     lowerable_nodes,
-    add_all,
-    group_layout,
-    group_scalars,
     input_record,
     im2col_nhwc,
     integer_product,
@@ -36,12 +33,12 @@ from passes.lower_common import (
     pixel_resample,
     quantize_codes,
     rescale,
-    split_groups,
     step_row,
     weight_tensor,
     with_zero_point_columns,
     zero_point_rows,
 )
+from passes.lower_batched import batched_product, group_weights, padded_group_layout, with_group_zero_columns
 from passes.lower_conv_taps import pixel_groups_by_tap
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -60,6 +57,62 @@ def conv_attrs(node: gs.Node, kernel) -> tuple:
     pads = list(a.get("pads", [0, 0, 0, 0]))
     return (tuple(kernel), tuple(a.get("strides", [1, 1])), (pads[0], pads[1], pads[2], pads[3]),
             tuple(a.get("dilations", [1, 1])))
+
+
+def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor, w4: np.ndarray, wt, step: gs.Tensor,
+                   kernel, strides, pads, dilations, name: str, prefix: str, module: str, metadata: dict):
+    """Channel groups as one batched product (passes/lower_batched.py) -> (NHWC float output, kernel, G).
+
+    The float input is zero-padded before it is quantized: a padded pixel's code is then its channel's zero
+    point (round(0 / s) + z = z), so a padded tap adds (z_g - z_g) * w = 0 in every group, as the simulator's
+    zero-padded convolution does. Codes [B, C, H, W] -> permuted channels -> [G, B, H, W, Kp] -> patches
+    [G, B, Ho, Wo, taps * Kp] -> [G, M, taps * Kp + r] against weights [G, taps * Kp + r, Co]."""
+    g_count, (taps, _, co) = tq.scale.shape[1], w4.shape
+    top, left, bottom, right = pads
+    padded = x
+    if any(pads):
+        padded = add_node(graph, "Pad", f"{prefix}/pad_input", [x, constant(f"{prefix}/input_pads", _i64(
+            [0, 0, top, left, 0, 0, bottom, right])), constant(f"{prefix}/pad_zero", np.array(0.0, np.float32))])
+    codes = quantize_codes(graph, padded, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
+    perms, perms_w, kp = padded_group_layout(tq.group_map, g_count)
+    w_padded, d = group_weights(w4, wt.zero_point, perms_w, g_count, kp)
+    perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
+    shape5 = add_node(graph, "Concat", f"{prefix}/groups_shape", [
+        add_node(graph, "Shape", f"{prefix}/batch", [grouped], dtype=np.int64, attrs={"end": 1}),
+        constant(f"{prefix}/group_dims", _i64([g_count, kp])),
+        add_node(graph, "Shape", f"{prefix}/spatial", [grouped], dtype=np.int64, attrs={"start": 2})],
+        dtype=np.int64, attrs={"axis": 0})
+    grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, shape5], dtype=np.uint8)
+    grouped = add_node(graph, "Transpose", f"{prefix}/groups_nhwc", [grouped], dtype=np.uint8,
+                       attrs={"perm": [1, 0, 3, 4, 2]})                                   # [G, B, H, W, Kp]
+    cols = im2col_nhwc(graph, grouped, None, kernel, strides, (0, 0, 0, 0), dilations, f"{prefix}/im2col",
+                       axes=(2, 3))
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [
+        add_node(graph, "Shape", f"{prefix}/cols_shape", [cols], dtype=np.int64, attrs={"start": 1, "end": 4}),
+        constant(f"{prefix}/co", _i64([co]))], dtype=np.int64, attrs={"axis": 0})
+    a = add_node(graph, "Reshape", f"{prefix}/rows", [cols, constant(f"{prefix}/rows_shape",
+                                                                      _i64([g_count, -1, taps * kp]))], dtype=np.uint8)
+    zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
+    a = with_group_zero_columns(graph, a, zero_g, d.shape[-2], 3, prefix)
+    w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
+        weight_tensor(graph, f"{prefix}/w", w_padded), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
+                                                                np.int64)], dtype=np.int8, attrs={"axis": 1})
+    w_rows = add_node(graph, "Reshape", f"{prefix}/w_taps", [w_rows, constant(f"{prefix}/w_taps_shape",
+                                                                               _i64([taps, g_count, kp, co]))],
+                      dtype=np.int8)
+    w_rows = add_node(graph, "Transpose", f"{prefix}/w_group_major", [w_rows], dtype=np.int8,
+                      attrs={"perm": [1, 0, 2, 3]})
+    w_rows = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_rows, constant(f"{prefix}/w_groups_shape",
+                                                                                 _i64([g_count, taps * kp, co]))],
+                      dtype=np.int8)
+    corr = step_row(graph, d, step, f"{prefix}/w_correction", list(d.shape[1:]), np.int8)
+    w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
+    kernel_name = f"{name}, batched split-K x{g_count}"
+    total = batched_product(graph, a, w_g, wt.zero_point, step_row(graph, tq.scale, step, f"{prefix}/scale_g", [-1],
+                                                                   np.float32),
+                            wt.scale, g_count, prefix, product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
+    return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [total, out_shape]), kernel_name, g_count
 
 
 def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Tensor, prefix: str, module: str,
@@ -89,35 +142,8 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
     s, z = per_index_params(tq, step, graph, prefix, resample)
     if tq.axis == "channel":
-        g_count = tq.scale.shape[1]
-        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
-        perms, perms_w, sizes = group_layout(tq)
-        perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
-        perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
-        size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
-        # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
-        grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
-        pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
-        w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
-        w_all = weight_tensor(graph, f"{prefix}/w", w_padded)
-        w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [w_all, perm_w],
-                          dtype=np.int8,
-                          attrs={"axis": 1})
-        a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
-        w_parts = split_groups(graph, w_perm, size, 1, g_count, f"{prefix}/w", np.int8)
-        kernel_name = f"{name}, split-K x{g_count}"
-        w_shape = constant(f"{prefix}/w_shape", _i64([-1, co]))
-        zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
-        scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
-        outs = []
-        for g in range(g_count):
-            z_g, s_g = zeros[g], scales[g]
-            cols = im2col_nhwc(graph, a_parts[g], z_g, kernel, strides, pads, dilations, f"{prefix}/im2col{g}")
-            w_g = add_node(graph, "Reshape", f"{prefix}/w{g}/Reshape", [w_parts[g], w_shape], dtype=np.int8)
-            acc = integer_product(graph, cols, w_g, z_g, w_zero, f"{prefix}/acc{g}",
-                                  product_meta(module, x, kernel_name, g, "nhwc"), metadata)
-            outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
-        return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
+        return channel_groups(graph, x, tq, s, z, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
+                              metadata)
     # pixel groups: codes per pixel on [B, C, H*W]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
     codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))

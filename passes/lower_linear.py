@@ -6,39 +6,40 @@ Per grouping of the input activation (the simulator's schedules, DESIGN.md secti
   only a per-tensor activation zero point, so the per-row zero points ride inside the same product: r extra
   columns of A hold z_m and r int8 rows of W sum to -sum_k (w_kn - zw_n) (lower_common.zero_point_rows);
   y = acc * sw * s_m;
-- channel groups (split-K): codes permuted so each group's channels are contiguous (the step's group map),
-  split per group with the matching weight rows, one MatMulInteger per group with that group's zero point,
-  each rescaled by s_g * sw and added.
+- channel groups (split-K): codes permuted so each group's channels are contiguous (the step's group map) and
+  multiplied by the matching weight rows in ONE batched MatMulInteger [G, M, K/G (+ pad, + r)], the per-group
+  zero points carried by zero-point columns, each group's slice rescaled by s_g * sw and summed over G
+  (passes/lower_batched.py).
 """
 from __future__ import annotations
-
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
+from passes.lower_batched import batched_product, group_weights, padded_group_layout, with_group_zero_columns
 from passes.lower_common import (
     add_report_row,
     ones_scale,
     product_meta,
     lowered_prefix,
     lowerable_nodes,
-    add_all,
-    group_layout,
-    group_scalars,
     input_record,
     integer_product,
     per_index_params,
     pixel_resample,
     quantize_codes,
     rescale,
-    split_groups,
     step_row,
     weight_tensor,
     with_zero_point_columns,
     zero_point_rows,
 )
+
+
+def _i64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
 
 
 def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, zw: np.ndarray, tq, step: gs.Tensor,
@@ -77,42 +78,39 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         rows_scale = add_node(graph, "Reshape", f"{prefix}/row_scale", [s, constant(f"{prefix}/row_shape",
                                                                                     np.array([-1, 1], np.int64))])
         return add_node(graph, "Mul", f"{prefix}/rescale_rows", [y, rows_scale]), kernel, 1
-    # channel groups: split-K
-    g_count = tq.scale.shape[1]
+    # channel groups: one batched split-K product (passes/lower_batched.py)
+    g_count, k = tq.scale.shape[1], w.shape[0]
     s, z = per_index_params(tq, step, graph, prefix)
     codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
-    perms, perms_w, sizes = group_layout(tq)
+    perms, perms_w, kp = padded_group_layout(tq.group_map, g_count)
+    w_padded, d = group_weights(w[None], zw, perms_w, g_count, kp)
     perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
-    perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
-    size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
-    # [..., K] -> [K, M] (channels first: the Gather copies whole rows), split, each group back to [M, K_g]
-    flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape",
-                                                                           np.array([-1, w.shape[0]], np.int64))],
+    # [..., K] -> [K, M] (channels first: the Gather copies whole rows) -> [G, Kp, M] -> [G, M, Kp]
+    flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape", _i64([-1, k]))],
                     dtype=np.uint8)
     first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, perm], dtype=np.uint8, attrs={"axis": 0})
-    a_parts = [add_node(graph, "Transpose", f"{prefix}/a{g}/channels_last", [t], dtype=np.uint8, attrs={"perm": [1, 0]})
-               for g, t in enumerate(split_groups(graph, grouped, size, 0, g_count, f"{prefix}/a", np.uint8))]
-    w_padded = np.concatenate([w, zw.reshape(1, -1).astype(np.int8)])  # row K: w - zw = 0, for padding slots
-    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [weight_tensor(graph, f"{prefix}/w", w_padded), perm_w],
-                      dtype=np.int8, attrs={"axis": 0})
-    w_parts = split_groups(graph, w_perm, size, 0, g_count, f"{prefix}/w", np.int8)
-    kernel = f"MatMulInteger u8xs8, split-K x{g_count}"
-    zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
-    scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
-    outs = []
-    for g in range(g_count):
-        z_g, s_g = zeros[g], scales[g]
-        acc = integer_product(graph, a_parts[g], w_parts[g], z_g, w_zero, f"{prefix}/acc{g}",
-                              product_meta(module, x, kernel, g, layout), metadata)
-        outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
-    total = add_all(graph, outs, f"{prefix}/sum")                                  # [M, N]
-    shape = add_node(graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)
-    lead = add_node(graph, "Slice", f"{prefix}/x_lead", [shape, constant(f"{prefix}/lead_s", np.array([0], np.int64)),
-                                                         constant(f"{prefix}/lead_e", np.array([-1], np.int64))],
-                    dtype=np.int64)
-    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", np.array(
-        [w.shape[1]], np.int64))], dtype=np.int64, attrs={"axis": 0})
+    grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, constant(f"{prefix}/groups_shape",
+                                                                                _i64([g_count, kp, -1]))],
+                       dtype=np.uint8)
+    a = add_node(graph, "Transpose", f"{prefix}/channels_last", [grouped], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
+    zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
+    a = with_group_zero_columns(graph, a, zero_g, d.shape[-2], 3, prefix)
+    w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
+        weight_tensor(graph, f"{prefix}/w", w_padded[0]), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
+                                                                   np.int64)], dtype=np.int8, attrs={"axis": 0})
+    w_rows = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_rows, constant(f"{prefix}/w_groups_shape",
+                                                                                 _i64([g_count, kp, -1]))],
+                      dtype=np.int8)
+    corr = step_row(graph, d, step, f"{prefix}/w_correction", list(d.shape[1:]), np.int8)
+    w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
+    kernel = f"MatMulInteger u8xs8, batched split-K x{g_count}"
+    scale_g = step_row(graph, tq.scale, step, f"{prefix}/scale_g", [-1], np.float32)
+    total = batched_product(graph, a, w_g, zw, scale_g, sw, g_count, prefix, product_meta(module, x, kernel, -1, layout),
+                            metadata)                                                     # [M, N]
+    lead = add_node(graph, "Shape", f"{prefix}/x_lead", [x], dtype=np.int64, attrs={"end": -1})
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", _i64(
+        [w.shape[1]]))], dtype=np.int64, attrs={"axis": 0})
     return add_node(graph, "Reshape", f"{prefix}/unflatten", [total, out_shape]), kernel, g_count
 
 

@@ -179,15 +179,25 @@ def lowered_values(model, feed):
             extra[node.output[0]] = onnx.TensorProto.INT32
             extra[meta["dgq.lowered_input"]] = onnx.TensorProto.FLOAT
     m = with_outputs(model, extra)
-    return run_all(session(m, "default"), feed), m
+    values = run_all(session(m, "default"), feed)
+    for name in list(values):  # a batched split-K product: group g's accumulator is its slice [g]
+        if name in extra and extra[name] == onnx.TensorProto.INT32:
+            values.update({f"{name}[{g}]": part for g, part in enumerate(values[name])})
+    return values, m
 
 
 def accumulator_nodes(model, module):
+    """{group: (accumulator value name, float input name)}; group g of a batched product is `{output}[g]`
+    (lowered_values adds those slices)."""
     out = {}
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         if node.op_type == "MatMulInteger" and meta.get("dgq.module") == module:
-            out[int(meta["dgq.group"])] = (node.output[0], meta["dgq.lowered_input"])
+            if meta["dgq.group"] == "batched":
+                out.update({g: (f"{node.output[0]}[{g}]", meta["dgq.lowered_input"])
+                            for g in range(int(meta["dgq.group_count"]))})
+            else:
+                out[int(meta["dgq.group"])] = (node.output[0], meta["dgq.lowered_input"])
     return out
 
 

@@ -69,7 +69,7 @@ def test_lowered_linears_are_exact_and_match_the_qdq_graph(tg, proj_axis, time_a
     # structure: the two quantized linears are integer products; the unquantized gram MatMul stays
     assert "Gemm" not in ops and ops.count("MatMul") == 1
     expected = {"proj": 3 if proj_axis == "channel" else 1, "time": 2 if time_axis == "channel" else 1}
-    assert ops.count("MatMulInteger") == sum(expected.values())
+    assert ops.count("MatMulInteger") == 2  # one integer product per op: channel groups are one batched product
     rows = json.loads(ctx.artifacts["lowering.json"])
     assert {r["module"]: r["accumulators"] for r in rows} == expected
     w_proj, w_time = _weights(qdq, "onnx::MatMul_1"), _weights(qdq, "time_w", transpose=True)

@@ -48,7 +48,7 @@ def test_per_tensor_ops_become_qlinear_within_one_output_rounding(tg):
                                  + passes[-1:])
     ops = tg.ops(fast)
     assert ops.count("QLinearConv") == 1 and ops.count("QLinearMatMul") == 1
-    assert ops.count("MatMulInteger") == 2          # the channel-grouped Gemm keeps its split-K exact lowering
+    assert ops.count("MatMulInteger") == 1          # the channel-grouped Gemm keeps its (batched) split-K exact lowering
     kernels = {r["module"]: r["kernel"] for r in json.loads(ctx.artifacts["lowering.json"])}
     assert kernels["down.conv"].startswith("QLinearConv") and "split-K" in kernels["time"]
     tq = recipe.tensors[("down.conv", "input")]

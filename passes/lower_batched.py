@@ -1,0 +1,109 @@
+"""Channel (split-K) groups as ONE batched integer product per op (a helper of lower_linear and lower_conv).
+
+The simulator's accumulator of channel group g is acc_g = sum_{k in g} (a_k - z_g)(w_kn - zw_n) (DESIGN.md
+section 6). Writing it as G separate MatMulIntegers (each with its Slice/Cast/Mul epilogue) made the lowered graph
+of a DGQ configuration ~25k nodes: 25 s to create a default onnxruntime session. Here the step's group map
+permutes the codes so each group's channels are contiguous, every group is padded to one width Kp (padding slots
+read activation channel 0 against a weight row holding the weight zero points: w - zw = 0, they add 0), and
+
+    A [G, M, Kp + r] uint8 = grouped codes, then r columns holding z_g     (with_group_zero_columns)
+    W [G, Kp + r, N] int8  = the group's weight rows, then r correction rows d_g with
+                             sum_i (d_gin - zw_n) = -sum_{k in g} (w_kn - zw_n)   (correction_rows)
+    acc = MatMulInteger(A, W, 0, zw[G, 1, N])  ->  int32 [G, M, N], acc[g] = acc_g exactly
+
+(onnxruntime requires a scalar activation zero point, so the per-group z_g ride inside the product, the trick
+lower_common.zero_point_rows uses for per-row zero points), then y = ReduceSum_g(Cast(acc) * (s_g * sw)): the
+Cast -> Mul fuses into MatMulIntegerToFloat in a default session. The accumulator node carries
+LOWERED_GROUP = GROUPS_BATCHED and LOWERED_GROUP_COUNT = G (passes/contract.py): `dgq verify` reads group g as
+acc[g]. Per-step group maps gather the step's permutation, weight rows and correction rows at run time (small
+tensors); a shared map makes them constants that onnxruntime folds at session start.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes.base import add_node, constant
+from passes.contract import GROUPS_BATCHED, LOWERED_GROUP, LOWERED_GROUP_COUNT
+from passes.errors import PassError
+
+
+def _i64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def padded_group_layout(group_map: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """[T', K] group map -> (activation channel per slot [T', G*Kp], weight row per slot [T', G*Kp], Kp), int64.
+    Slot (g, j) of a row is the j-th channel of group g; padding slots read channel 0 and weight row K (the row
+    of weight zero points). Kp >= 1, so an empty group is a product of zeros, never a zero-width one."""
+    k = group_map.shape[1]
+    sizes = np.stack([np.bincount(row, minlength=groups) for row in group_map])
+    kp = max(1, int(sizes.max()))
+    perm_a = np.zeros((len(group_map), groups, kp), np.int64)
+    perm_w = np.full((len(group_map), groups, kp), k, np.int64)
+    for t, row in enumerate(group_map):
+        for g in range(groups):
+            members = np.nonzero(row == g)[0]
+            perm_a[t, g, : len(members)] = members
+            perm_w[t, g, : len(members)] = members
+    return perm_a.reshape(len(group_map), -1), perm_w.reshape(len(group_map), -1), kp
+
+
+def correction_count(column_sums: np.ndarray, w_zero: np.ndarray) -> int:
+    """Rows r needed so that r int8 rows can sum (minus r zero points) to any -column_sums entry."""
+    margin = 127 - int(np.max(np.abs(w_zero.astype(np.int64))))
+    if margin < 1:
+        raise PassError("weight zero points of magnitude 127 leave no room for zero-point correction rows")
+    return max(1, int(np.ceil(np.max(np.abs(column_sums)) / margin)))
+
+
+def correction_rows(column_sums: np.ndarray, w_zero: np.ndarray, r: int) -> np.ndarray:
+    """column_sums [..., N] = sum_k (w_kn - zw_n) -> d [..., r, N] int8 with sum_i (d_in - zw_n) = -column_sums."""
+    zw = w_zero.astype(np.int64)
+    target = -column_sums.astype(np.int64) + r * zw
+    base, rem = np.divmod(target, r)
+    d = base[..., None, :] + (np.arange(r)[:, None] < rem[..., None, :])
+    if d.min() < -128 or d.max() > 127:
+        raise PassError("internal: zero-point correction rows do not fit int8")
+    return d.astype(np.int8)
+
+
+def group_weights(w_taps: np.ndarray, w_zero: np.ndarray, perm_w: np.ndarray, groups: int, kp: int):
+    """w_taps int8 [taps, K, N] -> (padded weights [taps, K + 1, N] (row K = zw), correction rows [T', G, r, N])."""
+    taps, k, n = w_taps.shape
+    padded = np.concatenate([w_taps, np.broadcast_to(w_zero.astype(np.int8).reshape(1, 1, n), (taps, 1, n))], axis=1)
+    centred = padded.astype(np.int64) - w_zero.astype(np.int64)
+    sums = np.stack([centred[:, row].reshape(taps, groups, kp, n).sum(axis=(0, 2)) for row in perm_w])  # [T', G, N]
+    return padded, correction_rows(sums, w_zero, correction_count(sums, w_zero))
+
+
+def with_group_zero_columns(graph: gs.Graph, a: gs.Tensor, zero: gs.Tensor, r: int, rank: int, prefix: str) -> gs.Tensor:
+    """a [G, ..., Kp] uint8 (rank `rank`), zero [G] uint8 -> [G, ..., Kp + r]: r columns holding z_g."""
+    lead = add_node(graph, "Shape", f"{prefix}/zero_columns/Shape", [a], dtype=np.int64, attrs={"end": -1})
+    shape = add_node(graph, "Concat", f"{prefix}/zero_columns/shape", [lead, constant(f"{prefix}/zero_columns/r",
+                                                                                        _i64([r]))],
+                     dtype=np.int64, attrs={"axis": 0})
+    z = add_node(graph, "Reshape", f"{prefix}/zero_columns/z", [zero, constant(f"{prefix}/zero_columns/z_shape",
+                                                                               _i64([-1] + [1] * (rank - 1)))],
+                 dtype=np.uint8)
+    cols = add_node(graph, "Expand", f"{prefix}/zero_columns/Expand", [z, shape], dtype=np.uint8)
+    return add_node(graph, "Concat", f"{prefix}/zero_columns/Concat", [a, cols], dtype=np.uint8, attrs={"axis": -1})
+
+
+def batched_product(graph: gs.Graph, a: gs.Tensor, w: gs.Tensor, w_zero: np.ndarray, scale_g: gs.Tensor,
+                    w_scale: np.ndarray, groups: int, prefix: str, meta: dict, metadata: dict) -> gs.Tensor:
+    """a [G, M, Kc] uint8, w [G, Kc, N] int8, scale_g [G] float32 -> float y [M, N] = sum_g acc[g] * s_g * sw."""
+    n = w_zero.shape[0]
+    zw = constant(f"{prefix}/w_zero_point", np.ascontiguousarray(
+        np.broadcast_to(w_zero.astype(np.int8).reshape(1, 1, n), (groups, 1, n))))
+    name = f"{prefix}/acc"
+    acc = add_node(graph, "MatMulInteger", name, [a, w, constant(f"{prefix}/a_zero", np.array(0, np.uint8)), zw],
+                   f"{name}_output_0", dtype=np.int32)
+    metadata[name] = {**meta, LOWERED_GROUP: GROUPS_BATCHED, LOWERED_GROUP_COUNT: str(groups)}
+    s = add_node(graph, "Reshape", f"{prefix}/scale_g", [scale_g, constant(f"{prefix}/scale_g_shape", _i64([-1, 1, 1]))])
+    scale = add_node(graph, "Mul", f"{prefix}/rescale/scale", [s, constant(f"{prefix}/w_scale", w_scale.astype(np.float32))])
+    as_float = add_node(graph, "Cast", f"{prefix}/rescale/Cast", [acc], attrs={"to": onnx.TensorProto.FLOAT})
+    y = add_node(graph, "Mul", f"{prefix}/rescale/Mul", [as_float, scale])
+    return add_node(graph, "ReduceSum", f"{prefix}/sum", [y, constant(f"{prefix}/group_axis", _i64([0]))],
+                    attrs={"keepdims": 0})
