@@ -47,8 +47,9 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
 6b. **Integer lowering** (`--target onnxruntime-cpu`, passes/lower_*.py). Every integer product is a
    MatMulInteger named `dgq/{module}/lower/acc*` whose metadata names the float input (LOWERED_INPUT), the kernel,
    the accumulator layout and its group: LOWERED_GROUP = g (one product per recipe group or kernel tap; -1 when the
-   op has one accumulator) or GROUPS_BATCHED for channel (split-K) groups, which are ONE batched product
-   [G, M, N] whose slice [g] is group g's int32 accumulator (G = LOWERED_GROUP_COUNT; passes/lower_batched.py).
+   op has one accumulator) or GROUPS_BATCHED for channel (split-K) groups, which are ONE batched product whose
+   slice g along axis LOWERED_GROUP_AXIS is group g's int32 accumulator, g < LOWERED_GROUP_COUNT ([G, M, N] for a
+   linear, [B, G, Ho*Wo, Co] for a convolution; passes/lower_batched.py).
    The per-op rows of `lowering.json` name the module, kernel, weight initializer and accumulator count.
 7. **Model metadata.** `dgq.compiled`, `dgq.model`, `dgq.recipe_config` (JSON), `dgq.timesteps` (JSON), and on
    static variants `dgq.static_step` / `dgq.static_timestep`.
@@ -116,7 +117,8 @@ LOWERED_INPUT = f"{NAMESPACE}.lowered_input"   # MatMulInteger metadata: the flo
 LOWERED_KERNEL = f"{NAMESPACE}.kernel"
 LOWERED_GROUP = f"{NAMESPACE}.group"           # the recipe group (or kernel tap) of this accumulator (-1: the only one)
 GROUPS_BATCHED = "batched"                     # LOWERED_GROUP of a batched split-K product: acc[g] is group g's
-LOWERED_GROUP_COUNT = f"{NAMESPACE}.group_count"  # ... accumulator, g < this count (passes/lower_batched.py)
+LOWERED_GROUP_COUNT = f"{NAMESPACE}.group_count"  # ... accumulator, g < this count, ...
+LOWERED_GROUP_AXIS = f"{NAMESPACE}.group_axis"    # ... g indexing this axis (passes/lower_batched.py)
 LOWERED_LAYOUT = f"{NAMESPACE}.acc_layout"     # nlc (rows x out channels) | nhwc (conv, channels last) | tap
 LOWERING_REPORT = "lowering.json"              # beside the lowered graph: one row per lowered op
 

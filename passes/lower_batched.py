@@ -3,20 +3,21 @@
 The simulator's accumulator of channel group g is acc_g = sum_{k in g} (a_k - z_g)(w_kn - zw_n) (DESIGN.md
 section 6). Writing it as G separate MatMulIntegers (each with its Slice/Cast/Mul epilogue) made the lowered graph
 of a DGQ configuration ~25k nodes: 25 s to create a default onnxruntime session. Here the step's group map
-permutes the codes so each group's channels are contiguous, every group is padded to one width Kp (padding slots
-read activation channel 0 against a weight row holding the weight zero points: w - zw = 0, they add 0), and
+gathers each group's channels into Kp contiguous slots (Kp: the largest group over all steps; padding slots read
+channel 0 against a weight row holding the weight zero points, w - zw = 0, so they add 0), and
 
-    A [G, M, Kp + r] uint8 = grouped codes, then r columns holding z_g     (with_group_zero_columns)
-    W [G, Kp + r, N] int8  = the group's weight rows, then r correction rows d_g with
-                             sum_i (d_gin - zw_n) = -sum_{k in g} (w_kn - zw_n)   (correction_rows)
-    acc = MatMulInteger(A, W, 0, zw[G, 1, N])  ->  int32 [G, M, N], acc[g] = acc_g exactly
+    A [G, M, Kc] uint8  = the group's codes, then zero-point slots holding z_g     (with_zero_rows + the gather)
+    W [G, Kc, N] int8   = the group's weight rows, then correction rows d_g with
+                          sum_i (d_gin - zw_n) = -sum_{k in g} (w_kn - zw_n)        (correction_rows)
+    acc = MatMulInteger(A, W, 0, zw[G, 1, N])  ->  int32, acc[g] = acc_g exactly
 
 (onnxruntime requires a scalar activation zero point, so the per-group z_g ride inside the product, the trick
 lower_common.zero_point_rows uses for per-row zero points), then y = ReduceSum_g(Cast(acc) * (s_g * sw)): the
-Cast -> Mul fuses into MatMulIntegerToFloat in a default session. The accumulator node carries
-LOWERED_GROUP = GROUPS_BATCHED and LOWERED_GROUP_COUNT = G (passes/contract.py): `dgq verify` reads group g as
-acc[g]. Per-step group maps gather the step's permutation, weight rows and correction rows at run time (small
-tensors); a shared map makes them constants that onnxruntime folds at session start.
+Cast -> Mul fuses into MatMulIntegerToFloat in a default session. A convolution batches [B, G, Ho*Wo, Kc] patches
+against the same [G, Kc, Co] weights (group axis 1). The accumulator node carries LOWERED_GROUP = GROUPS_BATCHED,
+LOWERED_GROUP_COUNT and LOWERED_GROUP_AXIS (passes/contract.py): `dgq verify` reads group g as that slice.
+Per-step group maps gather the step's permutation, weight rows and correction rows at run time (small tensors);
+a shared map makes them constants that onnxruntime folds at session start.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from passes.base import add_node, constant
-from passes.contract import GROUPS_BATCHED, LOWERED_GROUP, LOWERED_GROUP_COUNT
+from passes.contract import GROUPS_BATCHED, LOWERED_GROUP, LOWERED_GROUP_AXIS, LOWERED_GROUP_COUNT
 from passes.errors import PassError
 
 
@@ -33,15 +34,17 @@ def _i64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def padded_group_layout(group_map: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """[T', K] group map -> (activation channel per slot [T', G*Kp], weight row per slot [T', G*Kp], Kp), int64.
-    Slot (g, j) of a row is the j-th channel of group g; padding slots read channel 0 and weight row K (the row
-    of weight zero points). Kp >= 1, so an empty group is a product of zeros, never a zero-width one."""
+def padded_group_layout(group_map: np.ndarray, groups: int, zero_slots: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """[T', K] group map -> (activation row per slot [T', G*(Kp + zero_slots)], weight row per slot [T', G*Kp], Kp),
+    int64. Slot (g, j < Kp) is the j-th channel of group g; padding slots read channel 0 against weight row K (the
+    row of weight zero points); the group's last `zero_slots` slots read row K + g, the zero-point row of group g
+    that with_zero_rows appends. Kp >= 1, so an empty group is a product of zeros, never a zero-width one."""
     k = group_map.shape[1]
     sizes = np.stack([np.bincount(row, minlength=groups) for row in group_map])
     kp = max(1, int(sizes.max()))
-    perm_a = np.zeros((len(group_map), groups, kp), np.int64)
+    perm_a = np.zeros((len(group_map), groups, kp + zero_slots), np.int64)
     perm_w = np.full((len(group_map), groups, kp), k, np.int64)
+    perm_a[:, :, kp:] = k + np.arange(groups)[None, :, None]
     for t, row in enumerate(group_map):
         for g in range(groups):
             members = np.nonzero(row == g)[0]
@@ -59,7 +62,8 @@ def correction_count(column_sums: np.ndarray, w_zero: np.ndarray) -> int:
 
 
 def correction_rows(column_sums: np.ndarray, w_zero: np.ndarray, r: int) -> np.ndarray:
-    """column_sums [..., N] = sum_k (w_kn - zw_n) -> d [..., r, N] int8 with sum_i (d_in - zw_n) = -column_sums."""
+    """column_sums [..., N] = sum_k (w_kn - zw_n) -> d [..., r, N] int8 with sum_i (d_in - zw_n) = -column_sums
+    (r >= correction_count)."""
     zw = w_zero.astype(np.int64)
     target = -column_sums.astype(np.int64) + r * zw
     base, rem = np.divmod(target, r)
@@ -69,41 +73,49 @@ def correction_rows(column_sums: np.ndarray, w_zero: np.ndarray, r: int) -> np.n
     return d.astype(np.int8)
 
 
-def group_weights(w_taps: np.ndarray, w_zero: np.ndarray, perm_w: np.ndarray, groups: int, kp: int):
-    """w_taps int8 [taps, K, N] -> (padded weights [taps, K + 1, N] (row K = zw), correction rows [T', G, r, N])."""
+def group_column_sums(w_taps: np.ndarray, w_zero: np.ndarray, perm_w: np.ndarray, groups: int, kp: int):
+    """w_taps int8 [taps, K, N] -> (padded weights [taps, K + 1, N] (row K = zw), per step and group
+    sum_{taps, k in g} (w - zw): int64 [T', G, N])."""
     taps, k, n = w_taps.shape
     padded = np.concatenate([w_taps, np.broadcast_to(w_zero.astype(np.int8).reshape(1, 1, n), (taps, 1, n))], axis=1)
     centred = padded.astype(np.int64) - w_zero.astype(np.int64)
-    sums = np.stack([centred[:, row].reshape(taps, groups, kp, n).sum(axis=(0, 2)) for row in perm_w])  # [T', G, N]
-    return padded, correction_rows(sums, w_zero, correction_count(sums, w_zero))
+    sums = np.stack([centred[:, row].reshape(taps, groups, kp, n).sum(axis=(0, 2)) for row in perm_w])
+    return padded, sums
 
 
-def with_group_zero_columns(graph: gs.Graph, a: gs.Tensor, zero: gs.Tensor, r: int, rank: int, prefix: str) -> gs.Tensor:
-    """a [G, ..., Kp] uint8 (rank `rank`), zero [G] uint8 -> [G, ..., Kp + r]: r columns holding z_g."""
-    lead = add_node(graph, "Shape", f"{prefix}/zero_columns/Shape", [a], dtype=np.int64, attrs={"end": -1})
-    shape = add_node(graph, "Concat", f"{prefix}/zero_columns/shape", [lead, constant(f"{prefix}/zero_columns/r",
-                                                                                        _i64([r]))],
-                     dtype=np.int64, attrs={"axis": 0})
-    z = add_node(graph, "Reshape", f"{prefix}/zero_columns/z", [zero, constant(f"{prefix}/zero_columns/z_shape",
-                                                                               _i64([-1] + [1] * (rank - 1)))],
-                 dtype=np.uint8)
-    cols = add_node(graph, "Expand", f"{prefix}/zero_columns/Expand", [z, shape], dtype=np.uint8)
-    return add_node(graph, "Concat", f"{prefix}/zero_columns/Concat", [a, cols], dtype=np.uint8, attrs={"axis": -1})
+def with_zero_rows(graph: gs.Graph, codes: gs.Tensor, zero: gs.Tensor, axis: int, rank: int, groups: int,
+                   prefix: str) -> gs.Tensor:
+    """codes uint8 with K channels on `axis` -> K + G channels: channel K + g holds z_g everywhere (zero [G] uint8).
+    A block copy next to the codes, gathered into each group's zero-point slots with its channels."""
+    name = f"{prefix}/zero_rows"
+    parts = [constant(f"{name}/groups", _i64([groups]))]
+    if axis > 0:
+        parts.insert(0, add_node(graph, "Shape", f"{name}/lead", [codes], dtype=np.int64, attrs={"end": axis}))
+    if axis < rank - 1:
+        parts.append(add_node(graph, "Shape", f"{name}/tail", [codes], dtype=np.int64, attrs={"start": axis + 1}))
+    shape = add_node(graph, "Concat", f"{name}/shape", parts, dtype=np.int64, attrs={"axis": 0})
+    z = add_node(graph, "Reshape", f"{name}/z", [zero, constant(f"{name}/z_shape", _i64(
+        [1] * axis + [-1] + [1] * (rank - axis - 1)))], dtype=np.uint8)
+    block = add_node(graph, "Expand", f"{name}/Expand", [z, shape], dtype=np.uint8)
+    return add_node(graph, "Concat", f"{name}/Concat", [codes, block], dtype=np.uint8, attrs={"axis": axis})
 
 
 def batched_product(graph: gs.Graph, a: gs.Tensor, w: gs.Tensor, w_zero: np.ndarray, scale_g: gs.Tensor,
-                    w_scale: np.ndarray, groups: int, prefix: str, meta: dict, metadata: dict) -> gs.Tensor:
-    """a [G, M, Kc] uint8, w [G, Kc, N] int8, scale_g [G] float32 -> float y [M, N] = sum_g acc[g] * s_g * sw."""
+                    w_scale: np.ndarray, groups: int, group_axis: int, prefix: str, meta: dict,
+                    metadata: dict) -> gs.Tensor:
+    """a uint8 [G, M, Kc] (group_axis 0) or [B, G, M, Kc] (group_axis 1), w int8 [G, Kc, N], scale_g [G] float32
+    -> float y, the accumulators times s_g * sw summed over the group axis ([M, N] or [B, M, N])."""
     n = w_zero.shape[0]
     zw = constant(f"{prefix}/w_zero_point", np.ascontiguousarray(
         np.broadcast_to(w_zero.astype(np.int8).reshape(1, 1, n), (groups, 1, n))))
     name = f"{prefix}/acc"
     acc = add_node(graph, "MatMulInteger", name, [a, w, constant(f"{prefix}/a_zero", np.array(0, np.uint8)), zw],
                    f"{name}_output_0", dtype=np.int32)
-    metadata[name] = {**meta, LOWERED_GROUP: GROUPS_BATCHED, LOWERED_GROUP_COUNT: str(groups)}
+    metadata[name] = {**meta, LOWERED_GROUP: GROUPS_BATCHED, LOWERED_GROUP_COUNT: str(groups),
+                      LOWERED_GROUP_AXIS: str(group_axis)}
     s = add_node(graph, "Reshape", f"{prefix}/scale_g", [scale_g, constant(f"{prefix}/scale_g_shape", _i64([-1, 1, 1]))])
     scale = add_node(graph, "Mul", f"{prefix}/rescale/scale", [s, constant(f"{prefix}/w_scale", w_scale.astype(np.float32))])
     as_float = add_node(graph, "Cast", f"{prefix}/rescale/Cast", [acc], attrs={"to": onnx.TensorProto.FLOAT})
     y = add_node(graph, "Mul", f"{prefix}/rescale/Mul", [as_float, scale])
-    return add_node(graph, "ReduceSum", f"{prefix}/sum", [y, constant(f"{prefix}/group_axis", _i64([0]))],
+    return add_node(graph, "ReduceSum", f"{prefix}/sum", [y, constant(f"{prefix}/group_axis", _i64([group_axis]))],
                     attrs={"keepdims": 0})

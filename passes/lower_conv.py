@@ -38,7 +38,8 @@ from passes.lower_common import (
     with_zero_point_columns,
     zero_point_rows,
 )
-from passes.lower_batched import batched_product, group_weights, padded_group_layout, with_group_zero_columns
+from passes.lower_batched import (batched_product, correction_count, correction_rows, group_column_sums,
+                                  padded_group_layout, with_zero_rows)
 from passes.lower_conv_taps import pixel_groups_by_tap
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -65,8 +66,9 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor
 
     The float input is zero-padded before it is quantized: a padded pixel's code is then its channel's zero
     point (round(0 / s) + z = z), so a padded tap adds (z_g - z_g) * w = 0 in every group, as the simulator's
-    zero-padded convolution does. Codes [B, C, H, W] -> permuted channels -> [G, B, H, W, Kp] -> patches
-    [G, B, Ho, Wo, taps * Kp] -> [G, M, taps * Kp + r] against weights [G, taps * Kp + r, Co]."""
+    zero-padded convolution does. Codes [B, C, H, W] + G zero-point channels -> the step's slots [B, G*Kc, H, W]
+    (Kc = Kp + r' zero-point slots, r' = ceil(r / taps): im2col repeats them per tap) -> [B*G, H, W, Kc] ->
+    patches [B*G, Ho, Wo, taps*Kc] -> [B, G, Ho*Wo, taps*Kc] against weights [G, taps*Kc, Co]."""
     g_count, (taps, _, co) = tq.scale.shape[1], w4.shape
     top, left, bottom, right = pads
     padded = x
@@ -74,27 +76,30 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor
         padded = add_node(graph, "Pad", f"{prefix}/pad_input", [x, constant(f"{prefix}/input_pads", _i64(
             [0, 0, top, left, 0, 0, bottom, right])), constant(f"{prefix}/pad_zero", np.array(0.0, np.float32))])
     codes = quantize_codes(graph, padded, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
-    perms, perms_w, kp = padded_group_layout(tq.group_map, g_count)
-    w_padded, d = group_weights(w4, wt.zero_point, perms_w, g_count, kp)
-    perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
-    grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
-    shape5 = add_node(graph, "Concat", f"{prefix}/groups_shape", [
-        add_node(graph, "Shape", f"{prefix}/batch", [grouped], dtype=np.int64, attrs={"end": 1}),
-        constant(f"{prefix}/group_dims", _i64([g_count, kp])),
-        add_node(graph, "Shape", f"{prefix}/spatial", [grouped], dtype=np.int64, attrs={"start": 2})],
-        dtype=np.int64, attrs={"axis": 0})
-    grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, shape5], dtype=np.uint8)
-    grouped = add_node(graph, "Transpose", f"{prefix}/groups_nhwc", [grouped], dtype=np.uint8,
-                       attrs={"perm": [1, 0, 3, 4, 2]})                                   # [G, B, H, W, Kp]
-    cols = im2col_nhwc(graph, grouped, None, kernel, strides, (0, 0, 0, 0), dilations, f"{prefix}/im2col",
-                       axes=(2, 3))
-    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [
-        add_node(graph, "Shape", f"{prefix}/cols_shape", [cols], dtype=np.int64, attrs={"start": 1, "end": 4}),
-        constant(f"{prefix}/co", _i64([co]))], dtype=np.int64, attrs={"axis": 0})
-    a = add_node(graph, "Reshape", f"{prefix}/rows", [cols, constant(f"{prefix}/rows_shape",
-                                                                      _i64([g_count, -1, taps * kp]))], dtype=np.uint8)
+    _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
+    w_padded, sums = group_column_sums(w4, wt.zero_point, perms_w, g_count, kp)
+    r_tap = -(-correction_count(sums, wt.zero_point) // taps)
+    perms, _, _ = padded_group_layout(tq.group_map, g_count, r_tap)
+    kc = kp + r_tap
+    d = correction_rows(sums, wt.zero_point, taps * r_tap)                   # [T', G, taps * r', Co]
+    d = d.reshape(d.shape[0], g_count, taps, r_tap, co)
     zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
-    a = with_group_zero_columns(graph, a, zero_g, d.shape[-2], 3, prefix)
+    codes = with_zero_rows(graph, codes, zero_g, 1, 4, g_count, prefix)
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, step_row(graph, perms, step, f"{prefix}/perm",
+                                                                              [-1], np.int64)],
+                       dtype=np.uint8, attrs={"axis": 1})                                  # [B, G*Kc, H, W]
+    grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, constant(f"{prefix}/groups_shape",
+                                                                                _i64([-1, kc, 0, 0]))], dtype=np.uint8)
+    grouped = add_node(graph, "Transpose", f"{prefix}/groups_nhwc", [grouped], dtype=np.uint8,
+                       attrs={"perm": NCHW_TO_NHWC})                                      # [B*G, H, W, Kc]
+    cols = im2col_nhwc(graph, grouped, None, kernel, strides, (0, 0, 0, 0), dilations, f"{prefix}/im2col")
+    batch = add_node(graph, "Shape", f"{prefix}/batch", [x], dtype=np.int64, attrs={"end": 1})
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [
+        batch, add_node(graph, "Shape", f"{prefix}/cols_hw", [cols], dtype=np.int64, attrs={"start": 1, "end": 3}),
+        constant(f"{prefix}/co", _i64([co]))], dtype=np.int64, attrs={"axis": 0})
+    rows_shape = add_node(graph, "Concat", f"{prefix}/rows_shape", [
+        batch, constant(f"{prefix}/rows_dims", _i64([g_count, -1, taps * kc]))], dtype=np.int64, attrs={"axis": 0})
+    a = add_node(graph, "Reshape", f"{prefix}/rows", [cols, rows_shape], dtype=np.uint8)  # [B, G, Ho*Wo, taps*Kc]
     w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
         weight_tensor(graph, f"{prefix}/w", w_padded), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
                                                                 np.int64)], dtype=np.int8, attrs={"axis": 1})
@@ -102,16 +107,16 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor
                                                                                _i64([taps, g_count, kp, co]))],
                       dtype=np.int8)
     w_rows = add_node(graph, "Transpose", f"{prefix}/w_group_major", [w_rows], dtype=np.int8,
-                      attrs={"perm": [1, 0, 2, 3]})
-    w_rows = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_rows, constant(f"{prefix}/w_groups_shape",
-                                                                                 _i64([g_count, taps * kp, co]))],
-                      dtype=np.int8)
-    corr = step_row(graph, d, step, f"{prefix}/w_correction", list(d.shape[1:]), np.int8)
-    w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
+                      attrs={"perm": [1, 0, 2, 3]})                                        # [G, taps, Kp, Co]
+    corr = step_row(graph, d, step, f"{prefix}/w_correction", list(d.shape[1:]), np.int8)  # [G, taps, r', Co]
+    w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 2})
+    w_g = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_g, constant(f"{prefix}/w_groups_shape",
+                                                                           _i64([g_count, taps * kc, co]))],
+                   dtype=np.int8)
     kernel_name = f"{name}, batched split-K x{g_count}"
     total = batched_product(graph, a, w_g, wt.zero_point, step_row(graph, tq.scale, step, f"{prefix}/scale_g", [-1],
                                                                    np.float32),
-                            wt.scale, g_count, prefix, product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
+                            wt.scale, g_count, 1, prefix, product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
     return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [total, out_shape]), kernel_name, g_count
 
 

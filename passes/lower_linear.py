@@ -18,7 +18,8 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
-from passes.lower_batched import batched_product, group_weights, padded_group_layout, with_group_zero_columns
+from passes.lower_batched import (batched_product, correction_count, correction_rows, group_column_sums,
+                                  padded_group_layout, with_zero_rows)
 from passes.lower_common import (
     add_report_row,
     ones_scale,
@@ -82,20 +83,24 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     g_count, k = tq.scale.shape[1], w.shape[0]
     s, z = per_index_params(tq, step, graph, prefix)
     codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
-    perms, perms_w, kp = padded_group_layout(tq.group_map, g_count)
-    w_padded, d = group_weights(w[None], zw, perms_w, g_count, kp)
-    perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
-    # [..., K] -> [K, M] (channels first: the Gather copies whole rows) -> [G, Kp, M] -> [G, M, Kp]
+    _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
+    w_padded, sums = group_column_sums(w[None], zw, perms_w, g_count, kp)
+    r = correction_count(sums, zw)
+    perms, _, _ = padded_group_layout(tq.group_map, g_count, r)
+    d = correction_rows(sums, zw, r)                                                       # [T', G, r, N]
+    # [..., K] -> [K, M] (channels first: the Gathers copy whole rows) + G zero-point rows -> [G, Kp + r, M]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape", _i64([-1, k]))],
                     dtype=np.uint8)
     first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
-    grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, perm], dtype=np.uint8, attrs={"axis": 0})
+    zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
+    first = with_zero_rows(graph, first, zero_g, 0, 2, g_count, prefix)
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, step_row(graph, perms, step, f"{prefix}/perm",
+                                                                              [-1], np.int64)],
+                       dtype=np.uint8, attrs={"axis": 0})
     grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, constant(f"{prefix}/groups_shape",
-                                                                                _i64([g_count, kp, -1]))],
+                                                                                _i64([g_count, kp + r, -1]))],
                        dtype=np.uint8)
     a = add_node(graph, "Transpose", f"{prefix}/channels_last", [grouped], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
-    zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
-    a = with_group_zero_columns(graph, a, zero_g, d.shape[-2], 3, prefix)
     w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
         weight_tensor(graph, f"{prefix}/w", w_padded[0]), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
                                                                    np.int64)], dtype=np.int8, attrs={"axis": 0})
@@ -106,8 +111,8 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
     kernel = f"MatMulInteger u8xs8, batched split-K x{g_count}"
     scale_g = step_row(graph, tq.scale, step, f"{prefix}/scale_g", [-1], np.float32)
-    total = batched_product(graph, a, w_g, zw, scale_g, sw, g_count, prefix, product_meta(module, x, kernel, -1, layout),
-                            metadata)                                                     # [M, N]
+    total = batched_product(graph, a, w_g, zw, scale_g, sw, g_count, 0, prefix,
+                            product_meta(module, x, kernel, -1, layout), metadata)            # [M, N]
     lead = add_node(graph, "Shape", f"{prefix}/x_lead", [x], dtype=np.int64, attrs={"end": -1})
     out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", _i64(
         [w.shape[1]]))], dtype=np.int64, attrs={"axis": 0})

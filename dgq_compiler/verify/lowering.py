@@ -6,7 +6,8 @@ Teacher-forced per op: the graph's float input x of the op, its uint8 codes and 
 quantizer gives the reference codes (q = clamp(rint(x / s) + z), float32 division, as simulator/ops/
 quantize_linear.py), and from those codes and the graph's integer weights the simulator's exact integer
 kernels (simulator.integer: int_matmul, int_conv2d, int_conv2d_pixel_groups) give the reference accumulators,
-one per recipe group. Reported per op: codes compared / differing, accumulator elements compared / differing and
+one per recipe group (a batched split-K product holds them as slices of one accumulator tensor: the contract's
+LOWERED_GROUP_AXIS). Reported per op: codes compared / differing, accumulator elements compared / differing and
 the largest difference. Exact means zero differing accumulators.
 """
 from __future__ import annotations
@@ -184,8 +185,8 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
 
     from dgq_compiler import runtime
     from dgq_compiler.verify.integer import latent_size_of
-    from passes.contract import (GROUPS_BATCHED, LOWER_ROLE, LOWERED_GROUP, LOWERED_GROUP_COUNT, LOWERED_INPUT,
-                                 LOWERING_REPORT, META_MODULE, node_prefix)
+    from passes.contract import (GROUPS_BATCHED, LOWER_ROLE, LOWERED_GROUP, LOWERED_GROUP_AXIS, LOWERED_GROUP_COUNT,
+                                 LOWERED_INPUT, LOWERING_REPORT, META_MODULE, node_prefix)
 
     graph = runtime.resolve_graph(graph, "a compiled folder or its unet.onnx")
     all_rows = _read_json(graph.parent / LOWERING_REPORT, "lowering report")
@@ -206,8 +207,9 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
         if node.op_type == "MatMulInteger" and meta.get(META_MODULE) in {r["module"] for r in rows}:
             group = meta[LOWERED_GROUP]
             groups = range(int(meta[LOWERED_GROUP_COUNT])) if group == GROUPS_BATCHED else [int(group)]
-            for g in groups:  # a batched product holds group g's accumulator at [g]
-                accs.setdefault(meta[META_MODULE], {})[g] = (node.output[0], g if group == GROUPS_BATCHED else None)
+            axis = int(meta.get(LOWERED_GROUP_AXIS, 0))
+            for g in groups:  # a batched product holds group g's accumulator as its slice g on the group axis
+                accs.setdefault(meta[META_MODULE], {})[g] = (node.output[0], (g, axis) if group == GROUPS_BATCHED else None)
             inputs[meta[META_MODULE]] = meta[LOWERED_INPUT]
     for node in model.graph.node:
         for r in rows:
@@ -239,7 +241,8 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
             got_codes = _unpadded(values[code_names[m]], codes.shape, r).astype(np.int64)
             res.codes += codes.size
             res.code_mismatches += int(np.count_nonzero(got_codes != codes))
-            got_accs = {g: values[name] if at is None else values[name][at] for g, (name, at) in accs[m].items()}
+            got_accs = {g: values[name] if at is None else np.take(values[name], at[0], axis=at[1])
+                        for g, (name, at) in accs[m].items()}
             if "per-tap" in r["kernel"]:
                 x = values[inputs[m]]
                 gmap = _step_params(enc, step)[2]

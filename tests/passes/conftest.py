@@ -180,9 +180,11 @@ def lowered_values(model, feed):
             extra[meta["dgq.lowered_input"]] = onnx.TensorProto.FLOAT
     m = with_outputs(model, extra)
     values = run_all(session(m, "default"), feed)
-    for name in list(values):  # a batched split-K product: group g's accumulator is its slice [g]
-        if name in extra and extra[name] == onnx.TensorProto.INT32:
-            values.update({f"{name}[{g}]": part for g, part in enumerate(values[name])})
+    for node in model.graph.node:  # a batched split-K product: group g's accumulator is its slice g on the group axis
+        meta = {p.key: p.value for p in node.metadata_props}
+        if node.op_type == "MatMulInteger" and meta.get("dgq.group") == "batched":
+            acc, axis = values[node.output[0]], int(meta["dgq.group_axis"])
+            values.update({f"{node.output[0]}[{g}]": np.take(acc, g, axis=axis) for g in range(acc.shape[axis])})
     return values, m
 
 
