@@ -83,6 +83,35 @@ def group_column_sums(w_taps: np.ndarray, w_zero: np.ndarray, perm_w: np.ndarray
     return padded, sums
 
 
+def correction_rows_of(graph: gs.Graph, w_rows: gs.Tensor, w_zero: np.ndarray, slots: int, r: int, reduce_axes,
+                       prefix: str) -> gs.Tensor:
+    """correction_rows computed at run time from the step's gathered weight rows (a [T', G, r, N] table would
+    be most of the graph's file): w_rows int8 [G, ..., N] with `slots` rows per group over `reduce_axes` (padding
+    rows hold zw) -> d int8 [G, r, N]:
+
+        target = sum_i (d_i - zw) + r zw = (slots + r) zw - sum(w_rows),   d_i = floor(target / r) + (i < target mod r)
+    """
+    name = f"{prefix}/correction"
+    zw = w_zero.astype(np.int64)
+    total = add_node(graph, "ReduceSum", f"{name}/sum", [
+        add_node(graph, "Cast", f"{name}/Cast", [w_rows], dtype=np.int32, attrs={"to": onnx.TensorProto.INT32}),
+        constant(f"{name}/axes", _i64(list(reduce_axes)))], dtype=np.int32, attrs={"keepdims": 0})  # [G, N]
+    target = add_node(graph, "Sub", f"{name}/target", [constant(f"{name}/offset", ((slots + r) * zw).astype(np.int32)),
+                                                       total], dtype=np.int32)
+    target = add_node(graph, "Unsqueeze", f"{name}/rows", [target, constant(f"{name}/row_axis", _i64([1]))],
+                      dtype=np.int32)                                                        # [G, 1, N]
+    count = constant(f"{name}/r", np.array(r, np.int32))
+    rem = add_node(graph, "Mod", f"{name}/rem", [target, count], dtype=np.int32, attrs={"fmod": 0})  # in [0, r)
+    base = add_node(graph, "Div", f"{name}/base", [add_node(graph, "Sub", f"{name}/whole", [target, rem],
+                                                            dtype=np.int32), count], dtype=np.int32)  # exact
+    extra = add_node(graph, "Less", f"{name}/extra", [constant(f"{name}/index", np.arange(r, dtype=np.int32).reshape(
+        r, 1)), rem], dtype=np.bool_)                                                        # [G, r, N]
+    d = add_node(graph, "Add", f"{name}/rows_int", [base, add_node(graph, "Cast", f"{name}/extra_int", [extra],
+                                                                   dtype=np.int32, attrs={"to": onnx.TensorProto.INT32})],
+                 dtype=np.int32)
+    return add_node(graph, "Cast", f"{name}/int8", [d], dtype=np.int8, attrs={"to": onnx.TensorProto.INT8})
+
+
 def with_zero_rows(graph: gs.Graph, codes: gs.Tensor, zero: gs.Tensor, axis: int, rank: int, groups: int,
                    prefix: str) -> gs.Tensor:
     """codes uint8 with K channels on `axis` -> K + G channels: channel K + g holds z_g everywhere (zero [G] uint8).

@@ -38,7 +38,7 @@ from passes.lower_common import (
     with_zero_point_columns,
     zero_point_rows,
 )
-from passes.lower_batched import (batched_product, correction_count, correction_rows, group_column_sums,
+from passes.lower_batched import (batched_product, correction_count, correction_rows_of, group_column_sums,
                                   padded_group_layout, with_zero_rows)
 from passes.lower_conv_taps import pixel_groups_by_tap
 
@@ -81,12 +81,10 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor
     r_tap = -(-correction_count(sums, wt.zero_point) // taps)
     perms, _, _ = padded_group_layout(tq.group_map, g_count, r_tap)
     kc = kp + r_tap
-    d = correction_rows(sums, wt.zero_point, taps * r_tap)                   # [T', G, taps * r', Co]
-    d = d.reshape(d.shape[0], g_count, taps, r_tap, co)
     zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
     codes = with_zero_rows(graph, codes, zero_g, 1, 4, g_count, prefix)
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, step_row(graph, perms, step, f"{prefix}/perm",
-                                                                              [-1], np.int64)],
+                                                                              [-1], np.int32)],
                        dtype=np.uint8, attrs={"axis": 1})                                  # [B, G*Kc, H, W]
     grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, constant(f"{prefix}/groups_shape",
                                                                                 _i64([-1, kc, 0, 0]))], dtype=np.uint8)
@@ -102,13 +100,15 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor
     a = add_node(graph, "Reshape", f"{prefix}/rows", [cols, rows_shape], dtype=np.uint8)  # [B, G, Ho*Wo, taps*Kc]
     w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
         weight_tensor(graph, f"{prefix}/w", w_padded), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
-                                                                np.int64)], dtype=np.int8, attrs={"axis": 1})
+                                                                np.int32)], dtype=np.int8, attrs={"axis": 1})
     w_rows = add_node(graph, "Reshape", f"{prefix}/w_taps", [w_rows, constant(f"{prefix}/w_taps_shape",
                                                                                _i64([taps, g_count, kp, co]))],
                       dtype=np.int8)
     w_rows = add_node(graph, "Transpose", f"{prefix}/w_group_major", [w_rows], dtype=np.int8,
                       attrs={"perm": [1, 0, 2, 3]})                                        # [G, taps, Kp, Co]
-    corr = step_row(graph, d, step, f"{prefix}/w_correction", list(d.shape[1:]), np.int8)  # [G, taps, r', Co]
+    corr = correction_rows_of(graph, w_rows, wt.zero_point, taps * kp, taps * r_tap, [1, 2], prefix)
+    corr = add_node(graph, "Reshape", f"{prefix}/correction/per_tap", [corr, constant(
+        f"{prefix}/correction/per_tap_shape", _i64([g_count, taps, r_tap, co]))], dtype=np.int8)  # [G, taps, r', Co]
     w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 2})
     w_g = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_g, constant(f"{prefix}/w_groups_shape",
                                                                            _i64([g_count, taps * kc, co]))],

@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
-from passes.lower_batched import (batched_product, correction_count, correction_rows, group_column_sums,
+from passes.lower_batched import (batched_product, correction_count, correction_rows_of, group_column_sums,
                                   padded_group_layout, with_zero_rows)
 from passes.lower_common import (
     add_report_row,
@@ -87,7 +87,6 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     w_padded, sums = group_column_sums(w[None], zw, perms_w, g_count, kp)
     r = correction_count(sums, zw)
     perms, _, _ = padded_group_layout(tq.group_map, g_count, r)
-    d = correction_rows(sums, zw, r)                                                       # [T', G, r, N]
     # [..., K] -> [K, M] (channels first: the Gathers copy whole rows) + G zero-point rows -> [G, Kp + r, M]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape", _i64([-1, k]))],
                     dtype=np.uint8)
@@ -95,7 +94,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
     first = with_zero_rows(graph, first, zero_g, 0, 2, g_count, prefix)
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, step_row(graph, perms, step, f"{prefix}/perm",
-                                                                              [-1], np.int64)],
+                                                                              [-1], np.int32)],
                        dtype=np.uint8, attrs={"axis": 0})
     grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, constant(f"{prefix}/groups_shape",
                                                                                 _i64([g_count, kp + r, -1]))],
@@ -103,11 +102,11 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     a = add_node(graph, "Transpose", f"{prefix}/channels_last", [grouped], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
     w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
         weight_tensor(graph, f"{prefix}/w", w_padded[0]), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
-                                                                   np.int64)], dtype=np.int8, attrs={"axis": 0})
+                                                                   np.int32)], dtype=np.int8, attrs={"axis": 0})
     w_rows = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_rows, constant(f"{prefix}/w_groups_shape",
                                                                                  _i64([g_count, kp, -1]))],
                       dtype=np.int8)
-    corr = step_row(graph, d, step, f"{prefix}/w_correction", list(d.shape[1:]), np.int8)
+    corr = correction_rows_of(graph, w_rows, zw, kp, r, [1], prefix)                      # [G, r, N]
     w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
     kernel = f"MatMulInteger u8xs8, batched split-K x{g_count}"
     scale_g = step_row(graph, tq.scale, step, f"{prefix}/scale_g", [-1], np.float32)
