@@ -66,8 +66,7 @@ def correction_rows(column_sums: np.ndarray, w_zero: np.ndarray, r: int) -> np.n
     (r >= correction_count)."""
     zw = w_zero.astype(np.int64)
     target = -column_sums.astype(np.int64) + r * zw
-    base, rem = np.divmod(target, r)
-    d = base[..., None, :] + (np.arange(r)[:, None] < rem[..., None, :])
+    d = (target[..., None, :] + np.arange(r)[:, None]) // r        # Hermite: sum_i floor((t + i) / r) = t
     if d.min() < -128 or d.max() > 127:
         raise PassError("internal: zero-point correction rows do not fit int8")
     return d.astype(np.int8)
@@ -87,27 +86,23 @@ def correction_rows_of(graph: gs.Graph, w_rows: gs.Tensor, w_zero: np.ndarray, s
                        prefix: str) -> gs.Tensor:
     """correction_rows computed at run time from the step's gathered weight rows (a [T', G, r, N] table would
     be most of the graph's file): w_rows int8 [G, ..., N] with `slots` rows per group over `reduce_axes` (padding
-    rows hold zw) -> d int8 [G, r, N]:
+    rows hold zw) -> d int8 [G, r, N] with sum_i d_i = target = (slots + r) zw - sum(w_rows), by Hermite's identity
 
-        target = sum_i (d_i - zw) + r zw = (slots + r) zw - sum(w_rows),   d_i = floor(target / r) + (i < target mod r)
-    """
+        d_i = floor((target + i) / r),   i < r     (each d_i is floor or ceil of target / r: within int8)
+
+    ONNX integer Div truncates, so the numerator is lifted by r * LIFT (> |target| + r) to make it a floor."""
     name = f"{prefix}/correction"
+    lift = -(-(2 ** 22) // r)
     zw = w_zero.astype(np.int64)
     total = add_node(graph, "ReduceSum", f"{name}/sum", [
         add_node(graph, "Cast", f"{name}/Cast", [w_rows], dtype=np.int32, attrs={"to": onnx.TensorProto.INT32}),
-        constant(f"{name}/axes", _i64(list(reduce_axes)))], dtype=np.int32, attrs={"keepdims": 0})  # [G, N]
-    target = add_node(graph, "Sub", f"{name}/target", [constant(f"{name}/offset", ((slots + r) * zw).astype(np.int32)),
-                                                       total], dtype=np.int32)
-    target = add_node(graph, "Unsqueeze", f"{name}/rows", [target, constant(f"{name}/row_axis", _i64([1]))],
-                      dtype=np.int32)                                                        # [G, 1, N]
-    count = constant(f"{name}/r", np.array(r, np.int32))
-    rem = add_node(graph, "Mod", f"{name}/rem", [target, count], dtype=np.int32, attrs={"fmod": 0})  # in [0, r)
-    base = add_node(graph, "Div", f"{name}/base", [add_node(graph, "Sub", f"{name}/whole", [target, rem],
-                                                            dtype=np.int32), count], dtype=np.int32)  # exact
-    extra = add_node(graph, "Less", f"{name}/extra", [constant(f"{name}/index", np.arange(r, dtype=np.int32).reshape(
-        r, 1)), rem], dtype=np.bool_)                                                        # [G, r, N]
-    d = add_node(graph, "Add", f"{name}/rows_int", [base, add_node(graph, "Cast", f"{name}/extra_int", [extra],
-                                                                   dtype=np.int32, attrs={"to": onnx.TensorProto.INT32})],
+        constant(f"{name}/axes", _i64(list(reduce_axes)))], dtype=np.int32, attrs={"keepdims": 1})  # [G, 1, N]
+    numerator = constant(f"{name}/numerator", ((slots + r) * zw[None, :] + np.arange(r)[:, None] + r * lift)
+                         .astype(np.int32))                                                # [r, N]
+    lifted = add_node(graph, "Div", f"{name}/floor", [
+        add_node(graph, "Sub", f"{name}/target", [numerator, total], dtype=np.int32),
+        constant(f"{name}/r", np.array(r, np.int32))], dtype=np.int32)                      # [G, r, N]
+    d = add_node(graph, "Sub", f"{name}/unlift", [lifted, constant(f"{name}/lift", np.array(lift, np.int32))],
                  dtype=np.int32)
     return add_node(graph, "Cast", f"{name}/int8", [d], dtype=np.int8, attrs={"to": onnx.TensorProto.INT8})
 

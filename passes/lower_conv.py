@@ -22,6 +22,7 @@ from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
 from passes.lower_common import (
     add_report_row,
+    scalar_step,
     ones_scale,
     product_meta,
     lowered_prefix,
@@ -60,8 +61,8 @@ def conv_attrs(node: gs.Node, kernel) -> tuple:
             tuple(a.get("dilations", [1, 1])))
 
 
-def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor, w4: np.ndarray, wt, step: gs.Tensor,
-                   kernel, strides, pads, dilations, name: str, prefix: str, module: str, metadata: dict):
+def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, w4: np.ndarray, wt, step: gs.Tensor, kernel, strides, pads,
+                   dilations, name: str, prefix: str, module: str, metadata: dict):
     """Channel groups as one batched product (passes/lower_batched.py) -> (NHWC float output, kernel, G).
 
     The float input is zero-padded before it is quantized: a padded pixel's code is then its channel's zero
@@ -75,13 +76,13 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor
     if any(pads):
         padded = add_node(graph, "Pad", f"{prefix}/pad_input", [x, constant(f"{prefix}/input_pads", _i64(
             [0, 0, top, left, 0, 0, bottom, right])), constant(f"{prefix}/pad_zero", np.array(0.0, np.float32))])
+    s, z, scale_g, zero_g = per_index_params(tq, step, graph, prefix, group_rows=True)
     codes = quantize_codes(graph, padded, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
     _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
     w_padded, sums = group_column_sums(w4, wt.zero_point, perms_w, g_count, kp)
     r_tap = -(-correction_count(sums, wt.zero_point) // taps)
     perms, _, _ = padded_group_layout(tq.group_map, g_count, r_tap)
     kc = kp + r_tap
-    zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
     codes = with_zero_rows(graph, codes, zero_g, 1, 4, g_count, prefix)
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, step_row(graph, perms, step, f"{prefix}/perm",
                                                                               [-1], np.int32)],
@@ -114,9 +115,8 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor
                                                                            _i64([g_count, taps * kc, co]))],
                    dtype=np.int8)
     kernel_name = f"{name}, batched split-K x{g_count}"
-    total = batched_product(graph, a, w_g, wt.zero_point, step_row(graph, tq.scale, step, f"{prefix}/scale_g", [-1],
-                                                                   np.float32),
-                            wt.scale, g_count, 1, prefix, product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
+    total = batched_product(graph, a, w_g, wt.zero_point, scale_g, wt.scale, g_count, 1, prefix,
+                            product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
     return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [total, out_shape]), kernel_name, g_count
 
 
@@ -145,10 +145,10 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
                               w_zero,
                               f"{prefix}/acc0", product_meta(module, x, name, -1, "nhwc"), metadata)
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
-    s, z = per_index_params(tq, step, graph, prefix, resample)
     if tq.axis == "channel":
-        return channel_groups(graph, x, tq, s, z, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
+        return channel_groups(graph, x, tq, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
                               metadata)
+    s, z = per_index_params(tq, step, graph, prefix, resample)
     # pixel groups: codes per pixel on [B, C, H*W]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
     codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
@@ -186,7 +186,7 @@ class LowerConv(Pass):
     name = "lower_conv"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        step = step_index_tensor(graph)
+        step = scalar_step(graph, step_index_tensor(graph))
         for entry, node, tq, x, wt in lowerable_nodes(graph, ctx, "conv"):
             prefix = lowered_prefix(entry.module)
             if wt.codes.ndim != 4:

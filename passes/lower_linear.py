@@ -22,6 +22,7 @@ from passes.lower_batched import (batched_product, correction_count, correction_
                                   padded_group_layout, with_zero_rows)
 from passes.lower_common import (
     add_report_row,
+    scalar_step,
     ones_scale,
     product_meta,
     lowered_prefix,
@@ -81,7 +82,7 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         return add_node(graph, "Mul", f"{prefix}/rescale_rows", [y, rows_scale]), kernel, 1
     # channel groups: one batched split-K product (passes/lower_batched.py)
     g_count, k = tq.scale.shape[1], w.shape[0]
-    s, z = per_index_params(tq, step, graph, prefix)
+    s, z, scale_g, zero_g = per_index_params(tq, step, graph, prefix, group_rows=True)
     codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
     _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
     w_padded, sums = group_column_sums(w[None], zw, perms_w, g_count, kp)
@@ -91,7 +92,6 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape", _i64([-1, k]))],
                     dtype=np.uint8)
     first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
-    zero_g = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point_g", [-1], np.uint8)
     first = with_zero_rows(graph, first, zero_g, 0, 2, g_count, prefix)
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, step_row(graph, perms, step, f"{prefix}/perm",
                                                                               [-1], np.int32)],
@@ -109,7 +109,6 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     corr = correction_rows_of(graph, w_rows, zw, kp, r, [1], prefix)                      # [G, r, N]
     w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
     kernel = f"MatMulInteger u8xs8, batched split-K x{g_count}"
-    scale_g = step_row(graph, tq.scale, step, f"{prefix}/scale_g", [-1], np.float32)
     total = batched_product(graph, a, w_g, zw, scale_g, sw, g_count, 0, prefix,
                             product_meta(module, x, kernel, -1, layout), metadata)            # [M, N]
     lead = add_node(graph, "Shape", f"{prefix}/x_lead", [x], dtype=np.int64, attrs={"end": -1})
@@ -122,7 +121,7 @@ class LowerLinear(Pass):
     name = "lower_linear"
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        step = step_index_tensor(graph)
+        step = scalar_step(graph, step_index_tensor(graph))
         for entry, node, tq, x, wt in lowerable_nodes(graph, ctx, "linear"):
             prefix = lowered_prefix(entry.module)
             w = wt.codes
