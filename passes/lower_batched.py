@@ -137,8 +137,10 @@ def batched_product(graph: gs.Graph, a: gs.Tensor, w: gs.Tensor, w_zero: np.ndar
                    f"{name}_output_0", dtype=np.int32)
     metadata[name] = {**meta, LOWERED_GROUP: GROUPS_BATCHED, LOWERED_GROUP_COUNT: str(groups),
                       LOWERED_GROUP_AXIS: str(group_axis)}
-    s = add_node(graph, "Reshape", f"{prefix}/scale_g", [scale_g, constant(f"{prefix}/scale_g_shape", _i64([-1, 1, 1]))])
-    scale = add_node(graph, "Mul", f"{prefix}/rescale/scale", [s, constant(f"{prefix}/w_scale", w_scale.astype(np.float32))])
+    s = add_node(graph, "Reshape", f"{prefix}/scale_g", [scale_g, constant(f"{prefix}/scale_g_shape",
+                                                                           _i64([-1, 1, 1]))])
+    scale = add_node(graph, "Mul", f"{prefix}/rescale/scale", [s, constant(f"{prefix}/w_scale",
+                                                                           w_scale.astype(np.float32))])
     as_float = add_node(graph, "Cast", f"{prefix}/rescale/Cast", [acc], attrs={"to": onnx.TensorProto.FLOAT})
     y = add_node(graph, "Mul", f"{prefix}/rescale/Mul", [as_float, scale])
     return add_node(graph, "ReduceSum", f"{prefix}/sum", [y, constant(f"{prefix}/group_axis", _i64([group_axis]))],

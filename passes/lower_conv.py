@@ -7,8 +7,9 @@ NCHW. Per grouping (the simulator's schedules, DESIGN.md section 6):
 - tensor: one product with the step's zero point, rescaled by s_t * sw (+ bias);
 - pixel groups on a 1x1 stride-1 conv: each output pixel reads one input pixel, so per-row scales of one
   product (per-row zero points inside it, as in lower_linear);
-- channel groups (split-K): NHWC codes permuted so each group's channels are contiguous, split, patched per
-  group, one product per group with its zero point and its weight rows, each rescaled and added;
+- channel groups (split-K): codes permuted so each group's channels are contiguous, patched, and multiplied by
+  the group's weight rows in ONE batched product [B, G, Ho*Wo, taps*K/G (+ pad, + zero-point slots)], each
+  group's slice rescaled and summed over G (passes/lower_batched.py);
 - pixel groups on a kxk conv: an input pixel's scale does not factor out of a patch, but it does out of one
   kernel tap: kh*kw products with per-row scales, one per tap (lower_conv_taps), the multiply-adds of one
   convolution; the simulator's per-group accumulators are exact sums of the tap accumulators.

@@ -209,7 +209,8 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
             groups = range(int(meta[LOWERED_GROUP_COUNT])) if group == GROUPS_BATCHED else [int(group)]
             axis = int(meta.get(LOWERED_GROUP_AXIS, 0))
             for g in groups:  # a batched product holds group g's accumulator as its slice g on the group axis
-                accs.setdefault(meta[META_MODULE], {})[g] = (node.output[0], (g, axis) if group == GROUPS_BATCHED else None)
+                at = (g, axis) if group == GROUPS_BATCHED else None
+                accs.setdefault(meta[META_MODULE], {})[g] = (node.output[0], at)
             inputs[meta[META_MODULE]] = meta[LOWERED_INPUT]
     for node in model.graph.node:
         for r in rows:
