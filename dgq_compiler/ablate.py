@@ -5,10 +5,9 @@ Two tables, at each activation width (8 and 6 bits by default, 8-bit weights):
   the metric V_d (DGQ); attention as in DGQ (log2, dynamic, <start> separated);
 - attention: uniform vs log2 quantizer, <start> separated or not, dynamic vs static (calibrated) log2 scale;
   activations as DGQ at G = 8.
-Export and calibration run once (`run.export_and_calibrate`); then per configuration quantize -> compile
-(the QDQ graph) -> lower (`--target onnxruntime-cpu`, the same quantization in integer ops) -> images from the
-lowered graph in onnxruntime, scored by the quality stage like `dgq run`'s table. A configuration that
-appears in both tables is built once.
+Export and calibration run once (`run.export_and_calibrate`); then per configuration quantize -> compile (the
+QDQ graph) -> images from that graph in a default onnxruntime session, scored by the quality stage like `dgq run`'s
+table. A configuration that appears in both tables is built once.
 """
 from __future__ import annotations
 
@@ -108,7 +107,7 @@ def _ablate_into(options: AblateOptions, source: str, label: str, out: Path, log
     from dgq_compiler.quality.stage import QualityOptions, QualityStage, unsupported
     from dgq_compiler.quality.table2 import FP_LABEL
     from dgq_compiler.run import export_and_calibrate, open_model, run_stage
-    from dgq_compiler.run_config import lower, quantize_and_compile
+    from dgq_compiler.run_config import quantize_and_compile
     from dgq_compiler.timing import StageTimer
 
     timer = StageTimer(log, digits=1, numbered=True)
@@ -135,10 +134,8 @@ def _ablate_into(options: AblateOptions, source: str, label: str, out: Path, log
             own = StageTimer(digits=1)
             built_row = quantize_and_compile(row.name, row.config, stats, pipe, out / "export", out, own,
                                              options=run_options)
-            with own.stage("lower"):  # images from the integer graph: several times faster than the QDQ one
-                graph, _ = lower(out / "export", built_row.recipe, out, row.name)
-            with own.stage("images"):
-                stage.score_graph(row.name, graph)
+            with own.stage("images"):  # from the QDQ graph: faster than lowering + the channel-grouped integer graph
+                stage.score_graph(row.name, built_row.graph)
         built[row.config] = (row.name, own.seconds)
 
     quality = stage.to_json()

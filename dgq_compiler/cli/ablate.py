@@ -17,7 +17,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "ablate", help="ablation suite: group count x dimension selection, attention components (Table 3)",
         description="Export and calibrate once, then quantize, compile and score (images from the compiled graph "
-                    "in onnxruntime, shapes evaluator: Fréchet distance, alignment, IS-like, 95%% intervals) every "
+                    "in onnxruntime, shapes evaluator: Fréchet distance, alignment, IS-like, 95% intervals) every "
                     "configuration of the paper's Table 3: G = 1/2/4/8/16 with the grouping dimension forced to "
                     "channels, to pixels, or chosen by the metric; linear vs log2 attention, <start> separated or "
                     "not, dynamic vs static log2 scale; at each activation width. Writes report.md with both "
@@ -27,15 +27,15 @@ def register(sub) -> None:
     p.add_argument("--model", default="embedded",
                    help="'embedded' (the shipped model), 'tiny' (random weights) or a local diffusers pipeline folder "
                         "making 32x32 images (the shapes evaluator's size)")
-    p.add_argument("--act-bits", type=_widths, default=(8, 6), help="activation widths, comma-separated")
+    p.add_argument("--act-bits", type=_widths, default="8,6", help="activation widths, comma-separated")
     p.add_argument("--weight-bits", type=argtypes.int_range(4, 8), default=8, help="weight width (4 or 8)")
-    p.add_argument("--groups", type=_widths, default=(1, 2, 4, 8, 16), help="group counts of the grouping table")
+    p.add_argument("--groups", type=_widths, default="1,2,4,8,16", help="group counts of the grouping table")
     p.add_argument("--attention-groups", type=int, default=8, help="G of the attention table's activations")
     p.add_argument("--tables", default="grouping,attention", help="tables to build (grouping, attention)")
     p.add_argument("--sets", default="heldout,rephrased", help="prompt sets scored (heldout, rephrased)")
     p.add_argument("--images", type=argtypes.int_range(2, 4096), default=32,
                    help="images per prompt set and configuration")
-    p.add_argument("--prompts", help="calibration prompt file (default: the model's shipped calibration captions)")
+    p.add_argument("--prompts", help="calibration prompt file (default: the model's shipped calibration captions)", default=argparse.SUPPRESS)
     p.add_argument("--num-prompts", type=argtypes.count, help="use only the first N calibration prompts")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale")
@@ -54,8 +54,9 @@ def run(args) -> int:
     check_writable(args.output, args.overwrite, kind="folder")
     if args.weight_bits not in (4, 8):
         raise DgqError(f"--weight-bits must be 4 or 8, got {args.weight_bits}")
-    run_options = RunOptions(model=args.model, prompts=args.prompts, num_prompts=args.num_prompts, steps=args.steps,
-                             guidance=args.guidance, seed=args.seed, images=args.images)
+    run_options = RunOptions(model=args.model, prompts=getattr(args, "prompts", None),  # SUPPRESS: no "None" in --help
+                             num_prompts=args.num_prompts, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                             images=args.images)
     options = AblateOptions(run=run_options, weight_bits=args.weight_bits, act_bits=args.act_bits,
                             groups=args.groups, attention_groups=args.attention_groups,
                             sets=tuple(s.strip() for s in args.sets.split(",") if s.strip()),

@@ -141,9 +141,8 @@ def write_ablation_report(summary: dict, out: Path) -> Path:
              f"The paper's Table 3 on this model: **{seconds['total']:.0f} s** in all "
              f"({len({r['name'] for r in summary['rows']})} configurations built once each, calibration "
              f"{summary['calibration']['prompts']} prompts × {run['steps']} {run.get('scheduler', 'pndm').upper()} steps, "
-             f"run once). Every row: {quality['options']['images']} images per prompt set from its compiled graph "
-             "lowered to integer ops (`--target onnxruntime-cpu`, int32 accumulators equal to the simulator's) in a "
-             f"default onnxruntime session, the same prompts and seeds as FP; seed {run['seed']}, guidance {run['guidance']}. "
+             f"run once). Every row: {quality['options']['images']} images per prompt set from its compiled (QDQ) "
+             f"graph in a default onnxruntime session, the same prompts and seeds as FP; seed {run['seed']}, guidance {run['guidance']}. "
              "95% intervals in brackets (alignment: bootstrap; Fréchet, IS-like: jackknife); **bold**: separates "
              "from FP. Weights W"
              f"{opts['weight_bits']} per output channel ({'min-max' if opts['weight_bits'] == 8 else 'MSE search'}).",

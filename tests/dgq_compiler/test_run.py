@@ -79,11 +79,15 @@ def test_report_opens_with_the_quality_table_of_fp_and_every_configuration(two_r
     assert [r["label"] for r in quality["table"]] == rows[1:]
     assert [r["bits"] for r in quality["table"]] == ["32/32", "4/6", "8/8", "8/8"]  # the TensorRT row is W8A8
     assert quality["table"][1]["groups"] == 16 and quality["table"][2]["groups"] is None
-    # images from the integer-lowered graph where the run lowered the configuration (not the target adaptation)
+    # images from the integer-lowered graph where it has one integer product per op (per-tensor activations: TFMQ),
+    # else from the QDQ graph (DGQ's channel groups split each product per group); never the target adaptation's
+    lowered = {row["preset"]: row for row in json.loads((out / "summary.json").read_text())["deploy"]}
+    assert lowered["tfmq-w8a8"]["accumulators"] == lowered["tfmq-w8a8"]["products"]
+    assert lowered["dgq-w4a6-g16"]["accumulators"] > lowered["dgq-w4a6-g16"]["products"]
     assert [r["graph"] for r in quality["table"]] == [
-        "export/unet.onnx", "graphs/dgq-w4a6-g16@onnxruntime-cpu/unet.onnx",
+        "export/unet.onnx", "graphs/dgq-w4a6-g16/unet.onnx",
         "graphs/tfmq-w8a8@onnxruntime-cpu/unet.onnx", "graphs/dgq-w4a6-g16@tensorrt-int8/unet.onnx"]
-    assert "2 of 3 configurations from its integer-lowered onnxruntime-cpu graph" in report
+    assert "1 of 3 configurations from its integer-lowered onnxruntime-cpu graph" in report
     fp, dgq = quality["table"][0], quality["table"][1]
     assert dgq["tbops_paper"] == pytest.approx(fp["tbops_paper"] * 4 * 6 / 32 / 32)  # paper convention
     for label, sets in quality["configs"].items():
