@@ -240,6 +240,48 @@ def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str,
     return (*per_index, scale, zero) if group_rows else per_index
 
 
+def group_layout(tq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Channel groups made contiguous, per map row: -> (activation permutation [T', K + E], weight permutation
+    [T', K + E], group sizes [T', G]), int64.
+
+    A group empty at some step would be a zero-width MatMulInteger, whose output onnxruntime leaves
+    uninitialised; instead every group gets at least one slot, and rows are padded to one length: the extra
+    slots read activation channel 0 and weight row K, which the lowering appends holding the weight zero points
+    (w - zw = 0), so they add 0."""
+    g = tq.scale.shape[1]
+    k = tq.group_map.shape[1]
+    sizes = np.stack([np.bincount(row, minlength=g) for row in tq.group_map]).astype(np.int64)
+    extra = max(1, int((sizes == 0).sum(axis=1).max())) if (sizes == 0).any() else 0
+    perm_a, perm_w, slots = [], [], []
+    for row, size in zip(tq.group_map, sizes):
+        a_parts, w_parts = [], []
+        padded = np.maximum(size, 1)
+        padded[-1] += k + extra - int(padded.sum())  # the row's leftover slots go to the last group
+        for group in range(g):
+            members = np.nonzero(row == group)[0]
+            fill = int(padded[group]) - len(members)
+            a_parts.append(np.concatenate([members, np.zeros(fill, np.int64)]))
+            w_parts.append(np.concatenate([members, np.full(fill, k, np.int64)]))
+        perm_a.append(np.concatenate(a_parts))
+        perm_w.append(np.concatenate(w_parts))
+        slots.append(padded)
+    return np.stack(perm_a).astype(np.int64), np.stack(perm_w).astype(np.int64), np.stack(slots).astype(np.int64)
+
+
+def group_scalars(graph: gs.Graph, table: np.ndarray, step: gs.Tensor, name: str, dtype) -> list:
+    """The step's row of a [T, G] table as G one-element tensors (one Gather, one Split)."""
+    row = step_row(graph, table, step, name, [-1], dtype)
+    count = np.asarray(table).shape[1]
+    if count == 1:
+        return [row]
+    parts = [gs.Variable(f"{name}{g}", dtype=dtype) for g in range(count)]
+    graph.nodes.append(gs.Node("Split", f"{name}/Split", attrs={"axis": 0, "num_outputs": count}, inputs=[row],
+                               outputs=parts))
+    return parts
+
+
+# ---------------------------------------------------------------- integer product and epilogue
+
 def integer_product(graph: gs.Graph, codes: gs.Tensor, weight: gs.Tensor, a_zero: gs.Tensor, w_zero: gs.Tensor,
                     name: str, meta: dict, metadata: dict) -> gs.Tensor:
     """MatMulInteger(u8 codes, s8 weights) -> int32 accumulators, its node annotated for verification."""
@@ -321,6 +363,12 @@ def with_zero_point_columns(graph: gs.Graph, codes: gs.Tensor, zero_rows: gs.Ten
                     dtype=np.uint8)
     zcols = add_node(graph, "Expand", f"{prefix}/zcols", [zcol, zshape], dtype=np.uint8)
     return add_node(graph, "Concat", f"{prefix}/with_zero_points", [codes, zcols], dtype=np.uint8, attrs={"axis": -1})
+
+
+def split_groups(graph: gs.Graph, tensor: gs.Tensor, sizes: gs.Tensor, axis: int, count: int, name: str, dtype):
+    parts = [gs.Variable(f"{name}{g}", dtype=dtype) for g in range(count)]
+    graph.nodes.append(gs.Node("Split", f"{name}/Split", attrs={"axis": axis}, inputs=[tensor, sizes], outputs=parts))
+    return parts
 
 
 def weight_tensor(graph: gs.Graph, name: str, w: np.ndarray) -> gs.Tensor:

@@ -28,6 +28,9 @@ from passes.lower_common import (
     product_meta,
     lowered_prefix,
     lowerable_nodes,
+    add_all,
+    group_layout,
+    group_scalars,
     input_record,
     im2col_nhwc,
     integer_product,
@@ -35,13 +38,14 @@ from passes.lower_common import (
     pixel_resample,
     quantize_codes,
     rescale,
+    split_groups,
     step_row,
     weight_tensor,
     with_zero_point_columns,
     zero_point_rows,
 )
-from passes.lower_batched import (batched_product, correction_count, correction_rows_of, group_column_sums,
-                                  padded_group_layout, with_zero_rows)
+from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_count,
+                                  correction_rows_of, group_column_sums, padded_group_layout, with_zero_rows)
 from passes.lower_conv_taps import pixel_groups_by_tap
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -63,7 +67,7 @@ def conv_attrs(node: gs.Node, kernel) -> tuple:
 
 
 def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, w4: np.ndarray, wt, step: gs.Tensor, kernel, strides, pads,
-                   dilations, name: str, prefix: str, module: str, metadata: dict):
+                   dilations, name: str, prefix: str, module: str, metadata: dict, max_inflation: float):
     """Channel groups as one batched product (passes/lower_batched.py) -> (NHWC float output, kernel, G).
 
     The float input is zero-padded before it is quantized: a padded pixel's code is then its channel's zero
@@ -73,15 +77,18 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, w4: np.ndarray, wt, step: 
     patches [B*G, Ho, Wo, taps*Kc] -> [B, G, Ho*Wo, taps*Kc] against weights [G, taps*Kc, Co]."""
     g_count, (taps, _, co) = tq.scale.shape[1], w4.shape
     top, left, bottom, right = pads
+    s, z, scale_g, zero_g = per_index_params(tq, step, graph, prefix, group_rows=True)
+    _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
+    w_padded, sums = group_column_sums(w4, wt.zero_point, perms_w, g_count, kp)
+    r_tap = -(-correction_count(sums, wt.zero_point) // taps)
+    if batch_inflation(g_count, kp + r_tap, w4.shape[1]) > max_inflation:
+        return split_k(graph, x, tq, s, z, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
+                       metadata)
     padded = x
     if any(pads):
         padded = add_node(graph, "Pad", f"{prefix}/pad_input", [x, constant(f"{prefix}/input_pads", _i64(
             [0, 0, top, left, 0, 0, bottom, right])), constant(f"{prefix}/pad_zero", np.array(0.0, np.float32))])
-    s, z, scale_g, zero_g = per_index_params(tq, step, graph, prefix, group_rows=True)
     codes = quantize_codes(graph, padded, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
-    _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
-    w_padded, sums = group_column_sums(w4, wt.zero_point, perms_w, g_count, kp)
-    r_tap = -(-correction_count(sums, wt.zero_point) // taps)
     perms, _, _ = padded_group_layout(tq.group_map, g_count, r_tap)
     kc = kp + r_tap
     codes = with_zero_rows(graph, codes, zero_g, 1, 4, g_count, prefix)
@@ -121,8 +128,51 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, w4: np.ndarray, wt, step: 
     return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [total, out_shape]), kernel_name, g_count
 
 
+def split_k(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor, w4: np.ndarray, wt, step: gs.Tensor, kernel,
+            strides, pads, dilations, name: str, prefix: str, module: str, metadata: dict):
+    """Channel groups as one product per group: codes permuted so each group's channels are contiguous, split at the
+    step's group sizes, patched per group (padded with the group's zero point) -> (NHWC float output, kernel, G)."""
+    taps, _, co = w4.shape
+    w_zero = constant(f"{prefix}/w_zero_point", wt.zero_point.astype(np.int8))
+    w_scale = constant(f"{prefix}/w_scale", wt.scale.astype(np.float32))
+
+    def nhwc(t):
+        return add_node(graph, "Transpose", f"{t.name}/to_nhwc", [t], dtype=np.uint8, attrs={"perm": NCHW_TO_NHWC})
+
+    g_count = tq.scale.shape[1]
+    codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
+    perms, perms_w, sizes = group_layout(tq)
+    perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+    perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
+    size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
+    # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
+    pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
+    w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
+    w_all = weight_tensor(graph, f"{prefix}/w", w_padded)
+    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [w_all, perm_w],
+                      dtype=np.int8,
+                      attrs={"axis": 1})
+    a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
+    w_parts = split_groups(graph, w_perm, size, 1, g_count, f"{prefix}/w", np.int8)
+    kernel_name = f"{name}, split-K x{g_count}"
+    w_shape = constant(f"{prefix}/w_shape", _i64([-1, co]))
+    zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
+    scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
+    outs = []
+    for g in range(g_count):
+        z_g, s_g = zeros[g], scales[g]
+        cols = im2col_nhwc(graph, a_parts[g], z_g, kernel, strides, pads, dilations, f"{prefix}/im2col{g}")
+        w_g = add_node(graph, "Reshape", f"{prefix}/w{g}/Reshape", [w_parts[g], w_shape], dtype=np.int8)
+        acc = integer_product(graph, cols, w_g, z_g, w_zero, f"{prefix}/acc{g}",
+                              product_meta(module, x, kernel_name, g, "nhwc"), metadata)
+        outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
+    return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
+
+
 def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Tensor, prefix: str, module: str,
-               metadata: dict, steps: int, resample: gs.Tensor | None = None) -> tuple[gs.Tensor, str, int]:
+               metadata: dict, steps: int, resample: gs.Tensor | None = None,
+               max_inflation: float = MAX_BATCH_INFLATION) -> tuple[gs.Tensor, str, int]:
     """-> (float NHWC output [B, Ho, Wo, Co] without bias, kernel name, accumulators). `resample`: pixel groups'
     run-time indices into the map row (lower_common.pixel_resample)."""
     co, c, kh, kw = wt.codes.shape
@@ -148,7 +198,7 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
     if tq.axis == "channel":
         return channel_groups(graph, x, tq, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
-                              metadata)
+                              metadata, max_inflation)
     s, z = per_index_params(tq, step, graph, prefix, resample)
     # pixel groups: codes per pixel on [B, C, H*W]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
@@ -184,7 +234,12 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
 
 
 class LowerConv(Pass):
+    """`max_inflation`: channel groups become one batched product when it costs at most this much more than the op
+    (lower_batched.MAX_BATCH_INFLATION), else one product per group."""
     name = "lower_conv"
+
+    def __init__(self, max_inflation: float = MAX_BATCH_INFLATION):
+        self.max_inflation = max_inflation
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         step = scalar_step(graph, step_index_tensor(graph))
@@ -194,7 +249,8 @@ class LowerConv(Pass):
                 raise PassError(f"Conv {node.name!r}: only 2-D convolutions can be lowered")
             kernel_shape, strides, pads, dilations = conv_attrs(node, wt.codes.shape[2:])
             y, kernel, accs = lower_conv(graph, node, x, tq, wt, step, prefix, entry.module, ctx.node_metadata,
-                                         ctx.steps, pixel_resample(graph, ctx, tq, x, "nchw", prefix))
+                                         ctx.steps, pixel_resample(graph, ctx, tq, x, "nchw", prefix),
+                                         self.max_inflation)
             if len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]

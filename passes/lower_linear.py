@@ -18,8 +18,8 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
-from passes.lower_batched import (batched_product, correction_count, correction_rows_of, group_column_sums,
-                                  padded_group_layout, with_zero_rows)
+from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_count,
+                                  correction_rows_of, group_column_sums, padded_group_layout, with_zero_rows)
 from passes.lower_common import (
     add_report_row,
     scalar_step,
@@ -27,12 +27,16 @@ from passes.lower_common import (
     product_meta,
     lowered_prefix,
     lowerable_nodes,
+    add_all,
+    group_layout,
+    group_scalars,
     input_record,
     integer_product,
     per_index_params,
     pixel_resample,
     quantize_codes,
     rescale,
+    split_groups,
     step_row,
     weight_tensor,
     with_zero_point_columns,
@@ -46,7 +50,8 @@ def _i64(values) -> np.ndarray:
 
 def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, zw: np.ndarray, tq, step: gs.Tensor,
                  prefix: str, module: str, metadata: dict, steps: int, layout: str = "nlc",
-                 rank: int | None = None, resample: gs.Tensor | None = None) -> tuple[gs.Tensor, str, int]:
+                 rank: int | None = None, resample: gs.Tensor | None = None,
+                 max_inflation: float = MAX_BATCH_INFLATION) -> tuple[gs.Tensor, str, int]:
     """x [..., K] float, w [K, N] int8 codes -> (float y [..., N] without bias, kernel name, accumulators).
     `layout` names the rows of x for verification (nlc: [B, tokens, K]; nhwc: conv pixels); `resample`: token
     groups' run-time indices into the map row (lower_common.pixel_resample)."""
@@ -87,6 +92,21 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
     w_padded, sums = group_column_sums(w[None], zw, perms_w, g_count, kp)
     r = correction_count(sums, zw)
+    if batch_inflation(g_count, kp + r, k) > max_inflation:
+        total, kernel = split_k(graph, codes, w, zw, w_zero, w_scale, tq, step, prefix, module, x, layout, metadata)
+    else:
+        total, kernel = batched(graph, codes, w_padded, perms_w, kp, r, zw, sw, zero_g, scale_g, tq, step, prefix,
+                                module, x, layout, metadata)
+    lead = add_node(graph, "Shape", f"{prefix}/x_lead", [x], dtype=np.int64, attrs={"end": -1})
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", _i64(
+        [w.shape[1]]))], dtype=np.int64, attrs={"axis": 0})
+    return add_node(graph, "Reshape", f"{prefix}/unflatten", [total, out_shape]), kernel, g_count
+
+
+def batched(graph, codes, w_padded, perms_w, kp, r, zw, sw, zero_g, scale_g, tq, step, prefix, module, x, layout,
+            metadata):
+    """Channel groups as one batched product (passes/lower_batched.py) -> (float [M, N], kernel name)."""
+    g_count, k = tq.scale.shape[1], w_padded.shape[1] - 1
     perms, _, _ = padded_group_layout(tq.group_map, g_count, r)
     # [..., K] -> [K, M] (channels first: the Gathers copy whole rows) + G zero-point rows -> [G, Kp + r, M]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape", _i64([-1, k]))],
@@ -109,16 +129,49 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     corr = correction_rows_of(graph, w_rows, zw, kp, r, [1], prefix)                      # [G, r, N]
     w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
     kernel = f"MatMulInteger u8xs8, batched split-K x{g_count}"
-    total = batched_product(graph, a, w_g, zw, scale_g, sw, g_count, 0, prefix,
-                            product_meta(module, x, kernel, -1, layout), metadata)            # [M, N]
-    lead = add_node(graph, "Shape", f"{prefix}/x_lead", [x], dtype=np.int64, attrs={"end": -1})
-    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", _i64(
-        [w.shape[1]]))], dtype=np.int64, attrs={"axis": 0})
-    return add_node(graph, "Reshape", f"{prefix}/unflatten", [total, out_shape]), kernel, g_count
+    return batched_product(graph, a, w_g, zw, scale_g, sw, g_count, 0, prefix,
+                           product_meta(module, x, kernel, -1, layout), metadata), kernel   # [M, N]
+
+
+def split_k(graph, codes, w, zw, w_zero, w_scale, tq, step, prefix, module, x, layout, metadata):
+    """Channel groups as one product per group (codes permuted so each group is contiguous, split at the step's
+    group sizes) -> (float [M, N], kernel name)."""
+    g_count = tq.scale.shape[1]
+    perms, perms_w, sizes = group_layout(tq)
+    perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+    perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
+    size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
+    # [..., K] -> [K, M] (channels first: the Gather copies whole rows), split, each group back to [M, K_g]
+    flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape",
+                                                                           np.array([-1, w.shape[0]], np.int64))],
+                    dtype=np.uint8)
+    first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, perm], dtype=np.uint8, attrs={"axis": 0})
+    a_parts = [add_node(graph, "Transpose", f"{prefix}/a{g}/channels_last", [t], dtype=np.uint8, attrs={"perm": [1, 0]})
+               for g, t in enumerate(split_groups(graph, grouped, size, 0, g_count, f"{prefix}/a", np.uint8))]
+    w_padded = np.concatenate([w, zw.reshape(1, -1).astype(np.int8)])  # row K: w - zw = 0, for padding slots
+    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [weight_tensor(graph, f"{prefix}/w", w_padded), perm_w],
+                      dtype=np.int8, attrs={"axis": 0})
+    w_parts = split_groups(graph, w_perm, size, 0, g_count, f"{prefix}/w", np.int8)
+    kernel = f"MatMulInteger u8xs8, split-K x{g_count}"
+    zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
+    scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
+    outs = []
+    for g in range(g_count):
+        z_g, s_g = zeros[g], scales[g]
+        acc = integer_product(graph, a_parts[g], w_parts[g], z_g, w_zero, f"{prefix}/acc{g}",
+                              product_meta(module, x, kernel, g, layout), metadata)
+        outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
+    return add_all(graph, outs, f"{prefix}/sum"), kernel
 
 
 class LowerLinear(Pass):
+    """`max_inflation`: channel groups become one batched product when it costs at most this much more than the op
+    (lower_batched.MAX_BATCH_INFLATION), else one product per group."""
     name = "lower_linear"
+
+    def __init__(self, max_inflation: float = MAX_BATCH_INFLATION):
+        self.max_inflation = max_inflation
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         step = scalar_step(graph, step_index_tensor(graph))
@@ -137,7 +190,7 @@ class LowerLinear(Pass):
             resample = pixel_resample(graph, ctx, tq, x, "nc" if node.op == "Gemm" else "nlc", prefix)
             y, kernel, accs = lower_matmul(graph, x, w, wt.scale, wt.zero_point, tq, step, prefix, entry.module,
                                            ctx.node_metadata, ctx.steps, rank=2 if node.op == "Gemm" else None,
-                                           resample=resample)
+                                           resample=resample, max_inflation=self.max_inflation)
             if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]

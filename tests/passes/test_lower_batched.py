@@ -100,7 +100,7 @@ def test_a_channel_grouped_linear_is_one_product_whose_slices_are_the_group_accu
     model = tg.layers_model()
     qdq, _ = tg.compile_model(model, recipe, compile_passes())
     passes = compile_passes()
-    lowered, _ = tg.compile_model(model, recipe, passes[:-1] + [LowerLinear()] + passes[-1:])
+    lowered, _ = tg.compile_model(model, recipe, passes[:-1] + [LowerLinear(float("inf"))] + passes[-1:])
     products = [n for n in lowered.graph.node if n.op_type == "MatMulInteger"]
     assert len(products) == 2 and all(
         {p.key: p.value for p in n.metadata_props}["dgq.group"] == "batched" for n in products)
