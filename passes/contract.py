@@ -47,9 +47,10 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
 6b. **Integer lowering** (`--target onnxruntime-cpu`, passes/lower_*.py). Every integer product is a
    MatMulInteger named `dgq/{module}/lower/acc*` whose metadata names the float input (LOWERED_INPUT), the kernel,
    the accumulator layout and its group: LOWERED_GROUP = g (one product per recipe group or kernel tap; -1 when the
-   op has one accumulator) or GROUPS_BATCHED for channel (split-K) groups, which are ONE batched product whose
-   slice g along axis LOWERED_GROUP_AXIS is group g's int32 accumulator, g < LOWERED_GROUP_COUNT ([G, M, N] for a
-   linear, [B, G, Ho*Wo, Co] for a convolution; passes/lower_batched.py).
+   op has one accumulator) or GROUPS_BATCHED for channel (split-K) groups lowered as ONE batched product (where
+   padding the groups to one width is cheap, passes/lower_batched.py), whose slice g along axis LOWERED_GROUP_AXIS
+   is group g's int32 accumulator, g < LOWERED_GROUP_COUNT ([G, M, N] for a linear, [B, G, Ho*Wo, Co] for a
+   convolution).
    The per-op rows of `lowering.json` name the module, kernel, weight initializer and accumulator count.
 7. **Model metadata.** `dgq.compiled`, `dgq.model`, `dgq.recipe_config` (JSON), `dgq.timesteps` (JSON), and on
    static variants `dgq.static_step` / `dgq.static_timestep`.

@@ -17,7 +17,9 @@ Cast -> Mul fuses into MatMulIntegerToFloat in a default session. A convolution 
 against the same [G, Kc, Co] weights (group axis 1). The accumulator node carries LOWERED_GROUP = GROUPS_BATCHED,
 LOWERED_GROUP_COUNT and LOWERED_GROUP_AXIS (passes/contract.py): `dgq verify` reads group g as that slice.
 Per-step group maps gather the step's permutation, weight rows and correction rows at run time (small tensors);
-a shared map makes them constants that onnxruntime folds at session start.
+a shared map makes them constants that onnxruntime folds at session start. The lowering passes batch an op only
+when padding costs at most MAX_BATCH_INFLATION (k-means groups are rarely that even; otherwise one product per
+group, lower_common.group_layout).
 """
 from __future__ import annotations
 
