@@ -7,6 +7,8 @@ MixDQ's two features are fields any method may use: `text_bos_fp` (the <start> r
 embedding at cross-attention to_k/to_v inputs stays FP) and the mixed-precision budgets
 `mixed_weight_bits` / `mixed_act_bits` (per-layer widths chosen by `dgq allocate`; the recipe then
 needs an allocation file). Method `mixdq` alone is per-tensor and linear like TFMQ, with both features.
+`mixed_fp` lets the allocation also leave a layer in full precision (weights and input unquantized, counted at
+MIXED_FP_BITS in every budget, zero sensitivity): the issue's "or FP for the most sensitive layers", opt-in.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ GROUP_COUNTS = (1, 2, 4, 8, 16, 32)
 BIT_RANGE = (4, 8)
 MIXED_WEIGHT_CHOICES = (4, 8)     # the widths a mixed-precision allocation picks from, per layer
 MIXED_ACT_CHOICES = (6, 8)
+MIXED_FP_BITS = 32                # a layer an allocation leaves FP: weights and input at 32 bits in the budgets
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class QuantConfig:
     mixed_weight_bits: float | None = None  # MixDQ: average weight bits per parameter (a size budget), per-layer 4/8
     mixed_act_bits: float | None = None     # MixDQ: average activation bits per MAC of Conv/Linear inputs, 6/8
     reconstruct: bool = False         # EDA-DM: weights from block reconstruction (dgq_compiler.edadm), composed
+    mixed_fp: bool = False            # MixDQ: the allocation may also leave a layer FP (W32A32 in the budgets)
 
     def __post_init__(self):
         def need(ok: bool, what: str):
@@ -57,7 +61,8 @@ class QuantConfig:
         for name in ("weight_bits", "act_bits", "groups", "mse_candidates", "kmeans_seed", "kmeans_iters"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
-        for name in ("per_step", "shared_group_map", "log_dynamic", "exclude_bos", "text_bos_fp", "reconstruct"):
+        for name in ("per_step", "shared_group_map", "log_dynamic", "exclude_bos", "text_bos_fp", "reconstruct",
+                     "mixed_fp"):
             need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         need(self.weight_bits in (4, 8), f"weight_bits must be 4 or 8, got {self.weight_bits}")
@@ -102,6 +107,8 @@ class QuantConfig:
         if self.mixed_weight_bits is not None:
             need(self.weight_bits == lo_w, f"mixed_weight_bits picks {lo_w} or {hi_w} per layer: weight_bits must be "
                                            f"{lo_w} (the narrowest choice), got {self.weight_bits}")
+        need(not self.mixed_fp or self.mixed, "mixed_fp (FP as an allocation choice) needs a mixed-precision budget "
+                                              "(mixed_weight_bits or mixed_act_bits)")
         if self.mixed_act_bits is not None:
             need(self.act_bits == hi_a, f"mixed_act_bits picks {lo_a} or {hi_a} per layer: act_bits must be {hi_a} "
                                         f"(the widest; attention operands keep it), got {self.act_bits}")
@@ -118,16 +125,22 @@ class QuantConfig:
     @property
     def name(self) -> str:
         """A short label, e.g. dgq-w8a8-g8, tfmq-w4a6, mixdq-w5a8 (average widths), dgq-mixdq-w5a8-g8,
-        dgq-mixdq-edadm-w5a8-g8 (with reconstructed weights)."""
+        dgq-mixdq-edadm-w5a8-g8 (with reconstructed weights), mixdq-w5a8-fp (FP allowed in the allocation)."""
         w = _width(self.mixed_weight_bits) if self.mixed_weight_bits is not None else str(self.weight_bits)
         a = _width(self.mixed_act_bits) if self.mixed_act_bits is not None else str(self.act_bits)
         family = "dgq-mixdq" if self.method == "dgq" and self.mixed else self.method
         family += "-edadm" if self.reconstruct else ""
         base = f"{family}-w{w}a{a}"
-        return f"{base}-g{self.groups}{'-shared' if self.shared_group_map else ''}" if self.method == "dgq" else base
+        base = f"{base}-g{self.groups}{'-shared' if self.shared_group_map else ''}" if self.method == "dgq" else base
+        return base + ("-fp" if self.mixed_fp else "")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; `mixed_fp` only when set, so every config without it (all presets before it existed) writes
+        byte-identical recipes and reports."""
+        data = asdict(self)
+        if not self.mixed_fp:
+            del data["mixed_fp"]
+        return data
 
     @classmethod
     def from_dict(cls, data) -> "QuantConfig":
@@ -176,6 +189,10 @@ def _build_presets() -> dict[str, QuantConfig]:
         for g in (8,):
             config = QuantConfig("dgq", groups=g, text_bos_fp=True, weight_method="mse", **mixed)
             presets[config.name] = config
+    # FP as a width in the allocation (opt-in: the presets above are unchanged)
+    for name in ("mixdq-w5a8", "dgq-mixdq-w5a8-g8"):
+        config = presets[name].replace(mixed_fp=True)
+        presets[config.name] = config
     # the compositions with EDA-DM's reconstructed weights: DGQ groups (+ MixDQ widths), MixDQ alone
     for config in (presets["dgq-w4a8-g8"], presets["dgq-mixdq-w5a8-g8"], presets["mixdq-w5a8"]):
         config = config.replace(reconstruct=True)

@@ -7,6 +7,9 @@
 Worst case: an accumulator of K products with |a| <= A, |b| <= B holds at most K*A*B, which needs
 ceil(log2(K*A*B + 1)) + 1 bits (sign). A = 2^b - 1 for a b-bit uniform grid (codes minus zero point),
 2^S for log-coded attention probabilities under shift-and-add with maximum shift S.
+
+Grids are judged as the target runs them, not by storage type: int8 codes with zero point 0 are uint8 codes with zero
+point 128 (the top bit flipped), which an unsigned target with zero points runs (_grid_as_run).
 """
 from __future__ import annotations
 
@@ -96,6 +99,18 @@ def _magnitude_bits(x: int) -> int:
     return max(1, math.ceil(math.log2(x + 1)))
 
 
+def _grid_as_run(q, allowed) -> tuple[str, bool] | None:
+    """(grid, symmetric) a target runs a quantizer's or weight's codes as, or None when it cannot: the grid as stored,
+    or else the other sign's grid of the same values (codes and zero points shifted by 2^(b-1): int8 with zero
+    point 0 is uint8 with zero point 128, the top bit flipped), so a check judges the grid and not its storage type.
+    `allowed`: the target's activations or weights (grids, symmetric_only)."""
+    own, other = ("signed", "unsigned") if q.signed else ("unsigned", "signed")
+    for grid, symmetric in ((own, q.symmetric), (other, q.flip_symmetric)):
+        if grid in allowed.grids and (symmetric or not allowed.symmetric_only):
+            return grid, symmetric
+    return None
+
+
 def check_graph(model: "onnx.ModelProto | str | Path", target: "Target | str", latent_size: int | None = None,
                 batch: int = 2) -> CheckReport:
     target = load_target(target)
@@ -121,11 +136,12 @@ def check_graph(model: "onnx.ModelProto | str | Path", target: "Target | str", l
             continue
         if q.bits not in a.bits:
             add(Violation(q.node, "activation bits", f"{q.bits}-bit grid", f"bits {_fmt_list(a.bits)}"))
-        grid = "signed" if q.signed else "unsigned"
-        if grid not in a.grids:
-            add(Violation(q.node, "activation grid", f"{grid} codes", f"{_fmt_list(a.grids)} codes"))
-        if a.symmetric_only and not q.symmetric:
-            add(Violation(q.node, "activation zero point", "asymmetric (non-zero zero points)", "symmetric only"))
+        if _grid_as_run(q, a) is None:
+            grid = "signed" if q.signed else "unsigned"
+            if grid not in a.grids:
+                add(Violation(q.node, "activation grid", f"{grid} codes", f"{_fmt_list(a.grids)} codes"))
+            if a.symmetric_only and not q.symmetric:
+                add(Violation(q.node, "activation zero point", "asymmetric (non-zero zero points)", "symmetric only"))
         if q.axis not in a.granularity:
             add(Violation(q.node, "activation granularity", f"group scales along {q.axis} (G={q.groups})",
                           f"{_fmt_list(a.granularity)}"))
@@ -143,11 +159,13 @@ def check_graph(model: "onnx.ModelProto | str | Path", target: "Target | str", l
     for wq in info.weights:
         if wq.bits not in w.bits:
             add(Violation(wq.node, "weight bits", f"{wq.bits}-bit weights", f"bits {_fmt_list(w.bits)}"))
-        grid = "signed" if wq.signed else "unsigned"
-        if grid not in w.grids:
-            add(Violation(wq.node, "weight grid", f"{grid} weights", f"{_fmt_list(w.grids)} weights"))
-        if w.symmetric_only and not wq.symmetric:
-            add(Violation(wq.node, "weight zero point", "asymmetric weights (non-zero zero points)", "symmetric only"))
+        if _grid_as_run(wq, w) is None:
+            grid = "signed" if wq.signed else "unsigned"
+            if grid not in w.grids:
+                add(Violation(wq.node, "weight grid", f"{grid} weights", f"{_fmt_list(w.grids)} weights"))
+            if w.symmetric_only and not wq.symmetric:
+                add(Violation(wq.node, "weight zero point", "asymmetric weights (non-zero zero points)",
+                              "symmetric only"))
         if wq.per_channel and not w.per_channel:
             add(Violation(wq.node, "weight granularity", "per-output-channel scales", "per-tensor scales"))
 

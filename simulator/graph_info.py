@@ -37,6 +37,7 @@ class Quantizer:
     steps: int = 1
     per_step_maps: bool = False   # group map differs between steps
     dequantizer: str = ""
+    flip_symmetric: bool = False  # symmetric once on the grid of the other sign (symmetric_on_other_sign)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class WeightQuant:
     signed: bool
     symmetric: bool
     per_channel: bool
+    flip_symmetric: bool = False  # symmetric once on the grid of the other sign (symmetric_on_other_sign)
 
 
 @dataclass
@@ -66,6 +68,16 @@ class GraphInfo:
     matmuls: list[QuantMatmul] = field(default_factory=list)
     split_adds: list[str] = field(default_factory=list)      # FP <start> branches added to the quantized product
     pixel_kxk: dict = field(default_factory=dict)            # quantizer node -> kxk conv nodes it feeds (pixel groups)
+
+
+def symmetric_on_other_sign(zero_point, bits: int, signed: bool) -> bool:
+    """Whether every zero point is the other grid's zero: a b-bit code q on an unsigned grid is q - 2^(b-1) on the
+    signed grid of the same values (and back), so uint8 with zero point 128 is int8 with zero point 0 (flip the top
+    bit). check.py uses it to judge the grid a target actually runs, whichever sign the graph stores."""
+    if zero_point is None:
+        return False
+    half = 1 << (bits - 1)
+    return bool(np.all(np.asarray(zero_point).astype(np.int64) == (-half if signed else half)))
 
 
 _TABLE_PATH = ("Gather", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Cast")
@@ -158,9 +170,11 @@ def _weight(g: _Graph, dq) -> WeightQuant:
     bits = NARROW_BITS.get(t.data_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
     zp = g.array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
     scale = g.array(dq.input[1])
-    return WeightQuant(dq.name, dq.input[0], bits, t.data_type in SIGNED_TYPES,
+    signed = t.data_type in SIGNED_TYPES
+    return WeightQuant(dq.name, dq.input[0], bits, signed,
                        symmetric=zp is None or not np.any(np.asarray(zp).astype(np.int64)),
-                       per_channel=scale is not None and np.size(scale) > 1)
+                       per_channel=scale is not None and np.size(scale) > 1,
+                       flip_symmetric=symmetric_on_other_sign(zp, bits, signed))
 
 
 def _spelled_params(g: _Graph, node) -> tuple[str, str] | None:
@@ -209,8 +223,10 @@ def _integer_product(g: _Graph, node, quantizers: dict) -> tuple[QuantMatmul, We
     t = g.initializers[w]
     bits = NARROW_BITS.get(t.data_type, 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
     zp = g.array(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    weight = WeightQuant(node.name, w, bits, t.data_type in SIGNED_TYPES,
-                         symmetric=zp is None or not np.any(np.asarray(zp).astype(np.int64)), per_channel=True)
+    signed = t.data_type in SIGNED_TYPES
+    weight = WeightQuant(node.name, w, bits, signed,
+                         symmetric=zp is None or not np.any(np.asarray(zp).astype(np.int64)), per_channel=True,
+                         flip_symmetric=symmetric_on_other_sign(zp, bits, signed))
     mm = QuantMatmul(node.name, node.op_type, [q, weight], reduction=int(np.prod(list(t.dims)[:-1])) or None)
     return mm, weight
 
@@ -273,4 +289,5 @@ def _quantizer(g: _Graph, node) -> Quantizer | None:
     axis = (record.axis if record else "") or ("tensor" if groups == 1 else "channel")
     return Quantizer(node.name, "uniform", record.module if record else "", record.role if record else "", bits, axis,
                      int(groups), code_type in SIGNED_TYPES, code, code_type, source, symmetric, int(steps), per_step,
-                     dequantizer=deq.name if deq is not None else "")
+                     dequantizer=deq.name if deq is not None else "",
+                     flip_symmetric=symmetric_on_other_sign(zp, bits, code_type in SIGNED_TYPES))

@@ -12,8 +12,9 @@ def register(sub) -> None:
         "allocate", help="per-layer weight/activation widths by integer programming (MixDQ) from `dgq sensitivity`",
         description="Choose per layer weights of 4 or 8 bits and inputs of 6 or 8 bits minimising the total "
                     "normalised sensitivity under budgets: average weight bits per parameter (model size), average "
-                    "input bits per MAC, average weight x input bits per MAC (BOPs). scipy's milp (HiGHS). The "
-                    "allocation file feeds `dgq quantize --allocation`.",
+                    "input bits per MAC, average weight x input bits per MAC (BOPs). scipy's milp (HiGHS). With --fp "
+                    "(or a -fp preset) a layer may also stay in full precision: zero sensitivity, 32 bits in every "
+                    "budget. The allocation file feeds `dgq quantize --allocation`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("table", help="sensitivity table from `dgq sensitivity`")
     p.add_argument("-o", "--output", required=True, help="allocation to write (.json)")
@@ -22,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--weight-bits", type=float, default=None, help="average weight bits per parameter, 4..8")
     p.add_argument("--act-bits", type=float, default=None, help="average input-activation bits per MAC, 6..8")
     p.add_argument("--bops-per-mac", type=float, default=None, help="average weight x input bits per MAC, 24..64")
+    p.add_argument("--fp", action="store_true",
+                   help="allow full-precision layers (weights and input unquantized, counted at 32 bits); a -fp "
+                        "preset implies it")
     p.add_argument("--random", type=int, default=None, metavar="SEED",
                    help="write a random allocation no larger than the ILP's instead (the baseline)")
     p.add_argument("--front", default=None, metavar="PNG",
@@ -43,6 +47,8 @@ def run(args) -> int:
     given = (args.weight_bits, args.act_bits, args.bops_per_mac)
     if args.preset is not None and any(v is not None for v in given):
         raise DgqError("give --preset or explicit budgets (--weight-bits/--act-bits/--bops-per-mac), not both")
+    if args.preset is not None and args.fp:
+        raise DgqError("--fp goes with explicit budgets; with --preset choose a -fp preset (e.g. mixdq-w5a8-fp)")
     fixed = MIXED_WEIGHT_CHOICES[-1]
     if args.preset is not None:
         config = resolve_config(args.preset)
@@ -53,7 +59,7 @@ def run(args) -> int:
     elif all(v is None for v in given):
         raise DgqError("no budget: give --preset or at least one of --weight-bits, --act-bits, --bops-per-mac")
     else:
-        budget = Budget(*given)
+        budget = Budget(*given, fp=args.fp)
     if Path(args.output).suffix != ".json":
         raise DgqError(f"--output must end in .json, got {args.output!r}")
     check_writable(args.output, args.overwrite)
@@ -68,7 +74,7 @@ def run(args) -> int:
 
         points: dict = {"ILP": [], "random (same size or smaller)": []}
         for bits in FRONT_BITS:
-            ilp = allocate(table, Budget(weight_bits=bits))
+            ilp = allocate(table, Budget(weight_bits=bits, fp=budget.fp))
             points["ILP"].append((ilp.achieved["weight_bits"], ilp.objective))
             for seed in range(FRONT_RANDOM_SEEDS):
                 rand = random_allocation(table, ilp, seed=seed)
@@ -81,7 +87,8 @@ def run(args) -> int:
     a = chosen.achieved
     print(format_table(["allocate", chosen.method], [
         ["allocation", f"{args.output}{' + ' + args.front if args.front else ''}"],
-        ["budget", ", ".join(f"{k} <= {v:g}" for k, v in budget.__dict__.items() if v is not None)],
+        ["budget", ", ".join(f"{k} <= {v:g}" for k, v in budget.limits().items())
+         + (", FP layers allowed" if budget.fp else "")],
         ["reached", f"weights {a['weight_bits']:.3f} bits/param, inputs {a['act_bits']:.3f} bits/MAC, "
                     f"{a['bops_per_mac']:.2f} w x a bits/MAC"],
         ["layers", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))],

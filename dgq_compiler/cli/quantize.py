@@ -51,7 +51,7 @@ def run(args) -> int:
         from dgq_compiler.mixdq.compose import check_allocation
 
         allocation = Allocation.load(args.allocation)
-        check_allocation(allocation, stats)
+        check_allocation(allocation, stats, config)
         widths = allocation.widths()
     model = args.model or stats.model_name
     unet = open_unet(resolve_model(model)[0], stats.sampling.get("model_seed") or 0)

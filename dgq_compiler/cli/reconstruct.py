@@ -41,6 +41,8 @@ def register(sub) -> None:
                    help="weight of the fine-grained loss (the layers inside each block) beside the block output's")
     p.add_argument("--no-activations", action="store_true",
                    help="reconstruct with FP activations (default: fake-quantized by the recipe)")
+    p.add_argument("--act-steps", action="store_true",
+                   help="also learn the step sizes of each block's layer inputs (LSQ), kept with the rounding")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling and reconstruction seed")
     p.add_argument("--model-seed", type=argtypes.seed, default=0, help="weights seed of the 'tiny' model")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -63,7 +65,8 @@ def run(args) -> int:
 
     out = output_manifest(args.output, args.overwrite)
     options = ReconstructOptions(iterations=args.iterations, learning_rate=args.learning_rate,
-                                 layer_weight=args.layer_weight, activations=not args.no_activations, seed=args.seed)
+                                 layer_weight=args.layer_weight, activations=not args.no_activations,
+                                 act_steps=args.act_steps, seed=args.seed)
     recipe = Recipe.load(args.recipe)  # a bad file fails here, before the pipeline loads
     source, label = resolve_model(args.model or recipe.model_name)
     prompts = read_prompts(args.prompts or default_prompt_files(label)[0])[: args.num_prompts]

@@ -10,14 +10,19 @@ independent and their order does not matter. The loss is EDA-DM's fine-grained a
     ||B_q(x) - B(x)||^2 / ||B(x)||^2  +  layer_weight * mean_l ||L_q(x) - L(x)||^2 / ||L(x)||^2  +  round_weight * R
 
 with B the block output, L each quantized layer's output inside it, R AdaRound's rounding regulariser (adaround.py).
-Only the rounding (up or down on the recipe's grid) is learned: scales, zero points and every activation
+Only the rounding (up or down on the recipe's grid) is learned by default: scales, zero points and every activation
 quantizer stay the recipe's, and the activations are fake-quantized by the recipe during reconstruction (the
-straight-through estimator passes gradients through their rounding). A block keeps its learned rounding only when
+straight-through estimator passes gradients through their rounding). `act_steps` also learns the step sizes of
+the block's layers' input quantizers (LSQ, lsq.py), kept with the rounding under the same rule. A block keeps its learned rounding only when
 its loss (without R) on the whole calibration set is below round-to-nearest's; otherwise it keeps the nearest
 codes, so no block gets worse on the data. Deterministic for a seed and thread count.
 
-Memory: every block's FP inputs and outputs on the calibration set are held at once (sized for the embedded model
-and small sets; a large UNet wants few samples per step).
+Memory: the FP data streams, one block at a time: before each block an FP pass over the calibration set captures
+that block's inputs, output and layer outputs only, and stops at the block (the rest of the UNet is not run). Peak
+memory is one block's data (the largest block's inputs and outputs on the set) instead of every block's at once;
+the extra compute is a partial FP forward per block and call, small against the block's optimiser steps. The
+captured tensors are the same computation as one pass capturing everything, so the result is bit-identical.
+(A little over 300 lines: capture, the block loop and a block's optimisation share one data layout.)
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class ReconstructOptions:
     layer_weight: float = 1.0       # fine-grained term: the layers inside the block
     round_weight: float = 0.01      # AdaRound regulariser
     activations: bool = True        # fake-quantize activations by the recipe while reconstructing
+    act_steps: bool = False         # LSQ: also learn the block's layers' input step sizes (needs activations)
     seed: int = 0
 
     def __post_init__(self):
@@ -49,6 +55,8 @@ class ReconstructOptions:
                 raise DgqError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.learning_rate <= 0:
             raise DgqError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.act_steps and not self.activations:
+            raise DgqError("act_steps (learned activation step sizes) needs the activations quantized")
 
 
 @dataclass
@@ -115,10 +123,17 @@ def _detach(value):
     return value
 
 
-def capture(unet, calset, blocks) -> dict:
+class _BlockDone(Exception):
+    """Raised by the capture hook once the one block of a streamed pass has run: the rest of the UNet is skipped."""
+
+
+def capture(unet, calset, blocks, stop_after_block: bool = False) -> dict:
     """One FP pass over the calibration set: per block the (step, args, kwargs, output) of each call and its
-    layers' outputs."""
+    layers' outputs. `stop_after_block` (one block): each call stops as soon as the block has run."""
     import torch
+
+    if stop_after_block and len(blocks) != 1:
+        raise ValueError("stop_after_block captures exactly one block")
 
     modules = dict(unet.named_modules())
     data = {name: {"calls": [], "layers": {layer: [] for layer in layers}} for name, layers in blocks}
@@ -131,6 +146,8 @@ def capture(unet, calset, blocks) -> dict:
 
         def post(_m, _args, _kwargs, output):
             data[name]["calls"][-1][3] = _first_tensor(output).detach().clone()
+            if stop_after_block:
+                raise _BlockDone
         return pre, post
 
     def layer_hook(name, layer):
@@ -149,8 +166,11 @@ def capture(unet, calset, blocks) -> dict:
         with torch.no_grad():
             for index, _t, x, states in calset.calls():
                 step[0] = index
-                unet(torch.from_numpy(x), torch.tensor([float(calset.timesteps[index])]),
-                     torch.from_numpy(np.ascontiguousarray(states)), return_dict=False)
+                try:
+                    unet(torch.from_numpy(x), torch.tensor([float(calset.timesteps[index])]),
+                         torch.from_numpy(np.ascontiguousarray(states)), return_dict=False)
+                except _BlockDone:
+                    pass
     finally:
         for h in handles:
             h.remove()
@@ -170,9 +190,7 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
     UNet the recipe was made for (left as it was); `calset` an edadm.calset.CalibrationSet whose timesteps the
     recipe's schedule covers (each maps to its nearest calibrated step); `only`: these blocks alone."""
     import torch
-    from torch.nn.utils import parametrize
 
-    from dgq_compiler.edadm.adaround import AdaRoundWeight, beta_schedule
     from dgq_compiler.fakequant import apply_recipe
 
     options = options or ReconstructOptions()
@@ -187,7 +205,6 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
         blocks = [b for b in blocks if b[0] in only]
     if not blocks:
         raise DgqError("the recipe quantizes no Conv/Linear weight of this UNet: nothing to reconstruct")
-    data = capture(unet, calset, blocks)
     steps = [recipe.step_index(t) for t in calset.timesteps]
     modules = dict(unet.named_modules())
     generator = torch.Generator().manual_seed(options.seed)
@@ -195,28 +212,49 @@ def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None 
     requires = {name: p.requires_grad for name, p in unet.named_parameters()}
     for p in unet.parameters():
         p.requires_grad_(False)
-    fq = apply_recipe(unet, recipe, weights=False, activations=options.activations, straight_through=True)
+    fq = None
     try:
         for name, layers in blocks:
             start = time.perf_counter()
-            result, codes = _reconstruct_block(name, layers, modules, data[name], steps, recipe, fq, options,
-                                               generator, AdaRoundWeight, beta_schedule, parametrize)
+            # this block's FP data only (the UNet unquantized while capturing), then the recipe's activations on
+            data = capture(unet, calset, [(name, layers)], stop_after_block=True)[name]
+            learned = _learned_inputs(recipe, layers) if options.act_steps else {}
+            # the inputs whose steps are learned are quantized by their LearnedSteps, not by the recipe's hooks
+            fixed = replace(recipe, tensors={k: v for k, v in recipe.tensors.items() if k not in learned})
+            fq = apply_recipe(unet, fixed, weights=False, activations=options.activations, straight_through=True)
+            result, codes, inputs = _reconstruct_block(name, layers, modules, data, steps, recipe, fq, options,
+                                                       generator, learned)
+            fq.remove()
+            fq = data = None
             result.seconds = round(time.perf_counter() - start, 2)
             for layer, c in codes.items():
                 tensors[(layer, "weight")] = replace(recipe.tensors[(layer, "weight")], codes=c)
+            tensors.update(inputs)
             report.blocks.append(result)
             if progress:
                 progress(result)
     finally:
-        fq.remove()
+        if fq is not None:
+            fq.remove()
         for pname, p in unet.named_parameters():
             p.requires_grad_(requires.get(pname, True))
     return replace(recipe, tensors=tensors), report
 
 
-def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, options, generator,
-                       AdaRoundWeight, beta_schedule, parametrize):
+def _learned_inputs(recipe, layers) -> dict:
+    """{(layer, "input"): LearnedSteps} for the block's layers with a uniform input quantizer."""
+    from dgq_compiler.edadm.lsq import LearnedSteps
+
+    return {(layer, "input"): LearnedSteps(recipe.tensors[(layer, "input")]) for layer in layers
+            if (layer, "input") in recipe.tensors and recipe.tensors[(layer, "input")].quantizer == "uniform"}
+
+
+def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, options, generator, learned):
+    """-> (BlockResult, {layer: codes}, {(layer, "input"): entry with learned steps} (empty unless kept))."""
     import torch
+    from torch.nn.utils import parametrize
+
+    from dgq_compiler.edadm.adaround import AdaRoundWeight, beta_schedule
 
     block = modules[name]
     rounding = {}
@@ -227,6 +265,8 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
     outputs: dict = {}
     handles = [modules[layer].register_forward_hook(lambda _m, _a, out, layer=layer: outputs.__setitem__(layer, out))
                for layer in layers]
+    handles += [modules[layer].register_forward_pre_hook(steps_of.hook(fq.steps)) for (layer, _r), steps_of
+                in learned.items()]
     calls = block_data["calls"]
 
     def loss_of(i):
@@ -246,7 +286,7 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
         loss_nearest = whole_set()
         for r in rounding.values():
             r.fixed = None
-        params = [r.v for r in rounding.values()]
+        params = [r.v for r in rounding.values()] + [steps_of.u for steps_of in learned.values()]
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(params, lr=options.learning_rate)
@@ -273,5 +313,6 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
             h.remove()
         for layer in layers:
             parametrize.remove_parametrizations(modules[layer], "weight", leave_parametrized=False)
+    inputs = {key: steps_of.learned_entry() for key, steps_of in learned.items()} if keep else {}
     return BlockResult(name, len(layers), weights, loss_nearest, loss_learned, "learned" if keep else "nearest",
-                       flipped if keep else 0.0), codes
+                       flipped if keep else 0.0), codes, inputs

@@ -1,7 +1,9 @@
 """Bit allocation by integer programming (MixDQ): per-layer widths minimising total sensitivity under budgets.
 
 Each layer l takes one combination c = (weight bits, input bits) from the allowed choices (weights {4, 8} when a
-size budget is set, else the config's width; inputs {6, 8} when an activation or BOPs budget is set, else 8):
+size budget is set, else the config's width; inputs {6, 8} when an activation or BOPs budget is set, else 8; with
+`Budget.fp` also W32A32, the layer left in full precision, whose sensitivity is 0 and which every budget counts at
+32 bits):
 
     minimise    sum_{l,c} z_{l,c} (S_w[l, w_c] + S_a[l, a_c])            (normalised sensitivities, additive)
     subject to  sum_c z_{l,c} = 1                                       (one combination per layer)
@@ -23,12 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dgq_compiler.config import MIXED_ACT_CHOICES, MIXED_WEIGHT_CHOICES
+from dgq_compiler.config import MIXED_ACT_CHOICES, MIXED_FP_BITS, MIXED_WEIGHT_CHOICES
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import check_writable, read_format_doc, write_format_doc
 
 FORMAT = "dgq-allocation"
 VERSION = 1
+FP_CHOICE = (MIXED_FP_BITS, MIXED_FP_BITS)  # a layer left in full precision: weights and input unquantized
+
+
+def is_fp(widths) -> bool:
+    return tuple(widths) == FP_CHOICE
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class Budget:
     weight_bits: float | None = None   # average weight bits per parameter (model size)
     act_bits: float | None = None      # average input-activation bits per MAC
     bops_per_mac: float | None = None  # average weight x activation bits per MAC (BOPs)
+    fp: bool = False                   # a layer may also stay in full precision (FP_CHOICE)
 
     def __post_init__(self):
         for name, lo, hi in (("weight_bits", MIXED_WEIGHT_CHOICES[0], MIXED_WEIGHT_CHOICES[-1]),
@@ -45,10 +53,20 @@ class Budget:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and lo <= value <= hi):
                 raise DgqError(f"budget {name} must be in {lo}..{hi}, got {value!r}")
+        if not isinstance(self.fp, bool):
+            raise DgqError(f"budget fp must be true or false, got {self.fp!r}")
 
     @classmethod
     def of_config(cls, config) -> "Budget":
-        return cls(config.mixed_weight_bits, config.mixed_act_bits)
+        return cls(config.mixed_weight_bits, config.mixed_act_bits, fp=config.mixed_fp)
+
+    def limits(self) -> dict:
+        """The averages this budget bounds: {weight_bits | act_bits | bops_per_mac: limit}."""
+        return {k: getattr(self, k) for k in ("weight_bits", "act_bits", "bops_per_mac") if getattr(self, k) is not None}
+
+    def to_dict(self) -> dict:
+        """The limits; `fp` only when set (allocations without it stay byte-identical to before it existed)."""
+        return {k: v for k, v in self.__dict__.items() if k != "fp" or v}
 
 
 @dataclass(frozen=True)
@@ -67,7 +85,7 @@ class Allocation:
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         path = check_writable(path, overwrite=overwrite)
         doc = {"format": FORMAT, "version": VERSION, "model": {"name": self.model_name, "config_sha256": self.config_sha256},
-               "method": self.method, "budget": self.budget.__dict__, "objective": self.objective,
+               "method": self.method, "budget": self.budget.to_dict(), "objective": self.objective,
                "achieved": self.achieved,
                "layers": {m: {"weight_bits": w, "act_bits": a} for m, (w, a) in sorted(self.layers.items())}}
         return write_format_doc(path, doc)
@@ -84,9 +102,12 @@ class Allocation:
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise DgqError(f"{what} is missing or has a malformed field: {exc}") from None
         for module, (w, a) in allocation.layers.items():
+            if is_fp((w, a)) and allocation.budget.fp:
+                continue
             if w not in MIXED_WEIGHT_CHOICES or a not in MIXED_ACT_CHOICES:
                 raise DgqError(f"{what}: layer {module!r} has widths W{w}A{a}; expected weights in "
-                               f"{MIXED_WEIGHT_CHOICES} and activations in {MIXED_ACT_CHOICES}")
+                               f"{MIXED_WEIGHT_CHOICES} and activations in {MIXED_ACT_CHOICES} (or W{MIXED_FP_BITS}"
+                               f"A{MIXED_FP_BITS}, full precision, when the budget allows fp)")
         if not allocation.layers:
             raise DgqError(f"{what} allocates no layers")
         return allocation
@@ -97,7 +118,13 @@ def _choices(budget: Budget, fixed_weight: int) -> list[tuple[int, int]]:
         else (fixed_weight,)
     acts = MIXED_ACT_CHOICES if budget.act_bits is not None or budget.bops_per_mac is not None \
         else (MIXED_ACT_CHOICES[-1],)
-    return [(w, a) for w in weights for a in acts]
+    return [(w, a) for w in weights for a in acts] + ([FP_CHOICE] if budget.fp else [])
+
+
+def sensitivity(layer, widths) -> float:
+    """A layer's normalised sensitivity at (weight bits, input bits); 0 in full precision."""
+    w, a = widths
+    return 0.0 if is_fp(widths) else layer.weight[str(w)] + layer.act[str(a)]
 
 
 def _costs(table, choices):
@@ -105,8 +132,7 @@ def _costs(table, choices):
     rows = []
     for layer in table.layers:
         for w, a in choices:
-            rows.append((layer.weight[str(w)] + layer.act[str(a)], layer.params * w, layer.macs * a,
-                         layer.macs * w * a))
+            rows.append((sensitivity(layer, (w, a)), layer.params * w, layer.macs * a, layer.macs * w * a))
     return np.array(rows, dtype=np.float64).reshape(len(table.layers), len(choices), 4)
 
 
@@ -121,7 +147,7 @@ def achieved(table, layers: dict) -> dict:
 
 def objective(table, layers: dict) -> float:
     by = table.by_module()
-    return float(sum(by[m].weight[str(w)] + by[m].act[str(a)] for m, (w, a) in layers.items()))
+    return float(sum(sensitivity(by[m], widths) for m, widths in layers.items()))
 
 
 def allocate(table, budget: Budget, fixed_weight: int = MIXED_WEIGHT_CHOICES[-1]) -> Allocation:
@@ -179,14 +205,17 @@ def _quiet_solver():
 
 def random_allocation(table, like: Allocation, seed: int = 0) -> Allocation:
     """A random allocation no larger than `like` in every budgeted average: layers in a random order are widened
-    (from the narrowest combination) while the averages stay within what `like` reached."""
+    (from the narrowest combination) while the averages stay within what `like` reached. Integer widths only (an
+    FP layer's 32 bits would rarely fit a random order)."""
     rng = np.random.default_rng(seed)
     lo_w, lo_a = MIXED_WEIGHT_CHOICES[0], MIXED_ACT_CHOICES[0]
     budget = like.budget
     free_w = budget.weight_bits is not None or budget.bops_per_mac is not None
     free_a = budget.act_bits is not None or budget.bops_per_mac is not None
-    layers = {m: (lo_w if free_w else w, lo_a if free_a else a) for m, (w, a) in like.layers.items()}
-    limits = {k: like.achieved[k] for k, v in budget.__dict__.items() if v is not None}  # the budgeted averages
+    widest = (MIXED_WEIGHT_CHOICES[-1], MIXED_ACT_CHOICES[-1])  # an FP layer of `like` starts as its widest integer
+    layers = {m: (lo_w if free_w else w, lo_a if free_a else a)
+              for m, (w, a) in ((m, widest if is_fp(c) else c) for m, c in like.layers.items())}
+    limits = {k: like.achieved[k] for k in budget.limits()}  # the budgeted averages
     for index in rng.permutation(len(table.layers)):
         module = table.layers[int(index)].module
         options = [(MIXED_WEIGHT_CHOICES[-1], None) if free_w else None, (None, MIXED_ACT_CHOICES[-1]) if free_a else None]

@@ -19,10 +19,16 @@ SENSITIVITY_PROMPTS = 4   # calibration prompts sampled for the sensitivity call
 SENSITIVITY_CALLS = 6     # UNet calls kept, spread over the schedule
 
 
-def check_allocation(allocation, stats) -> None:
+def check_allocation(allocation, stats, config=None) -> None:
     if allocation.config_sha256 != stats.config_sha256:
         raise DgqError(f"the bit allocation was made for another model ({allocation.model_name!r}, config "
                        f"{allocation.config_sha256[:12]}) than these statistics ({stats.config_sha256[:12]})")
+    from dgq_compiler.mixdq.allocate import is_fp
+
+    fp = sorted(m for m, widths in allocation.layers.items() if is_fp(widths))
+    if fp and config is not None and not config.mixed_fp:
+        raise DgqError(f"the bit allocation leaves {len(fp)} layer(s) in full precision (e.g. {fp[0]!r}) but config "
+                       f"{config.name} does not allow FP layers: use a -fp preset (e.g. mixdq-w5a8-fp)")
 
 
 def sensitivity_calls(pipe, prompts, steps: int, guidance: float, seed: int, latent_size=None,
@@ -46,7 +52,7 @@ def recipe_for_run(name: str, config, stats, pipe, out: Path, options):
 
         folder = out / "mixdq"
         folder.mkdir(exist_ok=True)
-        base = config.replace(mixed_weight_bits=None, mixed_act_bits=None)
+        base = config.replace(mixed_weight_bits=None, mixed_act_bits=None, mixed_fp=False)
         # without an input budget only the weights are measured (activations FP): one table per weight quantizer
         key = base.name if config.mixed_act_bits is not None else f"weights-{config.weight_method}"
         table_path = folder / f"sensitivity-{key}.json"

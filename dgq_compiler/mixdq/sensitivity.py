@@ -150,7 +150,7 @@ def measure(pipe, stats, config: QuantConfig, calls, progress: bool = False, pro
     from dgq_compiler.quantize import quantize_stats
 
     unet = pipe.unet.float().eval()
-    base = config.replace(mixed_weight_bits=None, mixed_act_bits=None)
+    base = config.replace(mixed_weight_bits=None, mixed_act_bits=None, mixed_fp=False)
     narrow, wide = MIXED_WEIGHT_CHOICES[0], MIXED_WEIGHT_CHOICES[-1]
     low_a, high_a = MIXED_ACT_CHOICES[0], MIXED_ACT_CHOICES[-1]
     candidates = {}

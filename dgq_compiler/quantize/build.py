@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dgq_compiler.config import MIXED_FP_BITS
 from dgq_compiler.errors import DgqError
 from dgq_compiler.quantize.activations import (
     attention_probs,
@@ -13,6 +14,7 @@ from dgq_compiler.quantize.activations import (
 )
 from dgq_compiler.quantize.weights import quantize_weight
 from dgq_compiler.recipe import Recipe, config_fingerprint, reads_text_embedding
+from passes.contract import FP_MODULES
 
 
 @dataclass
@@ -32,7 +34,8 @@ def quantize_stats(stats, config, unet, progress: bool = False,
                    widths: dict | None = None) -> tuple[Recipe, QuantizeSummary]:
     """The recipe of `config` for the UNet `stats` were calibrated on (weights from `unet`).
     `widths` {layer: (weight bits, input bits)} (a MixDQ allocation, `dgq_compiler.mixdq`) sets per-layer widths;
-    a mixed-precision config needs it, and layers it does not name are refused."""
+    a mixed-precision config needs it, and layers it does not name are refused. A layer at
+    (MIXED_FP_BITS, MIXED_FP_BITS) stays in full precision: no weight or input quantizer, listed in fp_modules."""
     from tqdm import tqdm
 
     fingerprint = config_fingerprint(unet.config)
@@ -43,13 +46,16 @@ def quantize_stats(stats, config, unet, progress: bool = False,
         raise DgqError(f"config {config.name} has per-layer widths: it needs a bit allocation "
                        "(`dgq allocate`, then `dgq quantize --allocation FILE`)")
     modules = dict(unet.named_modules())
-    tensors, summary = {}, QuantizeSummary()
+    tensors, summary, fp_layers = {}, QuantizeSummary(), []
     for point in tqdm(stats.points, desc="quantize", unit="point", disable=not progress):
         w_bits, layer_config = config.weight_bits, config
         if widths is not None and point.role == "input":
             if point.module not in widths:
                 raise DgqError(f"the bit allocation has no widths for layer {point.module!r} (made for another model?)")
             w_bits, a_bits = widths[point.module]
+            if w_bits == MIXED_FP_BITS and a_bits == MIXED_FP_BITS:
+                fp_layers.append(point.module)
+                continue
             layer_config = config.replace(act_bits=a_bits, mixed_act_bits=None)
         if point.role == "attn_probs":
             tq, info = attention_probs(stats, point, config)
@@ -71,5 +77,6 @@ def quantize_stats(stats, config, unet, progress: bool = False,
                 point.module, modules[point.module].weight, w_bits, config.weight_method,
                 config.mse_candidates, config.mse_norm)
     recipe = Recipe(model_name=stats.model_name, config_sha256=stats.config_sha256, config=config,
-                    timesteps=stats.timesteps, resolution=stats.resolution, tensors=tensors)
+                    timesteps=stats.timesteps, resolution=stats.resolution, tensors=tensors,
+                    fp_modules=FP_MODULES + tuple(sorted(fp_layers)))
     return recipe, summary

@@ -360,10 +360,12 @@ def inventory_from_graph(path: str | Path, *, batch: int | None = None, resoluti
         b_shape = _known(shapes.get(node.input[1]), node, "second operand")
         sizes = {"a_elements": math.prod(a_shape), "b_elements": math.prod(b_shape)}
         if kind in ("conv", "linear"):
-            fp = module in FP_MODULES
             root = index.weight_root(node.input[1])
             if root is None:
                 raise SimulatorError(f"node {node.name!r}: its weight is not an initializer of the graph")
+            # in a compiled graph a layer with neither an input quantizer nor integer weights was left FP (a MixDQ
+            # allocation's W32A32); in an fp32 export every layer is counted at the configuration's widths
+            fp = module in FP_MODULES or (bool(input_bits) and module not in input_bits and _integer_bits(root) is None)
             bos_fp = bos_row_names(node_prefix(module, "input"))["join"] in names
             ops.append(CountedOp(module, kind, macs, outputs, full_precision=fp, weight_bits=_integer_bits(root),
                                  act_bits=input_bits.get(module), fp_macs=macs // a_shape[-2] if bos_fp else 0,

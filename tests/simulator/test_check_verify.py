@@ -1,6 +1,7 @@
 """`check` (target conformance, worst-case accumulators) and `verify` (simulator vs onnxruntime), via the API and the CLI."""
 import json
 
+import numpy as np
 import onnx
 import pytest
 
@@ -112,3 +113,43 @@ def test_check_and_verify_leave_big_weights_in_the_external_file(qdq, tmp_path, 
     said = []
     assert verify_graph(external, "generic-npu", progress=said.append).passed
     assert said[0].startswith("loading") and said[1].endswith("onnxruntime ...")  # the long load is announced
+
+
+def _with_activation_zero_points(model, dtype, value):
+    """The linear graph with its activation zero-point table replaced by `value` stored as `dtype` (the codes'
+    type follows it: QuantizeLinear's output type is its zero point's)."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    (table,) = [t for t in out.graph.initializer if t.name == "lin/input/zero_point_table"]
+    table.CopyFrom(numpy_helper.from_array(np.full(list(table.dims), value, dtype), table.name))
+    return out
+
+
+def unsigned_symmetric_target(path):
+    """Unsigned activation codes with zero point 0 only (a grid for non-negative values), everything else open."""
+    path.write_text(json.dumps({"name": "unsigned-symmetric", "activations": {
+        "bits": [8], "grids": ["unsigned"], "symmetric_only": True, "granularity": ["tensor"],
+        "scale_sources": ["computed"]}}))
+    return path
+
+
+def test_check_judges_the_grid_a_target_runs_not_its_storage_type(qdq, tmp_path):
+    """An 8-bit grid with zero point 128 is stored as int8 codes with zero point 0 (passes/qdq.code_type): on an
+    unsigned target with zero points (generic-npu) that is uint8 with zero point 128, not a violation (mixdq-w5a8
+    reported "signed codes" once for a cross-attention v whose calibrated range was symmetric). On a target that
+    takes unsigned codes with zero point 0 only, the same signed symmetric grid cannot run and is reported."""
+    model, _ = qdq.linear(axis="tensor", bits=8, w_bits=8)
+    signed = _with_activation_zero_points(model, np.int8, 0)
+    (q,) = check_graph(signed, "generic-npu").info.quantizers
+    assert q.signed and q.symmetric and not q.flip_symmetric  # as uint8 its zero point is 128
+    assert check_graph(signed, "generic-npu").ok
+    strict = check_graph(signed, str(unsigned_symmetric_target(tmp_path / "t.json")))
+    assert [(v.rule, v.asks) for v in strict.violations] == [("activation grid", "signed codes")]
+    # the other way: uint8 with zero point 128 is int8 with zero point 0 on a signed symmetric-only target ...
+    shifted = check_graph(_with_activation_zero_points(model, np.uint8, 128), "tensorrt-int8").by_rule()
+    assert "activation grid" not in shifted and "activation zero point" not in shifted
+    # ... and any other uint8 zero point is not
+    asymmetric = check_graph(_with_activation_zero_points(model, np.uint8, 100), "tensorrt-int8").by_rule()
+    assert asymmetric["activation grid"] == 1 and asymmetric["activation zero point"] == 1

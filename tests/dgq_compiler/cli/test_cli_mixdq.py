@@ -49,6 +49,7 @@ def test_allocate_then_quantize_gives_a_recipe_with_the_allocated_widths(table, 
     (["allocate", "{table}", "-o", "{tmp}/a.json"], "no budget"),
     (["allocate", "{table}", "--preset", "dgq-w8a8-g8", "-o", "{tmp}/a.json"], "mixed-precision preset"),
     (["allocate", "{table}", "--weight-bits", "9", "-o", "{tmp}/a.json"], "weight_bits must be in 4..8"),
+    (["allocate", "{table}", "--preset", "mixdq-w5a8", "--fp", "-o", "{tmp}/a.json"], "choose a -fp preset"),
     (["allocate", "{tmp}/missing.json", "--weight-bits", "5", "-o", "{tmp}/a.json"], "not found"),
     (["quantize", "{stats}", "--preset", "mixdq-w5a8", "-o", "{tmp}/r.json"], "needs a bit allocation"),
     (["sensitivity", "{stats}", "--calls", "0", "-o", "{tmp}/s.json"], "--calls must be in 1..100"),
@@ -59,3 +60,33 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, words, table, cli_chain, tm
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "a.json").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_an_fp_allocation_quantizes_to_a_recipe_without_quantizers_on_its_fp_layers(table, cli_chain, tmp_path,
+                                                                                       capsys):
+    from dgq_compiler.mixdq.allocate import Allocation, Budget, allocate
+    from dgq_compiler.mixdq.sensitivity import SensitivityTable
+
+    sens = SensitivityTable.load(table)
+    best = allocate(sens, Budget(weight_bits=5.0, fp=True))
+    by_cli = tmp_path / "cli.json"
+    assert main(["allocate", str(table), "--weight-bits", "5", "--fp", "-o", str(by_cli)]) == 0
+    assert "FP layers allowed" in capsys.readouterr().out
+    assert Allocation.load(by_cli) == best and json.loads(by_cli.read_text())["budget"]["fp"] is True
+    fp_layers = sorted(best.layers)[:2]  # two layers left FP by hand (the ILP's choice depends on the table)
+    layers = {m: (32, 32) if m in fp_layers else w for m, w in best.layers.items()}
+    allocation = Allocation(best.model_name, best.config_sha256, "ilp", best.budget, layers, 0.0, best.achieved)
+    path = allocation.save(tmp_path / "fp.json")
+    recipe_path = tmp_path / "recipe.json"
+    assert main(["quantize", str(cli_chain["stats"]), "--preset", "mixdq-w5a8-fp", "--allocation", str(path),
+                 "-o", str(recipe_path)]) == 0
+    recipe = Recipe.load(recipe_path)
+    assert set(fp_layers) <= set(recipe.fp_modules) and recipe.config.mixed_fp
+    assert not [key for key in recipe.tensors if key[0] in fp_layers]
+    assert {(m, r) for m in set(layers) - set(fp_layers) for r in ("weight", "input")} <= set(recipe.tensors)
+    capsys.readouterr()
+    assert main(["quantize", str(cli_chain["stats"]), "--preset", "mixdq-w5a8", "--allocation", str(path),
+                 "-o", str(tmp_path / "refused.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not allow FP layers" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "refused.json").exists()

@@ -84,3 +84,61 @@ def test_random_allocation_widens_every_layer_it_can():
     for seed in range(3):
         assert set(random_allocation(table, allocate(table, Budget(weight_bits=8.0)), seed).layers.values()) == {(8, 8)}
         assert set(random_allocation(table, allocate(table, Budget(weight_bits=4.0)), seed).layers.values()) == {(4, 8)}
+
+
+# FP as a width: layer0 is small (10 parameters) and sensitive at both integer widths, layer1 large and nearly
+# insensitive. At 5 bits per parameter (5050 bits) layer0 fits at 32 bits (320 + 1000 x 4 = 4320): FP is optimal.
+FP_CASE = _table([(10, 100, 10.0, 5.0, 0.0, 0.0), (1000, 100, 1.0, 0.0, 0.0, 0.0)])
+FP = (32, 32)
+
+
+def _brute_force(table, budget_bits, choices):
+    params = [layer.params for layer in table.layers]
+    best = None
+    for pick in itertools.product(choices, repeat=len(params)):
+        if sum(p * w for p, (w, _a) in zip(params, pick)) > budget_bits * sum(params):
+            continue
+        value = sum(0.0 if c == FP else layer.weight[str(c[0])] + layer.act[str(c[1])]
+                    for layer, c in zip(table.layers, pick))
+        best = value if best is None else min(best, value)
+    return best
+
+
+def test_ilp_leaves_a_layer_fp_where_that_is_the_optimum_counting_it_at_32_bits():
+    with_fp = allocate(FP_CASE, Budget(weight_bits=5.0, fp=True))
+    assert with_fp.layers == {"layer0": FP, "layer1": (4, 8)}
+    assert with_fp.objective == pytest.approx(1.0)
+    assert with_fp.achieved["weight_bits"] == pytest.approx((10 * 32 + 1000 * 4) / 1010)  # 4.28 <= 5
+    assert with_fp.achieved["act_bits"] == pytest.approx((100 * 32 + 100 * 8) / 200)  # FP inputs at 32 bits
+    assert with_fp.objective == pytest.approx(_brute_force(FP_CASE, 5.0, [(4, 8), (8, 8), FP]))
+    # without the opt-in the same budget gives W8 (the old behaviour), and FP never breaks a budget it does not fit
+    assert allocate(FP_CASE, Budget(weight_bits=5.0)).layers == {"layer0": (8, 8), "layer1": (4, 8)}
+    tight = allocate(FP_CASE, Budget(weight_bits=4.1, fp=True))  # 4141 bits: FP layer0 (4320) does not fit
+    assert tight.layers["layer0"] == (8, 8) and tight.achieved["weight_bits"] <= 4.1 + 1e-9
+    for bits in (4.0, 4.3, 4.6, 5.0, 6.0, 8.0):
+        alloc = allocate(FP_CASE, Budget(weight_bits=bits, fp=True))
+        assert alloc.achieved["weight_bits"] <= bits * (1 + 1e-9)
+        assert alloc.objective == pytest.approx(_brute_force(FP_CASE, bits, [(4, 8), (8, 8), FP]))
+
+
+def test_fp_allocations_round_trip_and_are_refused_where_fp_is_not_allowed(tmp_path):
+    from dgq_compiler.mixdq.compose import check_allocation
+    from dgq_compiler.config import preset
+
+    with_fp = allocate(FP_CASE, Budget(weight_bits=5.0, fp=True))
+    path = with_fp.save(tmp_path / "fp.json")
+    assert Allocation.load(path) == with_fp and '"fp": true' in path.read_text()
+    plain = allocate(FP_CASE, Budget(weight_bits=5.0)).save(tmp_path / "plain.json")
+    assert '"fp"' not in plain.read_text()  # allocations without FP are written as before the option existed
+    path.write_text(path.read_text().replace('"fp": true', '"fp": false'))
+    with pytest.raises(DgqError, match="W32A32"):
+        Allocation.load(path)
+
+    class Stats:
+        config_sha256 = "0" * 64
+
+    check_allocation(with_fp, Stats(), preset("mixdq-w5a8-fp"))
+    with pytest.raises(DgqError, match="does not allow FP layers"):
+        check_allocation(with_fp, Stats(), preset("mixdq-w5a8"))
+    rand = random_allocation(FP_CASE, with_fp, seed=0)  # the random baseline: integer widths, no larger
+    assert FP not in rand.layers.values() and rand.achieved["weight_bits"] <= with_fp.achieved["weight_bits"] + 1e-9
