@@ -14,7 +14,7 @@ Every lowered op's accumulators are MatMulInteger outputs named `dgq/<module>/lo
 metadata (LOWERED_* keys) naming the float input, the grouping and the kernel, so `dgq verify` can expose them
 as graph outputs and compare them with the simulator's integer kernels, bit for bit. Channel (split-K) groups
 are one batched product per op (passes/lower_batched.py).
-(About 320 lines: the shared builders of three lowering passes, which may not import one another.)
+(About 390 lines: the shared builders of three lowering passes, which may not import one another.)
 """
 from __future__ import annotations
 
