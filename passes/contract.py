@@ -44,6 +44,14 @@ What a compiled graph holds (fp32 export + recipe -> passes -> this):
    dequantized weight through a Reshape to the weight's own shape, named `{node}/KeepFloat/Reshape`: a
    layout op for every reader, and what keeps onnxruntime's default session from fusing the product into
    kernels that refuse per-group zero points or re-quantize a float activation (passes/insert_fusion_barriers.py).
+6b. **Integer lowering** (`--target onnxruntime-cpu`, passes/lower_*.py). Every integer product is a
+   MatMulInteger named `dgq/{module}/lower/acc*` whose metadata names the float input (LOWERED_INPUT), the kernel,
+   the accumulator layout and its group: LOWERED_GROUP = g (one product per recipe group or kernel tap; -1 when the
+   op has one accumulator) or GROUPS_BATCHED for channel (split-K) groups lowered as ONE batched product (where
+   padding the groups to one width is cheap, passes/lower_batched.py), whose slice g along axis LOWERED_GROUP_AXIS
+   is group g's int32 accumulator, g < LOWERED_GROUP_COUNT ([G, M, N] for a linear, [B, G, Ho*Wo, Co] for a
+   convolution).
+   The per-op rows of `lowering.json` name the module, kernel, weight initializer and accumulator count.
 7. **Model metadata.** `dgq.compiled`, `dgq.model`, `dgq.recipe_config` (JSON), `dgq.timesteps` (JSON), and on
    static variants `dgq.static_step` / `dgq.static_timestep`.
 
@@ -109,6 +117,9 @@ LOWERED = f"{NAMESPACE}.lowered"               # model metadata: the target the 
 LOWERED_INPUT = f"{NAMESPACE}.lowered_input"   # MatMulInteger metadata: the float tensor the op quantizes
 LOWERED_KERNEL = f"{NAMESPACE}.kernel"
 LOWERED_GROUP = f"{NAMESPACE}.group"           # the recipe group (or kernel tap) of this accumulator (-1: the only one)
+GROUPS_BATCHED = "batched"                     # LOWERED_GROUP of a batched split-K product: acc[g] is group g's
+LOWERED_GROUP_COUNT = f"{NAMESPACE}.group_count"  # ... accumulator, g < this count, ...
+LOWERED_GROUP_AXIS = f"{NAMESPACE}.group_axis"    # ... g indexing this axis (passes/lower_batched.py)
 LOWERED_LAYOUT = f"{NAMESPACE}.acc_layout"     # nlc (rows x out channels) | nhwc (conv, channels last) | tap
 LOWERING_REPORT = "lowering.json"              # beside the lowered graph: one row per lowered op
 

@@ -10,10 +10,11 @@ Integer arithmetic, exactly as the simulator's contract (DESIGN.md section 6) de
 - epilogue in float32: Cast(acc) * (s_a * s_w) (+ bias); written as Cast -> Mul(acc, Mul(s_a, s_w)) so a
   default onnxruntime session fuses it into one integer GEMM with a float output stage (MatMulIntegerToFloat).
 
-Every lowered op's accumulators are MatMulInteger outputs named `dgq/<module>/lower/acc<g>` with node
+Every lowered op's accumulators are MatMulInteger outputs named `dgq/<module>/lower/acc*` with node
 metadata (LOWERED_* keys) naming the float input, the grouping and the kernel, so `dgq verify` can expose them
-as graph outputs and compare them with the simulator's integer kernels, bit for bit.
-(About 340 lines: the shared builders of three lowering passes, which may not import one another.)
+as graph outputs and compare them with the simulator's integer kernels, bit for bit. Channel (split-K) groups
+are one batched product per op (passes/lower_batched.py).
+(About 390 lines: the shared builders of three lowering passes, which may not import one another.)
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from passes.base import add_node, constant
 from passes.contract import (  # noqa: F401  (the lowering's contract names, re-exported for the lowering passes)
     GROUP_MAP, FUSION_BARRIER_SUFFIX, LOWER_ROLE, LOWERED, LOWERED_GROUP, LOWERED_INPUT, LOWERED_KERNEL, LOWERED_LAYOUT,
-    LOWERING_REPORT, META_MODULE, NAMESPACE, QuantizerRecord, node_prefix, table_name,
+    LOWERING_REPORT, META_MODULE, NAMESPACE, STEP_INDEX, STEP_PREFIX, QuantizerRecord, node_prefix, table_name,
 )
 from passes.errors import PassError
 from passes.patterns import reads_text_tokens
@@ -143,16 +144,33 @@ def float_source(tensor: gs.Tensor, prefix: str) -> gs.Tensor:
 
 # ---------------------------------------------------------------- per-step parameters
 
+def scalar_step(graph: gs.Graph, step: gs.Tensor) -> gs.Tensor:
+    """The step index as a scalar (one Squeeze per graph, shared by every lowered op): Gather(table [T, X], scalar)
+    is the row [X] itself, so step_row needs no Reshape (every node counts: onnxruntime's session start-up grows
+    faster than linearly with the node count of a graph)."""
+    name = f"{STEP_INDEX}_scalar"
+    for node in graph.nodes:
+        if node.outputs and node.outputs[0].name == name:
+            return node.outputs[0]
+    out = gs.Variable(name, dtype=np.int64, shape=[])
+    graph.nodes.append(gs.Node("Squeeze", f"{STEP_PREFIX}/Squeeze", inputs=[step, constant(f"{STEP_PREFIX}/axis0",
+                                                                                       _i64([0]))], outputs=[out]))
+    return out
+
+
 def step_row(graph: gs.Graph, table: np.ndarray, step: gs.Tensor, name: str, shape, dtype,
              initializer: str | None = None) -> gs.Tensor:
     """Row `step` of a [T, X] table, reshaped to `shape`. Gathered even when all rows are equal: onnxruntime
     fuses Cast -> Mul(acc, Mul(s_a, s_w)) into its integer GEMM only while the scale is computed.
-    `initializer`: the table's name (default `{name}_table`)."""
+    `initializer`: the table's name (default `{name}_table`). A scalar `step` (scalar_step) gathers the row
+    itself: no Reshape when `shape` is the row's shape ([-1] for a [T, X] table)."""
     table = np.asarray(table, dtype=dtype)
     if table.shape[0] == 1:  # one row for all steps (a shared group map)
         return constant(initializer or f"{name}_const", table[0].reshape(shape))
     row = add_node(graph, "Gather", f"{name}/Gather", [constant(initializer or f"{name}_table", table), step],
                    dtype=dtype, attrs={"axis": 0})
+    if step.shape == [] and (list(shape) == list(table.shape[1:]) or (list(shape) == [-1] and table.ndim == 2)):
+        return row
     return add_node(graph, "Reshape", f"{name}/Reshape", [row, constant(f"{name}/shape", _i64(shape))], dtype=dtype)
 
 
@@ -173,9 +191,11 @@ def quantize_codes(graph: gs.Graph, x: gs.Tensor, scale: gs.Tensor, zero: gs.Ten
         shape = constant(f"{prefix}/param_shape", _i64([-1] + [1] * (-axis - 1))) if axis < 0 else None
         if shape is None:
             raise PassError("internal: per-axis codes need a negative axis")
-        s = add_node(graph, "Reshape", f"{prefix}/scale_axis", [scale, shape])
         z = add_node(graph, "Cast", f"{prefix}/zero_float", [zero], attrs={"to": onnx.TensorProto.FLOAT})
-        z = add_node(graph, "Reshape", f"{prefix}/zero_axis", [z, shape])
+        s = scale
+        if axis != -1:  # [N] already broadcasts along the last axis
+            s = add_node(graph, "Reshape", f"{prefix}/scale_axis", [scale, shape])
+            z = add_node(graph, "Reshape", f"{prefix}/zero_axis", [z, shape])
         ratio = add_node(graph, "Div", f"{prefix}/Div", [x, s])
         rounded = add_node(graph, "Round", f"{prefix}/Round", [ratio])
         shifted = add_node(graph, "Add", f"{prefix}/AddZero", [rounded, z])
@@ -203,9 +223,10 @@ def pixel_resample(graph: gs.Graph, ctx, tq, x: gs.Tensor, layout: str, prefix: 
 
 
 def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str,
-                     resample: gs.Tensor | None = None) -> tuple[gs.Tensor, gs.Tensor]:
+                     resample: gs.Tensor | None = None, group_rows: bool = False) -> tuple:
     """Per-index (channel or pixel) scale [N] and zero point [N] of the step: table row -> group map gather.
-    `resample` (pixel_resample): the run-time pixels' indices into the map row."""
+    `resample` (pixel_resample): the run-time pixels' indices into the map row. `group_rows`: also return the
+    step's per-group scale [G] and zero point [G] rows."""
     scale = step_row(graph, tq.scale, step, f"{prefix}/scale", [-1], np.float32)
     zero = step_row(graph, tq.zero_point, step, f"{prefix}/zero_point", [-1], np.uint8)
     index = step_row(graph, tq.group_map.astype(np.int64), step, f"{prefix}/group_map", [-1], np.int64,
@@ -213,9 +234,10 @@ def per_index_params(tq, step: gs.Tensor, graph: gs.Graph, prefix: str,
     if resample is not None:
         index = add_node(graph, "Gather", f"{prefix}/group_map/Resample", [index, resample], dtype=np.int64,
                          attrs={"axis": 0})
-    return (add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale, index], attrs={"axis": 0}),
-            add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero, index], dtype=np.uint8,
-                     attrs={"axis": 0}))
+    per_index = (add_node(graph, "Gather", f"{prefix}/scale/GatherGroups", [scale, index], attrs={"axis": 0}),
+                 add_node(graph, "Gather", f"{prefix}/zero_point/GatherGroups", [zero, index], dtype=np.uint8,
+                          attrs={"axis": 0}))
+    return (*per_index, scale, zero) if group_rows else per_index
 
 
 def group_layout(tq) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -301,10 +323,11 @@ def zero_point_rows(w_int: np.ndarray, w_zero: np.ndarray) -> np.ndarray:
     return d.astype(np.int8)
 
 
-def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor, kernel, strides, pads, dilations,
-                prefix: str) -> gs.Tensor:
+def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor | None, kernel, strides, pads, dilations,
+                prefix: str, axes=(1, 2)) -> gs.Tensor:
     """uint8 NHWC codes [B, H, W, C] -> patches [B, Ho, Wo, kh*kw*C] (tap-major, channels inner); padding with
-    the zero-point code, so padded taps add (z - z) * w = 0 like the convolution's zero padding."""
+    the zero-point code, so padded taps add (z - z) * w = 0 like the convolution's zero padding. `axes`: the
+    spatial axes (channels are always last; [G, B, H, W, C] codes of batched groups come padded: pads all 0)."""
     kh, kw = kernel
     top, left, bottom, right = pads
     if any(pads):
@@ -314,7 +337,7 @@ def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor, kernel,
     if (kh, kw) == (1, 1) and tuple(strides) == (1, 1):
         return codes
     # tap (i, j) reads rows i*d, i*d + s, ... up to P - d*(k-1-i) (exclusive), i.e. Ho rows: constant Slice inputs
-    axes, steps = constant(f"{prefix}/axes", _i64([1, 2])), constant(f"{prefix}/steps", _i64(list(strides)))
+    axes, steps = constant(f"{prefix}/axes", _i64(list(axes))), constant(f"{prefix}/steps", _i64(list(strides)))
     taps = []
     for i in range(kh):
         for j in range(kw):
@@ -325,7 +348,7 @@ def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor, kernel,
                                  [codes, constant(f"{prefix}/start{i}{j}", start), constant(f"{prefix}/end{i}{j}", end),
                                   axes, steps], dtype=np.uint8))
     return taps[0] if len(taps) == 1 else add_node(graph, "Concat", f"{prefix}/Concat", taps, dtype=np.uint8,
-                                                   attrs={"axis": 3})
+                                                   attrs={"axis": -1})
 
 
 def with_zero_point_columns(graph: gs.Graph, codes: gs.Tensor, zero_rows: gs.Tensor, r: int, prefix: str) -> gs.Tensor:

@@ -7,8 +7,9 @@ NCHW. Per grouping (the simulator's schedules, DESIGN.md section 6):
 - tensor: one product with the step's zero point, rescaled by s_t * sw (+ bias);
 - pixel groups on a 1x1 stride-1 conv: each output pixel reads one input pixel, so per-row scales of one
   product (per-row zero points inside it, as in lower_linear);
-- channel groups (split-K): NHWC codes permuted so each group's channels are contiguous, split, patched per
-  group, one product per group with its zero point and its weight rows, each rescaled and added;
+- channel groups (split-K): codes permuted so each group's channels are contiguous, patched, and multiplied by
+  the group's weight rows in ONE batched product [B, G, Ho*Wo, taps*K/G (+ pad, + zero-point slots)], each
+  group's slice rescaled and summed over G (passes/lower_batched.py);
 - pixel groups on a kxk conv: an input pixel's scale does not factor out of a patch, but it does out of one
   kernel tap: kh*kw products with per-row scales, one per tap (lower_conv_taps), the multiply-adds of one
   convolution; the simulator's per-group accumulators are exact sums of the tap accumulators.
@@ -22,6 +23,7 @@ from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
 from passes.lower_common import (
     add_report_row,
+    scalar_step,
     ones_scale,
     product_meta,
     lowered_prefix,
@@ -42,6 +44,8 @@ from passes.lower_common import (
     with_zero_point_columns,
     zero_point_rows,
 )
+from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_count,
+                                  correction_rows_of, group_column_sums, padded_group_layout, with_zero_rows)
 from passes.lower_conv_taps import pixel_groups_by_tap
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -62,8 +66,113 @@ def conv_attrs(node: gs.Node, kernel) -> tuple:
             tuple(a.get("dilations", [1, 1])))
 
 
+def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, w4: np.ndarray, wt, step: gs.Tensor, kernel, strides, pads,
+                   dilations, name: str, prefix: str, module: str, metadata: dict, max_inflation: float):
+    """Channel groups as one batched product (passes/lower_batched.py) -> (NHWC float output, kernel, G).
+
+    The float input is zero-padded before it is quantized: a padded pixel's code is then its channel's zero
+    point (round(0 / s) + z = z), so a padded tap adds (z_g - z_g) * w = 0 in every group, as the simulator's
+    zero-padded convolution does. Codes [B, C, H, W] + G zero-point channels -> the step's slots [B, G*Kc, H, W]
+    (Kc = Kp + r' zero-point slots, r' = ceil(r / taps): im2col repeats them per tap) -> [B*G, H, W, Kc] ->
+    patches [B*G, Ho, Wo, taps*Kc] -> [B, G, Ho*Wo, taps*Kc] against weights [G, taps*Kc, Co]."""
+    g_count, (taps, _, co) = tq.scale.shape[1], w4.shape
+    top, left, bottom, right = pads
+    s, z, scale_g, zero_g = per_index_params(tq, step, graph, prefix, group_rows=True)
+    _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
+    w_padded, sums = group_column_sums(w4, wt.zero_point, perms_w, g_count, kp)
+    r_tap = -(-correction_count(sums, wt.zero_point) // taps)
+    if batch_inflation(g_count, kp + r_tap, w4.shape[1]) > max_inflation:
+        return split_k(graph, x, tq, s, z, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
+                       metadata)
+    padded = x
+    if any(pads):
+        padded = add_node(graph, "Pad", f"{prefix}/pad_input", [x, constant(f"{prefix}/input_pads", _i64(
+            [0, 0, top, left, 0, 0, bottom, right])), constant(f"{prefix}/pad_zero", np.array(0.0, np.float32))])
+    codes = quantize_codes(graph, padded, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
+    perms, _, _ = padded_group_layout(tq.group_map, g_count, r_tap)
+    kc = kp + r_tap
+    codes = with_zero_rows(graph, codes, zero_g, 1, 4, g_count, prefix)
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, step_row(graph, perms, step, f"{prefix}/perm",
+                                                                              [-1], np.int32)],
+                       dtype=np.uint8, attrs={"axis": 1})                                  # [B, G*Kc, H, W]
+    grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, constant(f"{prefix}/groups_shape",
+                                                                                _i64([-1, kc, 0, 0]))], dtype=np.uint8)
+    grouped = add_node(graph, "Transpose", f"{prefix}/groups_nhwc", [grouped], dtype=np.uint8,
+                       attrs={"perm": NCHW_TO_NHWC})                                      # [B*G, H, W, Kc]
+    cols = im2col_nhwc(graph, grouped, None, kernel, strides, (0, 0, 0, 0), dilations, f"{prefix}/im2col")
+    batch = add_node(graph, "Shape", f"{prefix}/batch", [x], dtype=np.int64, attrs={"end": 1})
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [
+        batch, add_node(graph, "Shape", f"{prefix}/cols_hw", [cols], dtype=np.int64, attrs={"start": 1, "end": 3}),
+        constant(f"{prefix}/co", _i64([co]))], dtype=np.int64, attrs={"axis": 0})
+    rows_shape = add_node(graph, "Concat", f"{prefix}/rows_shape", [
+        batch, constant(f"{prefix}/rows_dims", _i64([g_count, -1, taps * kc]))], dtype=np.int64, attrs={"axis": 0})
+    a = add_node(graph, "Reshape", f"{prefix}/rows", [cols, rows_shape], dtype=np.uint8)  # [B, G, Ho*Wo, taps*Kc]
+    w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
+        weight_tensor(graph, f"{prefix}/w", w_padded), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
+                                                                np.int32)], dtype=np.int8, attrs={"axis": 1})
+    w_rows = add_node(graph, "Reshape", f"{prefix}/w_taps", [w_rows, constant(f"{prefix}/w_taps_shape",
+                                                                               _i64([taps, g_count, kp, co]))],
+                      dtype=np.int8)
+    w_rows = add_node(graph, "Transpose", f"{prefix}/w_group_major", [w_rows], dtype=np.int8,
+                      attrs={"perm": [1, 0, 2, 3]})                                        # [G, taps, Kp, Co]
+    corr = correction_rows_of(graph, w_rows, wt.zero_point, taps * kp, taps * r_tap, [1, 2], prefix)
+    corr = add_node(graph, "Reshape", f"{prefix}/correction/per_tap", [corr, constant(
+        f"{prefix}/correction/per_tap_shape", _i64([g_count, taps, r_tap, co]))], dtype=np.int8)  # [G, taps, r', Co]
+    w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 2})
+    w_g = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_g, constant(f"{prefix}/w_groups_shape",
+                                                                           _i64([g_count, taps * kc, co]))],
+                   dtype=np.int8)
+    kernel_name = f"{name}, batched split-K x{g_count}"
+    total = batched_product(graph, a, w_g, wt.zero_point, scale_g, wt.scale, g_count, 1, prefix,
+                            product_meta(module, x, kernel_name, -1, "nhwc"), metadata)
+    return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [total, out_shape]), kernel_name, g_count
+
+
+def split_k(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor, w4: np.ndarray, wt, step: gs.Tensor, kernel,
+            strides, pads, dilations, name: str, prefix: str, module: str, metadata: dict):
+    """Channel groups as one product per group: codes permuted so each group's channels are contiguous, split at the
+    step's group sizes, patched per group (padded with the group's zero point) -> (NHWC float output, kernel, G)."""
+    taps, _, co = w4.shape
+    w_zero = constant(f"{prefix}/w_zero_point", wt.zero_point.astype(np.int8))
+    w_scale = constant(f"{prefix}/w_scale", wt.scale.astype(np.float32))
+
+    def nhwc(t):
+        return add_node(graph, "Transpose", f"{t.name}/to_nhwc", [t], dtype=np.uint8, attrs={"perm": NCHW_TO_NHWC})
+
+    g_count = tq.scale.shape[1]
+    codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
+    perms, perms_w, sizes = group_layout(tq)
+    perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
+    perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
+    size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
+    # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
+    pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
+    w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
+    w_all = weight_tensor(graph, f"{prefix}/w", w_padded)
+    w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [w_all, perm_w],
+                      dtype=np.int8,
+                      attrs={"axis": 1})
+    a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
+    w_parts = split_groups(graph, w_perm, size, 1, g_count, f"{prefix}/w", np.int8)
+    kernel_name = f"{name}, split-K x{g_count}"
+    w_shape = constant(f"{prefix}/w_shape", _i64([-1, co]))
+    zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
+    scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
+    outs = []
+    for g in range(g_count):
+        z_g, s_g = zeros[g], scales[g]
+        cols = im2col_nhwc(graph, a_parts[g], z_g, kernel, strides, pads, dilations, f"{prefix}/im2col{g}")
+        w_g = add_node(graph, "Reshape", f"{prefix}/w{g}/Reshape", [w_parts[g], w_shape], dtype=np.int8)
+        acc = integer_product(graph, cols, w_g, z_g, w_zero, f"{prefix}/acc{g}",
+                              product_meta(module, x, kernel_name, g, "nhwc"), metadata)
+        outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
+    return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
+
+
 def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Tensor, prefix: str, module: str,
-               metadata: dict, steps: int, resample: gs.Tensor | None = None) -> tuple[gs.Tensor, str, int]:
+               metadata: dict, steps: int, resample: gs.Tensor | None = None,
+               max_inflation: float = MAX_BATCH_INFLATION) -> tuple[gs.Tensor, str, int]:
     """-> (float NHWC output [B, Ho, Wo, Co] without bias, kernel name, accumulators). `resample`: pixel groups'
     run-time indices into the map row (lower_common.pixel_resample)."""
     co, c, kh, kw = wt.codes.shape
@@ -87,37 +196,10 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
                               w_zero,
                               f"{prefix}/acc0", product_meta(module, x, name, -1, "nhwc"), metadata)
         return rescale(graph, acc, s, w_scale, f"{prefix}/rescale0"), name, 1
-    s, z = per_index_params(tq, step, graph, prefix, resample)
     if tq.axis == "channel":
-        g_count = tq.scale.shape[1]
-        codes = quantize_codes(graph, x, s, z, tq.bits, -3, prefix, metadata, input_record(module, tq))
-        perms, perms_w, sizes = group_layout(tq)
-        perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
-        perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
-        size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
-        # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
-        grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
-        pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
-        w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
-        w_all = weight_tensor(graph, f"{prefix}/w", w_padded)
-        w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [w_all, perm_w],
-                          dtype=np.int8,
-                          attrs={"axis": 1})
-        a_parts = [nhwc(t) for t in split_groups(graph, grouped, size, 1, g_count, f"{prefix}/a", np.uint8)]
-        w_parts = split_groups(graph, w_perm, size, 1, g_count, f"{prefix}/w", np.int8)
-        kernel_name = f"{name}, split-K x{g_count}"
-        w_shape = constant(f"{prefix}/w_shape", _i64([-1, co]))
-        zeros = group_scalars(graph, tq.zero_point, step, f"{prefix}/zero_point_g", np.uint8)
-        scales = group_scalars(graph, tq.scale, step, f"{prefix}/scale_g", np.float32)
-        outs = []
-        for g in range(g_count):
-            z_g, s_g = zeros[g], scales[g]
-            cols = im2col_nhwc(graph, a_parts[g], z_g, kernel, strides, pads, dilations, f"{prefix}/im2col{g}")
-            w_g = add_node(graph, "Reshape", f"{prefix}/w{g}/Reshape", [w_parts[g], w_shape], dtype=np.int8)
-            acc = integer_product(graph, cols, w_g, z_g, w_zero, f"{prefix}/acc{g}",
-                                  product_meta(module, x, kernel_name, g, "nhwc"), metadata)
-            outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
-        return add_all(graph, outs, f"{prefix}/sum"), kernel_name, g_count
+        return channel_groups(graph, x, tq, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
+                              metadata, max_inflation)
+    s, z = per_index_params(tq, step, graph, prefix, resample)
     # pixel groups: codes per pixel on [B, C, H*W]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [x, constant(f"{prefix}/flat_shape", _i64([0, 0, -1]))])
     codes_flat = quantize_codes(graph, flat, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
@@ -152,17 +234,23 @@ def lower_conv(graph: gs.Graph, node: gs.Node, x: gs.Tensor, tq, wt, step: gs.Te
 
 
 class LowerConv(Pass):
+    """`max_inflation`: channel groups become one batched product when it costs at most this much more than the op
+    (lower_batched.MAX_BATCH_INFLATION), else one product per group."""
     name = "lower_conv"
 
+    def __init__(self, max_inflation: float = MAX_BATCH_INFLATION):
+        self.max_inflation = max_inflation
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        step = step_index_tensor(graph)
+        step = scalar_step(graph, step_index_tensor(graph))
         for entry, node, tq, x, wt in lowerable_nodes(graph, ctx, "conv"):
             prefix = lowered_prefix(entry.module)
             if wt.codes.ndim != 4:
                 raise PassError(f"Conv {node.name!r}: only 2-D convolutions can be lowered")
             kernel_shape, strides, pads, dilations = conv_attrs(node, wt.codes.shape[2:])
             y, kernel, accs = lower_conv(graph, node, x, tq, wt, step, prefix, entry.module, ctx.node_metadata,
-                                         ctx.steps, pixel_resample(graph, ctx, tq, x, "nchw", prefix))
+                                         ctx.steps, pixel_resample(graph, ctx, tq, x, "nchw", prefix),
+                                         self.max_inflation)
             if len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]

@@ -6,20 +6,23 @@ Per grouping of the input activation (the simulator's schedules, DESIGN.md secti
   only a per-tensor activation zero point, so the per-row zero points ride inside the same product: r extra
   columns of A hold z_m and r int8 rows of W sum to -sum_k (w_kn - zw_n) (lower_common.zero_point_rows);
   y = acc * sw * s_m;
-- channel groups (split-K): codes permuted so each group's channels are contiguous (the step's group map),
-  split per group with the matching weight rows, one MatMulInteger per group with that group's zero point,
-  each rescaled by s_g * sw and added.
+- channel groups (split-K): codes permuted so each group's channels are contiguous (the step's group map) and
+  multiplied by the matching weight rows in ONE batched MatMulInteger [G, M, K/G (+ pad, + r)], the per-group
+  zero points carried by zero-point columns, each group's slice rescaled by s_g * sw and summed over G
+  (passes/lower_batched.py).
 """
 from __future__ import annotations
-
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
+from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_count,
+                                  correction_rows_of, group_column_sums, padded_group_layout, with_zero_rows)
 from passes.lower_common import (
     add_report_row,
+    scalar_step,
     ones_scale,
     product_meta,
     lowered_prefix,
@@ -41,9 +44,14 @@ from passes.lower_common import (
 )
 
 
+def _i64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
 def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, zw: np.ndarray, tq, step: gs.Tensor,
                  prefix: str, module: str, metadata: dict, steps: int, layout: str = "nlc",
-                 rank: int | None = None, resample: gs.Tensor | None = None) -> tuple[gs.Tensor, str, int]:
+                 rank: int | None = None, resample: gs.Tensor | None = None,
+                 max_inflation: float = MAX_BATCH_INFLATION) -> tuple[gs.Tensor, str, int]:
     """x [..., K] float, w [K, N] int8 codes -> (float y [..., N] without bias, kernel name, accumulators).
     `layout` names the rows of x for verification (nlc: [B, tokens, K]; nhwc: conv pixels); `resample`: token
     groups' run-time indices into the map row (lower_common.pixel_resample)."""
@@ -77,10 +85,58 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         rows_scale = add_node(graph, "Reshape", f"{prefix}/row_scale", [s, constant(f"{prefix}/row_shape",
                                                                                     np.array([-1, 1], np.int64))])
         return add_node(graph, "Mul", f"{prefix}/rescale_rows", [y, rows_scale]), kernel, 1
-    # channel groups: split-K
-    g_count = tq.scale.shape[1]
-    s, z = per_index_params(tq, step, graph, prefix)
+    # channel groups: one batched split-K product (passes/lower_batched.py)
+    g_count, k = tq.scale.shape[1], w.shape[0]
+    s, z, scale_g, zero_g = per_index_params(tq, step, graph, prefix, group_rows=True)
     codes = quantize_codes(graph, x, s, z, tq.bits, -1, prefix, metadata, input_record(module, tq))
+    _, perms_w, kp = padded_group_layout(tq.group_map, g_count)
+    w_padded, sums = group_column_sums(w[None], zw, perms_w, g_count, kp)
+    r = correction_count(sums, zw)
+    if batch_inflation(g_count, kp + r, k) > max_inflation:
+        total, kernel = split_k(graph, codes, w, zw, w_zero, w_scale, tq, step, prefix, module, x, layout, metadata)
+    else:
+        total, kernel = batched(graph, codes, w_padded, perms_w, kp, r, zw, sw, zero_g, scale_g, tq, step, prefix,
+                                module, x, layout, metadata)
+    lead = add_node(graph, "Shape", f"{prefix}/x_lead", [x], dtype=np.int64, attrs={"end": -1})
+    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", _i64(
+        [w.shape[1]]))], dtype=np.int64, attrs={"axis": 0})
+    return add_node(graph, "Reshape", f"{prefix}/unflatten", [total, out_shape]), kernel, g_count
+
+
+def batched(graph, codes, w_padded, perms_w, kp, r, zw, sw, zero_g, scale_g, tq, step, prefix, module, x, layout,
+            metadata):
+    """Channel groups as one batched product (passes/lower_batched.py) -> (float [M, N], kernel name)."""
+    g_count, k = tq.scale.shape[1], w_padded.shape[1] - 1
+    perms, _, _ = padded_group_layout(tq.group_map, g_count, r)
+    # [..., K] -> [K, M] (channels first: the Gathers copy whole rows) + G zero-point rows -> [G, Kp + r, M]
+    flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape", _i64([-1, k]))],
+                    dtype=np.uint8)
+    first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
+    first = with_zero_rows(graph, first, zero_g, 0, 2, g_count, prefix)
+    grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, step_row(graph, perms, step, f"{prefix}/perm",
+                                                                              [-1], np.int32)],
+                       dtype=np.uint8, attrs={"axis": 0})
+    grouped = add_node(graph, "Reshape", f"{prefix}/groups", [grouped, constant(f"{prefix}/groups_shape",
+                                                                                _i64([g_count, kp + r, -1]))],
+                       dtype=np.uint8)
+    a = add_node(graph, "Transpose", f"{prefix}/channels_last", [grouped], dtype=np.uint8, attrs={"perm": [0, 2, 1]})
+    w_rows = add_node(graph, "Gather", f"{prefix}/permute_w", [
+        weight_tensor(graph, f"{prefix}/w", w_padded[0]), step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1],
+                                                                   np.int32)], dtype=np.int8, attrs={"axis": 0})
+    w_rows = add_node(graph, "Reshape", f"{prefix}/w_groups", [w_rows, constant(f"{prefix}/w_groups_shape",
+                                                                                 _i64([g_count, kp, -1]))],
+                      dtype=np.int8)
+    corr = correction_rows_of(graph, w_rows, zw, kp, r, [1], prefix)                      # [G, r, N]
+    w_g = add_node(graph, "Concat", f"{prefix}/w_with_correction", [w_rows, corr], dtype=np.int8, attrs={"axis": 1})
+    kernel = f"MatMulInteger u8xs8, batched split-K x{g_count}"
+    return batched_product(graph, a, w_g, zw, scale_g, sw, g_count, 0, prefix,
+                           product_meta(module, x, kernel, -1, layout), metadata), kernel   # [M, N]
+
+
+def split_k(graph, codes, w, zw, w_zero, w_scale, tq, step, prefix, module, x, layout, metadata):
+    """Channel groups as one product per group (codes permuted so each group is contiguous, split at the step's
+    group sizes) -> (float [M, N], kernel name)."""
+    g_count = tq.scale.shape[1]
     perms, perms_w, sizes = group_layout(tq)
     perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
     perm_w = step_row(graph, perms_w, step, f"{prefix}/perm_w", [-1], np.int64)
@@ -106,21 +162,19 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
         acc = integer_product(graph, a_parts[g], w_parts[g], z_g, w_zero, f"{prefix}/acc{g}",
                               product_meta(module, x, kernel, g, layout), metadata)
         outs.append(rescale(graph, acc, s_g, w_scale, f"{prefix}/rescale{g}"))
-    total = add_all(graph, outs, f"{prefix}/sum")                                  # [M, N]
-    shape = add_node(graph, "Shape", f"{prefix}/x_shape", [x], dtype=np.int64)
-    lead = add_node(graph, "Slice", f"{prefix}/x_lead", [shape, constant(f"{prefix}/lead_s", np.array([0], np.int64)),
-                                                         constant(f"{prefix}/lead_e", np.array([-1], np.int64))],
-                    dtype=np.int64)
-    out_shape = add_node(graph, "Concat", f"{prefix}/out_shape", [lead, constant(f"{prefix}/n_out", np.array(
-        [w.shape[1]], np.int64))], dtype=np.int64, attrs={"axis": 0})
-    return add_node(graph, "Reshape", f"{prefix}/unflatten", [total, out_shape]), kernel, g_count
+    return add_all(graph, outs, f"{prefix}/sum"), kernel
 
 
 class LowerLinear(Pass):
+    """`max_inflation`: channel groups become one batched product when it costs at most this much more than the op
+    (lower_batched.MAX_BATCH_INFLATION), else one product per group."""
     name = "lower_linear"
 
+    def __init__(self, max_inflation: float = MAX_BATCH_INFLATION):
+        self.max_inflation = max_inflation
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        step = step_index_tensor(graph)
+        step = scalar_step(graph, step_index_tensor(graph))
         for entry, node, tq, x, wt in lowerable_nodes(graph, ctx, "linear"):
             prefix = lowered_prefix(entry.module)
             w = wt.codes
@@ -136,7 +190,7 @@ class LowerLinear(Pass):
             resample = pixel_resample(graph, ctx, tq, x, "nc" if node.op == "Gemm" else "nlc", prefix)
             y, kernel, accs = lower_matmul(graph, x, w, wt.scale, wt.zero_point, tq, step, prefix, entry.module,
                                            ctx.node_metadata, ctx.steps, rank=2 if node.op == "Gemm" else None,
-                                           resample=resample)
+                                           resample=resample, max_inflation=self.max_inflation)
             if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
                 y = add_node(graph, "Add", f"{prefix}/bias", [y, node.inputs[2]])
             out = node.outputs[0]

@@ -194,12 +194,13 @@ def _spelled_params(g: _Graph, node) -> tuple[str, str] | None:
 
 
 _PRODUCT_A_PATH = ("Transpose", "Slice", "Concat", "Gather", "Split", "Pad", "Reshape", "Expand", "Identity", "Clip")
-_PRODUCT_B_PATH = ("Gather", "Split", "Reshape", "Cast", "Identity", "Transpose")
+_PRODUCT_B_PATH = ("Gather", "Split", "Reshape", "Cast", "Identity", "Transpose", "Concat")  # Concat: + correction rows
 
 
 def _weight_initializer(g: _Graph, tensor: str, depth: int = 8) -> str | None:
     """The int8/int4 initializer a product's weight operand is read from: back through the data input of Gather /
-    Split / Reshape / Cast / Transpose (not through permutation indices or shapes)."""
+    Split / Reshape / Cast / Transpose / Concat (not through permutation indices or shapes; a batched split-K weight
+    is the permuted rows concatenated with zero-point correction rows, passes/lower_batched.py)."""
     for _ in range(depth):
         t = g.initializers.get(tensor)
         if t is not None:

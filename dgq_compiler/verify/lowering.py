@@ -6,7 +6,8 @@ Teacher-forced per op: the graph's float input x of the op, its uint8 codes and 
 quantizer gives the reference codes (q = clamp(rint(x / s) + z), float32 division, as simulator/ops/
 quantize_linear.py), and from those codes and the graph's integer weights the simulator's exact integer
 kernels (simulator.integer: int_matmul, int_conv2d, int_conv2d_pixel_groups) give the reference accumulators,
-one per recipe group. Reported per op: codes compared / differing, accumulator elements compared / differing and
+one per recipe group (a batched split-K product holds them as slices of one accumulator tensor: the contract's
+LOWERED_GROUP_AXIS). Reported per op: codes compared / differing, accumulator elements compared / differing and
 the largest difference. Exact means zero differing accumulators.
 """
 from __future__ import annotations
@@ -168,6 +169,15 @@ def _weight_ints(row: dict, init: dict, zero: np.ndarray) -> np.ndarray:
     return w.astype(np.int64) - zero.astype(np.int64)[:, None, None, None]
 
 
+def _unpadded(got: np.ndarray, shape: tuple, row: dict) -> np.ndarray:
+    """The graph's codes of the op's input: a batched conv quantizes its zero-padded input (a padded pixel's code is
+    then its channel's zero point, as the convolution's zero padding needs), so its codes are cropped."""
+    if got.shape == tuple(shape) or row["op"] != "Conv" or got.ndim != 4:
+        return got.reshape(shape)
+    top, left = row["pads"][0], row["pads"][1]
+    return got[:, :, top: top + shape[2], left: left + shape[3]]
+
+
 def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int = 0, latent_size: int | None = None,
                    modules=None, progress=None) -> LoweringVerifyReport:
     import onnx
@@ -175,7 +185,8 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
 
     from dgq_compiler import runtime
     from dgq_compiler.verify.integer import latent_size_of
-    from passes.contract import LOWER_ROLE, LOWERED_GROUP, LOWERED_INPUT, LOWERING_REPORT, META_MODULE, node_prefix
+    from passes.contract import (GROUPS_BATCHED, LOWER_ROLE, LOWERED_GROUP, LOWERED_GROUP_AXIS, LOWERED_GROUP_COUNT,
+                                 LOWERED_INPUT, LOWERING_REPORT, META_MODULE, node_prefix)
 
     graph = runtime.resolve_graph(graph, "a compiled folder or its unet.onnx")
     all_rows = _read_json(graph.parent / LOWERING_REPORT, "lowering report")
@@ -194,17 +205,23 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         if node.op_type == "MatMulInteger" and meta.get(META_MODULE) in {r["module"] for r in rows}:
-            accs.setdefault(meta[META_MODULE], {})[int(meta[LOWERED_GROUP])] = node.output[0]
+            group = meta[LOWERED_GROUP]
+            groups = range(int(meta[LOWERED_GROUP_COUNT])) if group == GROUPS_BATCHED else [int(group)]
+            axis = int(meta.get(LOWERED_GROUP_AXIS, 0))
+            for g in groups:  # a batched product holds group g's accumulator as its slice g on the group axis
+                at = (g, axis) if group == GROUPS_BATCHED else None
+                accs.setdefault(meta[META_MODULE], {})[g] = (node.output[0], at)
             inputs[meta[META_MODULE]] = meta[LOWERED_INPUT]
     for node in model.graph.node:
         for r in rows:
             prefix = node_prefix(r["module"], LOWER_ROLE) + "/"
             if node.name in (prefix + "QuantizeLinear", prefix + "Clip"):
                 code_names[r["module"]] = node.output[0]  # the Clip (b < 8) comes after the Q: it wins
-    wanted = sorted(set(inputs.values()) | set(code_names.values()) | {n for a in accs.values() for n in a.values()})
+    acc_names = {n for a in accs.values() for n, _ in a.values()}
+    wanted = sorted(set(inputs.values()) | set(code_names.values()) | acc_names)
     types = {**{n: onnx.TensorProto.FLOAT for n in inputs.values()},
              **{n: onnx.TensorProto.UINT8 for n in code_names.values()},
-             **{n: onnx.TensorProto.INT32 for a in accs.values() for n in a.values()}}
+             **{n: onnx.TensorProto.INT32 for n in acc_names}}
     session = runtime.session(runtime.with_outputs(model, {n: types[n] for n in wanted}), "default",
                               base_dir=graph.parent)
     size = latent_size_of(model, graph, latent_size)
@@ -220,11 +237,13 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
             res = results[m]
             enc = by_module[m]
             zero_w = init[node_prefix(m, LOWER_ROLE) + "/w_zero_point"]
+            zero_w = zero_w.reshape(-1, zero_w.shape[-1])[0]  # [N], or [G, 1, N] for a batched product
             codes, ref = reference_accumulators(r, enc, step, values[inputs[m]], _weight_ints(r, init, zero_w))
-            got_codes = values[code_names[m]].astype(np.int64).reshape(codes.shape)
+            got_codes = _unpadded(values[code_names[m]], codes.shape, r).astype(np.int64)
             res.codes += codes.size
             res.code_mismatches += int(np.count_nonzero(got_codes != codes))
-            got_accs = {g: values[name] for g, name in accs[m].items()}
+            got_accs = {g: values[name] if at is None else np.take(values[name], at[0], axis=at[1])
+                        for g, (name, at) in accs[m].items()}
             if "per-tap" in r["kernel"]:
                 x = values[inputs[m]]
                 gmap = _step_params(enc, step)[2]

@@ -42,7 +42,8 @@ def test_lowered_tiny_graph_is_exact_and_reports_its_kernels(lowered):
     conv_linear = {(m, r) for m, r in recipe.tensors if r == "input"}
     assert {r["module"] for r in rows} == {m for m, _ in conv_linear}       # every quantized Conv/Linear lowered
     assert ops.count("Conv") == 2 and "Gemm" not in ops                     # conv_in and conv_out stay FP
-    assert ops.count("MatMulInteger") == sum(r["accumulators"] for r in rows)
+    # one product per op (channel groups batched), except pixel groups on a kxk conv: one per kernel tap
+    assert ops.count("MatMulInteger") == sum(1 if "batched" in r["kernel"] else r["accumulators"] for r in rows)
     assert {p.key: p.value for p in model.metadata_props}["dgq.lowered"] == "onnxruntime-cpu"
     assert sum(k[1] for k in report.kernels) == len(rows) and report.target == "onnxruntime-cpu"
     result = verify_lowered(out, timesteps=[901, 101], batch=2)

@@ -179,15 +179,27 @@ def lowered_values(model, feed):
             extra[node.output[0]] = onnx.TensorProto.INT32
             extra[meta["dgq.lowered_input"]] = onnx.TensorProto.FLOAT
     m = with_outputs(model, extra)
-    return run_all(session(m, "default"), feed), m
+    values = run_all(session(m, "default"), feed)
+    for node in model.graph.node:  # a batched split-K product: group g's accumulator is its slice g on the group axis
+        meta = {p.key: p.value for p in node.metadata_props}
+        if node.op_type == "MatMulInteger" and meta.get("dgq.group") == "batched":
+            acc, axis = values[node.output[0]], int(meta["dgq.group_axis"])
+            values.update({f"{node.output[0]}[{g}]": np.take(acc, g, axis=axis) for g in range(acc.shape[axis])})
+    return values, m
 
 
 def accumulator_nodes(model, module):
+    """{group: (accumulator value name, float input name)}; group g of a batched product is `{output}[g]`
+    (lowered_values adds those slices)."""
     out = {}
     for node in model.graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         if node.op_type == "MatMulInteger" and meta.get("dgq.module") == module:
-            out[int(meta["dgq.group"])] = (node.output[0], meta["dgq.lowered_input"])
+            if meta["dgq.group"] == "batched":
+                out.update({g: (f"{node.output[0]}[{g}]", meta["dgq.lowered_input"])
+                            for g in range(int(meta["dgq.group_count"]))})
+            else:
+                out[int(meta["dgq.group"])] = (node.output[0], meta["dgq.lowered_input"])
     return out
 
 

@@ -101,7 +101,8 @@ def _weights(qdq, name):
 @pytest.mark.parametrize("axes,bits,wbits,shared", [
     (("tensor", "tensor", "tensor"), 8, 8, False), (("channel", "pixel", "pixel"), 8, 8, False),
     (("pixel", "channel", "channel"), 6, 4, False), (("channel", "pixel", "tensor"), 7, 8, True)])
-def test_lowered_convs_are_exact_and_match_the_qdq_graph(tg, axes, bits, wbits, shared):
+@pytest.mark.parametrize("max_inflation", [0.0, float("inf")])  # channel groups: one product per group / one batched
+def test_lowered_convs_are_exact_and_match_the_qdq_graph(tg, axes, bits, wbits, shared, max_inflation):
     entries = []
     size = SIZE
     for (name, c), axis, seed in zip(CONVS.items(), axes, range(10, 20)):
@@ -113,14 +114,17 @@ def test_lowered_convs_are_exact_and_match_the_qdq_graph(tg, axes, bits, wbits, 
     model = convs_model(tg)
     qdq, _ = tg.compile_model(model, recipe, compile_passes())
     passes = compile_passes()
-    lowered, ctx = tg.compile_model(model, recipe, passes[:-1] + [LowerConv()] + passes[-1:])
+    lowered, ctx = tg.compile_model(model, recipe, passes[:-1] + [LowerConv(max_inflation)] + passes[-1:])
     assert "Conv" not in tg.ops(lowered) and "DequantizeLinear" not in tg.ops(lowered)
     rows = {r["module"]: r for r in json.loads(ctx.artifacts["lowering.json"])}
     # pixel groups on a kxk conv: one product per kernel tap; channel groups: one per group
     expected = {name: 1 if axis == "tensor" or (axis == "pixel" and CONVS[name]["k"] == 1)
                 else (CONVS[name]["k"] ** 2 if axis == "pixel" else 3) for name, axis in zip(CONVS, axes)}
     assert {m: r["accumulators"] for m, r in rows.items()} == expected
-    assert tg.ops(lowered).count("MatMulInteger") == sum(expected.values())
+    # batched: one integer product per op, except pixel groups on a kxk conv (one per tap)
+    batched = max_inflation == float("inf")
+    assert tg.ops(lowered).count("MatMulInteger") == sum(
+        v if a == "pixel" or not batched else 1 for v, a in zip(expected.values(), axes))
     for step, t in enumerate(tg.TIMESTEPS):
         feed = {"sample": (np.random.default_rng(step).standard_normal((1, 4, SIZE, SIZE)) * 2).astype(np.float32),
                 "timestep": np.array([t], np.float32)}
@@ -153,8 +157,9 @@ def test_a_wrong_zero_point_padding_would_be_caught(tg):
     assert not np.array_equal(right, wrong)
 
 
-@pytest.mark.parametrize("axis", ["tensor", "channel", "pixel"])
-def test_every_integer_product_fuses_with_its_rescale_in_onnxruntime(tg, axis, tmp_path):
+@pytest.mark.parametrize("axis,max_inflation", [("tensor", 1.5), ("channel", 0.0), ("channel", float("inf")),
+                                                ("pixel", 1.5)])
+def test_every_integer_product_fuses_with_its_rescale_in_onnxruntime(tg, axis, max_inflation, tmp_path):
     """A default session turns MatMulInteger -> Cast -> Mul into MatMulIntegerToFloat for every product: an unfused
     product writes and re-reads int32 and float copies of its output (a shared weight-scale product blocked this for
     the per-tap products of pixel groups: onnxruntime merges identical scale products, and a shared one is not fused)."""
@@ -165,9 +170,9 @@ def test_every_integer_product_fuses_with_its_rescale_in_onnxruntime(tg, axis, t
     entries += [tg.weight_entry("a", CONVS["a"]["c_out"], seed=9)]
     passes = compile_passes()
     lowered, _ = tg.compile_model(convs_model(tg), tg.make_recipe(entries),
-                                  passes[:-1] + [LowerConv()] + passes[-1:])
+                                  passes[:-1] + [LowerConv(max_inflation)] + passes[-1:])
     products = sum(n.op_type == "MatMulInteger" for n in lowered.graph.node)
-    assert products == {"tensor": 1, "channel": 3, "pixel": 9}[axis]
+    assert products == {"tensor": 1, "channel": 1 if max_inflation else 3, "pixel": 9}[axis]
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.log_severity_level = 3

@@ -59,17 +59,20 @@ def _weights(qdq_model, name, transpose=False):
 @pytest.mark.parametrize("proj_axis,time_axis,bits,wbits,shared", [
     ("tensor", "tensor", 8, 8, False), ("pixel", "channel", 8, 8, False), ("channel", "channel", 6, 4, False),
     ("pixel", "tensor", 5, 4, True)])
-def test_lowered_linears_are_exact_and_match_the_qdq_graph(tg, proj_axis, time_axis, bits, wbits, shared):
+@pytest.mark.parametrize("max_inflation", [0.0, float("inf")])  # channel groups: one product per group / one batched
+def test_lowered_linears_are_exact_and_match_the_qdq_graph(tg, proj_axis, time_axis, bits, wbits, shared,
+                                                           max_inflation):
     recipe = _recipe(tg, proj_axis, time_axis, bits, wbits, shared)
     model = tg.layers_model()
     qdq, _ = tg.compile_model(model, recipe, compile_passes())
     passes = compile_passes()
-    lowered, ctx = tg.compile_model(model, recipe, passes[:-1] + [LowerLinear()] + passes[-1:])
+    lowered, ctx = tg.compile_model(model, recipe, passes[:-1] + [LowerLinear(max_inflation)] + passes[-1:])
     ops = tg.ops(lowered)
     # structure: the two quantized linears are integer products; the unquantized gram MatMul stays
     assert "Gemm" not in ops and ops.count("MatMul") == 1
     expected = {"proj": 3 if proj_axis == "channel" else 1, "time": 2 if time_axis == "channel" else 1}
-    assert ops.count("MatMulInteger") == sum(expected.values())
+    batched = max_inflation == float("inf")   # channel groups as one batched product, or one product per group
+    assert ops.count("MatMulInteger") == (2 if batched else sum(expected.values()))
     rows = json.loads(ctx.artifacts["lowering.json"])
     assert {r["module"]: r["accumulators"] for r in rows} == expected
     w_proj, w_time = _weights(qdq, "onnx::MatMul_1"), _weights(qdq, "time_w", transpose=True)

@@ -44,7 +44,7 @@ def test_per_tensor_ops_become_qlinear_within_one_output_rounding(tg):
         c, y = tg.run(_with_output(exact, "c"), feed)[3], tg.run(exact, feed)[0]
         ranges["down.conv"][k] = c.min(), c.max()
         ranges["proj"][k] = y.min(), y.max()
-    fast, ctx = tg.compile_model(model, recipe, passes[:-1] + [LowerQlinear(ranges), LowerLinear(), LowerConv()]
+    fast, ctx = tg.compile_model(model, recipe, passes[:-1] + [LowerQlinear(ranges), LowerLinear(0.0), LowerConv()]
                                  + passes[-1:])
     ops = tg.ops(fast)
     assert ops.count("QLinearConv") == 1 and ops.count("QLinearMatMul") == 1
