@@ -8,7 +8,7 @@ channel 0 against a weight row holding the weight zero points, w - zw = 0, so th
 
     A [G, M, Kc] uint8  = the group's codes, then zero-point slots holding z_g     (with_zero_rows + the gather)
     W [G, Kc, N] int8   = the group's weight rows, then correction rows d_g with
-                          sum_i (d_gin - zw_n) = -sum_{k in g} (w_kn - zw_n)        (correction_rows)
+                          sum_i (d_gin - zw_n) = -sum_{k in g} (w_kn - zw_n)        (lower_common.correction_rows)
     acc = MatMulInteger(A, W, 0, zw[G, 1, N])  ->  int32, acc[g] = acc_g exactly
 
 (onnxruntime requires a scalar activation zero point, so the per-group z_g ride inside the product, the trick
@@ -29,7 +29,6 @@ import onnx_graphsurgeon as gs
 
 from passes.base import add_node, constant
 from passes.contract import GROUPS_BATCHED, LOWERED_GROUP, LOWERED_GROUP_AXIS, LOWERED_GROUP_COUNT
-from passes.errors import PassError
 
 
 # Batch only when the padded groups cost at most this much more than the op (G * slots / K): measured on the
@@ -65,25 +64,6 @@ def padded_group_layout(group_map: np.ndarray, groups: int, zero_slots: int = 0)
             perm_a[t, g, : len(members)] = members
             perm_w[t, g, : len(members)] = members
     return perm_a.reshape(len(group_map), -1), perm_w.reshape(len(group_map), -1), kp
-
-
-def correction_count(column_sums: np.ndarray, w_zero: np.ndarray) -> int:
-    """Rows r needed so that r int8 rows can sum (minus r zero points) to any -column_sums entry."""
-    margin = 127 - int(np.max(np.abs(w_zero.astype(np.int64))))
-    if margin < 1:
-        raise PassError("weight zero points of magnitude 127 leave no room for zero-point correction rows")
-    return max(1, int(np.ceil(np.max(np.abs(column_sums)) / margin)))
-
-
-def correction_rows(column_sums: np.ndarray, w_zero: np.ndarray, r: int) -> np.ndarray:
-    """column_sums [..., N] = sum_k (w_kn - zw_n) -> d [..., r, N] int8 with sum_i (d_in - zw_n) = -column_sums
-    (r >= correction_count)."""
-    zw = w_zero.astype(np.int64)
-    target = -column_sums.astype(np.int64) + r * zw
-    d = (target[..., None, :] + np.arange(r)[:, None]) // r        # Hermite: sum_i floor((t + i) / r) = t
-    if d.min() < -128 or d.max() > 127:
-        raise PassError("internal: zero-point correction rows do not fit int8")
-    return d.astype(np.int8)
 
 
 def group_column_sums(w_taps: np.ndarray, w_zero: np.ndarray, perm_w: np.ndarray, groups: int, kp: int):

@@ -302,25 +302,36 @@ def add_all(graph: gs.Graph, parts: list, name: str) -> gs.Tensor:
     return parts[0] if len(parts) == 1 else add_node(graph, "Sum", f"{name}/Sum", parts)
 
 
+def correction_count(column_sums: np.ndarray, w_zero: np.ndarray) -> int:
+    """Rows r needed so that r int8 rows can sum (minus r zero points) to any -column_sums entry:
+    |sum_i d_in| <= r * (margin + |zw_n|) = 127 r."""
+    margin = 127 - int(np.max(np.abs(w_zero.astype(np.int64))))
+    if margin < 1:
+        raise PassError("weight zero points of magnitude 127 leave no room for zero-point correction rows")
+    return max(1, int(np.ceil(np.max(np.abs(column_sums)) / margin)))
+
+
+def correction_rows(column_sums: np.ndarray, w_zero: np.ndarray, r: int) -> np.ndarray:
+    """column_sums [..., N] = sum_k (w_kn - zw_n) -> d [..., r, N] int8 with sum_i (d_in - zw_n) = -column_sums
+    (r >= correction_count). The batched lowering computes the same rows at run time
+    (lower_batched.correction_rows_of)."""
+    zw = w_zero.astype(np.int64)
+    target = -column_sums.astype(np.int64) + r * zw
+    d = (target[..., None, :] + np.arange(r)[:, None]) // r        # Hermite: sum_i floor((t + i) / r) = t
+    if d.min() < -128 or d.max() > 127:
+        raise PassError("internal: zero-point correction rows do not fit int8")
+    return d.astype(np.int8)
+
+
 def zero_point_rows(w_int: np.ndarray, w_zero: np.ndarray) -> np.ndarray:
     """Weight rows that make per-row activation zero points exact inside one MatMulInteger.
 
     With codes a (zero point 0 in the op) and per-row zero points z_m, acc = sum_k (a_mk - z_m)(w_kn - zw_n)
     = sum_k a_mk (w_kn - zw_n) - z_m * cs_n, cs_n = sum_k (w_kn - zw_n). Appending r columns holding z_m to A
-    and r int8 rows d to W with sum_i (d_in - zw_n) = -cs_n adds exactly -z_m * cs_n: r = ceil(max|target|/127).
+    and r int8 rows d to W with sum_i (d_in - zw_n) = -cs_n adds exactly -z_m * cs_n (correction_rows).
     w_int [K, N] int, w_zero [N] -> d [r, N] int8."""
-    zw = w_zero.astype(np.int64)
-    cs = w_int.astype(np.int64).sum(axis=0) - w_int.shape[0] * zw
-    margin = 127 - int(np.max(np.abs(zw)))       # |sum_i d_in| <= r * (margin + |zw_n|) = 127 r
-    if margin < 1:
-        raise PassError("weight zero points of magnitude 127 leave no room for zero-point correction rows")
-    r = max(1, int(np.ceil(np.max(np.abs(cs)) / margin)))
-    target = -cs + r * zw                        # sum_i d_in
-    base, rem = np.divmod(target, r)
-    d = base[None, :] + (np.arange(r)[:, None] < rem[None, :])
-    if d.min() < -128 or d.max() > 127:
-        raise PassError("internal: zero-point correction rows do not fit int8")
-    return d.astype(np.int8)
+    cs = w_int.astype(np.int64).sum(axis=0) - w_int.shape[0] * w_zero.astype(np.int64)
+    return correction_rows(cs, w_zero, correction_count(cs, w_zero))
 
 
 def im2col_nhwc(graph: gs.Graph, codes: gs.Tensor, pad_value: gs.Tensor | None, kernel, strides, pads, dilations,

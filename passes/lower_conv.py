@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
 from passes.lower_common import (
+    correction_count,
     add_report_row,
     scalar_step,
     ones_scale,
@@ -44,8 +45,8 @@ from passes.lower_common import (
     with_zero_point_columns,
     zero_point_rows,
 )
-from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_count,
-                                  correction_rows_of, group_column_sums, padded_group_layout, with_zero_rows)
+from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_rows_of,
+                                  group_column_sums, padded_group_layout, with_zero_rows)
 from passes.lower_conv_taps import pixel_groups_by_tap
 
 NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -82,7 +83,7 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, w4: np.ndarray, wt, step: 
     w_padded, sums = group_column_sums(w4, wt.zero_point, perms_w, g_count, kp)
     r_tap = -(-correction_count(sums, wt.zero_point) // taps)
     if batch_inflation(g_count, kp + r_tap, w4.shape[1]) > max_inflation:
-        return split_k(graph, x, tq, s, z, w4, wt, step, kernel, strides, pads, dilations, name, prefix, module,
+        return split_k(graph, x, tq, s, z, w_padded, wt, step, kernel, strides, pads, dilations, name, prefix, module,
                        metadata)
     padded = x
     if any(pads):
@@ -128,11 +129,13 @@ def channel_groups(graph: gs.Graph, x: gs.Tensor, tq, w4: np.ndarray, wt, step: 
     return add_node(graph, "Reshape", f"{prefix}/to_nhwc", [total, out_shape]), kernel_name, g_count
 
 
-def split_k(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor, w4: np.ndarray, wt, step: gs.Tensor, kernel,
-            strides, pads, dilations, name: str, prefix: str, module: str, metadata: dict):
+def split_k(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor, w_padded: np.ndarray, wt,
+            step: gs.Tensor, kernel, strides, pads, dilations, name: str, prefix: str, module: str, metadata: dict):
     """Channel groups as one product per group: codes permuted so each group's channels are contiguous, split at the
-    step's group sizes, patched per group (padded with the group's zero point) -> (NHWC float output, kernel, G)."""
-    taps, _, co = w4.shape
+    step's group sizes, patched per group (padded with the group's zero point) -> (NHWC float output, kernel, G).
+    `w_padded` [taps, C + 1, Co]: the weights and a row of weight zero points (w - zw = 0) that padding slots read
+    (lower_batched.group_column_sums)."""
+    co = w_padded.shape[2]
     w_zero = constant(f"{prefix}/w_zero_point", wt.zero_point.astype(np.int8))
     w_scale = constant(f"{prefix}/w_scale", wt.scale.astype(np.float32))
 
@@ -147,8 +150,6 @@ def split_k(graph: gs.Graph, x: gs.Tensor, tq, s: gs.Tensor, z: gs.Tensor, w4: n
     size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
     # permuted and split in NCHW (Gather copies whole H*W planes), each group then transposed to NHWC
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [codes, perm], dtype=np.uint8, attrs={"axis": 1})
-    pad_row = np.broadcast_to(wt.zero_point.astype(np.int8).reshape(1, 1, co), (taps, 1, co))
-    w_padded = np.concatenate([w4, pad_row], axis=1)  # channel C: w - zw = 0, for padding slots
     w_all = weight_tensor(graph, f"{prefix}/w", w_padded)
     w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [w_all, perm_w],
                       dtype=np.int8,

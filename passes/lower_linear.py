@@ -18,9 +18,10 @@ import onnx_graphsurgeon as gs
 
 from passes.base import Pass, PassContext, add_node, constant, step_index_tensor
 from passes.errors import PassError
-from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_count,
-                                  correction_rows_of, group_column_sums, padded_group_layout, with_zero_rows)
+from passes.lower_batched import (MAX_BATCH_INFLATION, batch_inflation, batched_product, correction_rows_of,
+                                  group_column_sums, padded_group_layout, with_zero_rows)
 from passes.lower_common import (
+    correction_count,
     add_report_row,
     scalar_step,
     ones_scale,
@@ -93,7 +94,8 @@ def lower_matmul(graph: gs.Graph, x: gs.Tensor, w: np.ndarray, sw: np.ndarray, z
     w_padded, sums = group_column_sums(w[None], zw, perms_w, g_count, kp)
     r = correction_count(sums, zw)
     if batch_inflation(g_count, kp + r, k) > max_inflation:
-        total, kernel = split_k(graph, codes, w, zw, w_zero, w_scale, tq, step, prefix, module, x, layout, metadata)
+        total, kernel = split_k(graph, codes, w_padded[0], w_zero, w_scale, tq, step, prefix, module, x, layout,
+                                metadata)
     else:
         total, kernel = batched(graph, codes, w_padded, perms_w, kp, r, zw, sw, zero_g, scale_g, tq, step, prefix,
                                 module, x, layout, metadata)
@@ -133,9 +135,10 @@ def batched(graph, codes, w_padded, perms_w, kp, r, zw, sw, zero_g, scale_g, tq,
                            product_meta(module, x, kernel, -1, layout), metadata), kernel   # [M, N]
 
 
-def split_k(graph, codes, w, zw, w_zero, w_scale, tq, step, prefix, module, x, layout, metadata):
+def split_k(graph, codes, w_padded, w_zero, w_scale, tq, step, prefix, module, x, layout, metadata):
     """Channel groups as one product per group (codes permuted so each group is contiguous, split at the step's
-    group sizes) -> (float [M, N], kernel name)."""
+    group sizes) -> (float [M, N], kernel name). `w_padded` [K + 1, N]: the weights and a row of weight zero points
+    (w - zw = 0) that padding slots read (lower_batched.group_column_sums)."""
     g_count = tq.scale.shape[1]
     perms, perms_w, sizes = group_layout(tq)
     perm = step_row(graph, perms, step, f"{prefix}/perm", [-1], np.int64)
@@ -143,13 +146,13 @@ def split_k(graph, codes, w, zw, w_zero, w_scale, tq, step, prefix, module, x, l
     size = step_row(graph, sizes, step, f"{prefix}/sizes", [-1], np.int64)
     # [..., K] -> [K, M] (channels first: the Gather copies whole rows), split, each group back to [M, K_g]
     flat = add_node(graph, "Reshape", f"{prefix}/flatten", [codes, constant(f"{prefix}/flat_shape",
-                                                                           np.array([-1, w.shape[0]], np.int64))],
+                                                                           np.array([-1, w_padded.shape[0] - 1],
+                                                                                    np.int64))],
                     dtype=np.uint8)
     first = add_node(graph, "Transpose", f"{prefix}/channels_first", [flat], dtype=np.uint8, attrs={"perm": [1, 0]})
     grouped = add_node(graph, "Gather", f"{prefix}/permute", [first, perm], dtype=np.uint8, attrs={"axis": 0})
     a_parts = [add_node(graph, "Transpose", f"{prefix}/a{g}/channels_last", [t], dtype=np.uint8, attrs={"perm": [1, 0]})
                for g, t in enumerate(split_groups(graph, grouped, size, 0, g_count, f"{prefix}/a", np.uint8))]
-    w_padded = np.concatenate([w, zw.reshape(1, -1).astype(np.int8)])  # row K: w - zw = 0, for padding slots
     w_perm = add_node(graph, "Gather", f"{prefix}/permute_w", [weight_tensor(graph, f"{prefix}/w", w_padded), perm_w],
                       dtype=np.int8, attrs={"axis": 0})
     w_parts = split_groups(graph, w_perm, size, 0, g_count, f"{prefix}/w", np.int8)

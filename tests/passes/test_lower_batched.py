@@ -11,8 +11,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from passes.lower_batched import (correction_count, correction_rows, correction_rows_of, group_column_sums,
-                                  padded_group_layout)
+from passes.lower_batched import correction_rows_of, group_column_sums, padded_group_layout
+from passes.lower_common import correction_count, correction_rows
 from passes.lower_linear import LowerLinear
 from passes.pipeline import compile_passes
 
