@@ -138,26 +138,34 @@ class FakeQuant:
             return cached
         scale = torch.from_numpy(tq.scale[step]).to(x.device)
         zero = torch.from_numpy(tq.zero_point[step].astype("float32")).to(x.device)
-        if tq.axis == "tensor":
-            out = scale.reshape(()), zero.reshape(())
-        else:
-            row = tq.group_map[0 if tq.shared_map else step]
-            n = row.shape[0]
-            if tq.axis == "pixel":
-                grid, size = self._pixel_grid(tq, n, x)
-                if grid is not None:
-                    row = resample_map_numpy(row, grid, size[0], size[1])
-            index = torch.from_numpy(row.astype("int64")).to(x.device)
+        index, shape = self.group_layout(tq, step, x)
+        if index is not None:
             scale, zero = scale[index], zero[index]
-            if tq.axis == "channel":
-                shape = [1, n, 1, 1] if x.ndim == 4 else [1] * (x.ndim - 1) + [n]
-            else:
-                shape = [1, 1, x.shape[2], x.shape[3]] if x.ndim == 4 else [1, index.shape[0], 1]
-            if tq.axis == "channel" and (x.shape[1] if x.ndim == 4 else x.shape[-1]) != n:
-                raise DgqError(f"recipe ({tq.module}, {tq.role}) groups {n} channels, the tensor has a different count")
-            out = scale.reshape(shape), zero.reshape(shape)
+        out = scale.reshape(shape), zero.reshape(shape)
         self._cache[key] = out
         return out
+
+    def group_layout(self, tq, step: int, x):
+        """(per-index group indices into the step's [G] table row, or None per tensor; the shape that broadcasts
+        the gathered row against x): pixel maps resampled to x's size, channel counts checked."""
+        import torch
+
+        if tq.axis == "tensor":
+            return None, ()
+        row = tq.group_map[0 if tq.shared_map else step]
+        n = row.shape[0]
+        if tq.axis == "pixel":
+            grid, size = self._pixel_grid(tq, n, x)
+            if grid is not None:
+                row = resample_map_numpy(row, grid, size[0], size[1])
+        index = torch.from_numpy(row.astype("int64")).to(x.device)
+        if tq.axis == "channel":
+            shape = [1, n, 1, 1] if x.ndim == 4 else [1] * (x.ndim - 1) + [n]
+        else:
+            shape = [1, 1, x.shape[2], x.shape[3]] if x.ndim == 4 else [1, index.shape[0], 1]
+        if tq.axis == "channel" and (x.shape[1] if x.ndim == 4 else x.shape[-1]) != n:
+            raise DgqError(f"recipe ({tq.module}, {tq.role}) groups {n} channels, the tensor has a different count")
+        return index, shape
 
     def _uniform(self, tq, x):
         scale, zero = self._params(tq, self.steps.index, x)

@@ -30,34 +30,25 @@ class LearnedSteps(torch.nn.Module):
     def scales(self) -> torch.Tensor:
         return self.initial * torch.exp(self.u)
 
-    def _per_index(self, values: torch.Tensor, step: int, x: torch.Tensor) -> torch.Tensor:
-        """Row `step` of a [T, G] table shaped to broadcast against x (as dgq_compiler.fakequant lays it out)."""
-        tq = self.tq
-        row = values[step]
-        if tq.axis == "tensor":
-            return row.reshape(())
-        index = torch.from_numpy(tq.group_map[0 if tq.shared_map else step].astype(np.int64))
-        n = index.shape[0]
-        if tq.axis == "channel":
-            shape = [1, n, 1, 1] if x.ndim == 4 else [1] * (x.ndim - 1) + [n]
-        else:
-            shape = [1, 1, x.shape[2], x.shape[3]] if x.ndim == 4 else [1, n, 1]
-        return row[index].reshape(shape)
-
-    def forward(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        s = self._per_index(self.scales(), step, x)
-        z = self._per_index(self.zero, step, x)
+    def forward(self, x: torch.Tensor, step: int, fq) -> torch.Tensor:
+        """x fake-quantized at `step`, the table rows laid out against x as the recipe's quantizers are
+        (fq: the applied dgq_compiler.fakequant.FakeQuant, its group_layout)."""
+        index, shape = fq.group_layout(self.tq, step, x)
+        s, z = self.scales()[step], self.zero[step]
+        if index is not None:
+            s, z = s[index], z[index]
+        s, z = s.reshape(shape), z.reshape(shape)
         v = x / s
         q = torch.clamp(v + (torch.round(v) - v).detach() + z, 0, self.levels)
         return (q - z) * s
 
-    def hook(self, steps):
-        """A forward pre-hook for the layer whose input this is; `steps.index` is the current calibrated step."""
+    def hook(self, fq):
+        """A forward pre-hook for the layer whose input this is; `fq.steps.index` is the current calibrated step."""
         def pre(_module, args):
             x = args[0]
             if self.tq.exclude_bos:
-                return (torch.cat([x[:, :1], self(x[:, 1:], steps.index)], dim=1), *args[1:])
-            return (self(x, steps.index), *args[1:])
+                return (torch.cat([x[:, :1], self(x[:, 1:], fq.steps.index, fq)], dim=1), *args[1:])
+            return (self(x, fq.steps.index, fq), *args[1:])
         return pre
 
     def learned_entry(self):

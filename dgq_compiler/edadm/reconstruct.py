@@ -265,7 +265,7 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
     outputs: dict = {}
     handles = [modules[layer].register_forward_hook(lambda _m, _a, out, layer=layer: outputs.__setitem__(layer, out))
                for layer in layers]
-    handles += [modules[layer].register_forward_pre_hook(steps_of.hook(fq.steps)) for (layer, _r), steps_of
+    handles += [modules[layer].register_forward_pre_hook(steps_of.hook(fq)) for (layer, _r), steps_of
                 in learned.items()]
     calls = block_data["calls"]
 
