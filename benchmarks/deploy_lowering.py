@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: shared benchmark and test helpers
+from benchmarks.rss import peak_rss  # noqa: E402
 
 CONFIGS = ("tfmq-w8a8", "dgq-w8a8-g8", "tfmq-w8a8:fast", "dgq-w4a8-g8")  # ":fast" = --target onnxruntime-cpu-fast
 LATENT = 32
@@ -57,10 +58,7 @@ def time_graph(path: str, runs: int, profile_dir: str) -> dict:
     session.run(None, feed)
     kinds, _runs = runtime.kernel_time_by_op(session.end_profiling())
     times = runtime.timed_runs(session, feed, runs)
-    peak = 0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) * 1024
+    peak = peak_rss()
     np.save(os.path.join(profile_dir, "out.npy"), out)
     return {"startup": startup, "times": times, "peak": peak, "kinds": kinds}
 

@@ -20,16 +20,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: shared benchmark helpers
+from benchmarks.rss import peak_rss  # noqa: E402
 
 
 def peak_rss_mb() -> float:
     """The process's peak resident set (VmHWM), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return peak_rss() / 2 ** 20
 
 
 def _nbytes(value) -> int:

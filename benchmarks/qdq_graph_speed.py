@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository
+from benchmarks.rss import peak_rss  # noqa: E402
 
 
 def compile_form(export_dir: Path, recipe, blocked: bool):
@@ -70,10 +71,7 @@ def reference_child(run_dir: Path, preset: str, form: str, batch: int, latent: i
     start = time.perf_counter()
     np.save(out, ReferenceEvaluator(model).run(None, feed)[0])
     seconds = time.perf_counter() - start
-    # VmHWM (this process image's peak), not ru_maxrss: that one keeps the parent's peak across fork + exec
-    peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmHWM:"))
-    print(f"{seconds:.1f} {peak}")
+    print(f"{seconds:.1f} {peak_rss()}")
 
 
 def reference_rows(args, preset: str, work: str) -> list[str]:

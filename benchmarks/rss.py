@@ -67,7 +67,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _status_kb(pid: int, field: str) -> int:
+def _status_kb(pid: int | str, field: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field):
@@ -75,6 +75,12 @@ def _status_kb(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def peak_rss() -> int:
+    """This process image's peak resident set (VmHWM), bytes. Not ru_maxrss: in a child started by fork + exec
+    that one keeps the parent's peak."""
+    return _status_kb("self", "VmHWM:") * 1024
 
 
 def _pss_kb(pid: int) -> int:
