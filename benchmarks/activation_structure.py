@@ -2,7 +2,7 @@
 
     python benchmarks/activation_structure.py [--pipeline DIR] [--prompts N] [--steps 25]
 
-For each pipeline, samples the first N shapes calibration prompts (PNDM, CFG 7.5) and prints:
+For each pipeline, samples the first N shapes calibration prompts (PNDM, the model's guidance: models.trained.SHAPES_GUIDANCE) and prints:
 - activation ranges at every Conv/Linear input of the UNet (DGQ's quantization points, conv_in and
   conv_out excluded): per channel max|x| over the whole run, and the ratio of the largest channel to
   the median channel (an outlier channel shows as a large ratio); the same along pixels/tokens;
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from passes.contract import FP_MODULES
+from models.trained import SHAPES_GUIDANCE
 
 
 def _reduce_max_abs(x: torch.Tensor, conv: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +89,7 @@ def measure(pipe, prompts: list[str], steps: int, seed: int = 0) -> dict:
     recorder = Recorder(pipe.unet)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        pipe(prompts, num_inference_steps=steps, guidance_scale=7.5, generator=generator, output_type="np")
+        pipe(prompts, num_inference_steps=steps, guidance_scale=SHAPES_GUIDANCE, generator=generator, output_type="np")
     return recorder.summary()
 
 

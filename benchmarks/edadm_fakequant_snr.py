@@ -10,6 +10,8 @@ import argparse
 
 import numpy as np
 
+from models.trained import SHAPES_GUIDANCE
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,7 +36,7 @@ def main() -> None:
     use_scheduler(pipe, "pndm")
     held = read_prompts(default_prompt_files(label)[1])[: args.prompts]
     calls = []
-    sample(pipe, torch_predictor(pipe.unet), held, list(range(len(held))), args.steps, 7.5,
+    sample(pipe, torch_predictor(pipe.unet), held, list(range(len(held))), args.steps, SHAPES_GUIDANCE,
            on_step=lambda i, t, x, s, e: calls.append((t, x, s, e)))
     predict = torch_predictor(pipe.unet)
     for path in args.recipes:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: shared benchmark helpers
 from benchmarks.rss import peak_rss  # noqa: E402
+from models.trained import SHAPES_GUIDANCE  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -121,7 +122,7 @@ def main() -> None:
     pipe = open_pipeline(str(trained_pipeline_dir()), device="cpu")
     use_pndm(pipe)
     prompts = read_prompts(shapes_prompts_file("shapes_calibration.txt"))[:args.pool]
-    calset = select_calibration_set(pipe, prompts, args.per_step, steps=args.steps, guidance=7.5, seed=0)
+    calset = select_calibration_set(pipe, prompts, args.per_step, steps=args.steps, guidance=SHAPES_GUIDANCE, seed=0)
     recipe, _ = quantize_stats(stats, preset(args.preset), pipe.unet)
     before = peak_rss_mb()
     start = time.perf_counter()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.trained import SHAPES_GUIDANCE
+
 
 def bootstrap(values: np.ndarray, seed: int = 0, draws: int = 2000) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
@@ -80,8 +82,8 @@ def main() -> None:
     seeds = [1000 + i for i in range(len(image_prompts))]
     calls = []
     sample(pipe, torch_predictor(pipe.unet), heldout[: args.snr_prompts], list(range(args.snr_prompts)), args.steps,
-           7.5, on_step=lambda i, t, x, s, e: calls.append((t, x, s, e)))
-    fp_images = decode(pipe, sample(pipe, torch_predictor(pipe.unet), image_prompts, seeds, args.steps, 7.5))
+           SHAPES_GUIDANCE, on_step=lambda i, t, x, s, e: calls.append((t, x, s, e)))
+    fp_images = decode(pipe, sample(pipe, torch_predictor(pipe.unet), image_prompts, seeds, args.steps, SHAPES_GUIDANCE))
     fp_align = per_image_alignment(evaluator, fp_images / 255.0, image_prompts)
     results["fp"] = {"alignment": float(fp_align.mean()), "interval": bootstrap(fp_align)}
 
@@ -108,7 +110,7 @@ def main() -> None:
                                       timesteps=[float(stats.timesteps[i]) for i in (0, stats.T // 2, stats.T - 1)])
                 predictor = onnx_predictor(out / "unet.onnx")  # a default session
                 snr = [snr_db(e, predictor(x, t, s)) for t, x, s, e in calls]
-                images = decode(pipe, sample(pipe, predictor, image_prompts, seeds, args.steps, 7.5))
+                images = decode(pipe, sample(pipe, predictor, image_prompts, seeds, args.steps, SHAPES_GUIDANCE))
                 aligns[variant] = per_image_alignment(evaluator, images / 255.0, image_prompts)
                 row = {"snr_mean_db": float(np.mean(snr)), "snr_min_db": float(np.min(snr)),
                        "alignment": float(aligns[variant].mean()), "interval": bootstrap(aligns[variant]),

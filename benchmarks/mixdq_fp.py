@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.trained import SHAPES_GUIDANCE
+
 from mixdq_judged import fp_reference, heldout, mean_snr  # benchmarks/ is the script's folder: on the path
 
 BUDGET = 5.0
@@ -62,7 +64,7 @@ def main() -> None:
     use_pndm(pipe)
     unet = pipe.unet.float().eval()
     prompts = heldout(args.prompts)
-    calls, _images = fp_reference(pipe, prompts, list(range(len(prompts))), args.steps, 7.5)
+    calls, _images = fp_reference(pipe, prompts, list(range(len(prompts))), args.steps, SHAPES_GUIDANCE)
     print(f"FP reference: {len(calls)} UNet calls of {len(prompts)} prompts ({time.perf_counter() - started:.0f} s)",
           flush=True)
     fp_inventory = inventory_from_graph(Path(args.export) / "unet.onnx", batch=2, resolution=stats.resolution[0] * 8)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.trained import SHAPES_GUIDANCE
+
 BUDGET = 5.0
 FRONT_BITS = (4.0, 4.5, 5.0, 6.0, 7.0, 8.0)
 
@@ -142,11 +144,11 @@ def main() -> None:
     unet = pipe.unet.float().eval()
     prompts = heldout(args.prompts)
     seeds = list(range(len(prompts)))
-    calls, fp_images = fp_reference(pipe, prompts, seeds, args.steps, 7.5)
+    calls, fp_images = fp_reference(pipe, prompts, seeds, args.steps, SHAPES_GUIDANCE)
     evaluator = load_evaluator()
     fp_align = per_image_alignment(evaluator, fp_images, prompts)
     cal_prompts = read_prompts(shapes_prompts_file("shapes_calibration.txt"))
-    sens_calls = sensitivity_calls(pipe, cal_prompts, args.steps, 7.5, seed=0)
+    sens_calls = sensitivity_calls(pipe, cal_prompts, args.steps, SHAPES_GUIDANCE, seed=0)
     print(f"FP reference: {len(calls)} UNet calls, alignment {fp_align.mean():.3f} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -206,7 +208,7 @@ def main() -> None:
                                          np.linspace(0, stats.T - 1, args.verify_timesteps).round().astype(int)])
         predictor = onnx_predictor(graph)
         ort_snr = mean_snr(predictor, calls)
-        images = decode(pipe, sample(pipe, predictor, prompts, seeds, args.steps, 7.5))
+        images = decode(pipe, sample(pipe, predictor, prompts, seeds, args.steps, SHAPES_GUIDANCE))
         align = per_image_alignment(evaluator, images, prompts)
         row = compiled_cost_row(graph, config, fp_inventory, stats.T) or cost_row(
             fp_inventory, f"W{config.weight_bits}A{config.act_bits}", groups=config.groups, steps=stats.T,

@@ -1,7 +1,7 @@
 """How good is a shapes pipeline in floating point? The figures the testbed model is judged by.
 
     python benchmarks/shapes_quality.py [--pipeline DIR] [--images 64] [--sets heldout,rephrased,validation]
-                                        [--guidance 7.5] [--steps 25] [--ceiling] [--position-check]
+                                        [--guidance 3] [--steps 25] [--ceiling] [--position-check]
                                         [--conditioning-check]
 
 Per prompt set (held-out and rephrased: the quality stage's two sets; validation: the training combinations of
@@ -29,7 +29,7 @@ from dgq_compiler.sampling import initial_latents
 from models.evaluator import load_evaluator, reference_batch
 from models.loader import load_pipeline
 from models.prompt_sets import load_prompt_set, parse_prompt
-from models.trained import shapes_prompts_file, trained_pipeline_dir
+from models.trained import SHAPES_GUIDANCE, shapes_prompts_file, trained_pipeline_dir
 
 SETS = ("heldout", "rephrased", "validation")
 SEED_STRIDE = 100_000
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=64, help="images per prompt set")
     parser.add_argument("--sets", default="heldout,rephrased",
                         help=f"comma-separated, of {', '.join(SETS)} ('' for none: only the checks)")
-    parser.add_argument("--guidance", default="7.5", help="classifier-free guidance scale(s), comma-separated")
+    parser.add_argument("--guidance", default=str(SHAPES_GUIDANCE), help="classifier-free guidance scale(s), comma-separated")
     parser.add_argument("--steps", type=int, default=25, help="PNDM steps")
     parser.add_argument("--ceiling", action="store_true", help="also score the VAE's reconstructions of real scenes")
     parser.add_argument("--position-check", action="store_true", help="does the position follow the words?")

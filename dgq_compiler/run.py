@@ -33,7 +33,7 @@ class RunOptions:
     images: int = 32                   # quality stage: images per prompt set and configuration (0: no quality stage)
     steps: int = 25
     scheduler: str = "pndm"            # sampler of calibration and images (calibrate.run.SCHEDULERS)
-    guidance: float = 7.5
+    guidance: float | None = None      # None: the model's (default_guidance)
     seed: int = 0
     verify_timesteps: int = 3
     verify_latent_size: int | None = None  # simulator vs onnxruntime latent (default: the calibrated one)
@@ -60,6 +60,8 @@ class RunOptions:
             raise DgqError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
+        if self.guidance is None:
+            object.__setattr__(self, "guidance", default_guidance(resolve_model(self.model)[1]))
         if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
             raise DgqError(f"--guidance must be a finite number > 1 (classifier-free guidance), got {self.guidance}")
         if self.latent_size is not None and (self.latent_size < 8 or self.latent_size % 8):
@@ -92,6 +94,18 @@ def resolve_model(model: str) -> tuple[str, str]:
     if model == "tiny":
         return "tiny", "tiny (embedded, random weights)"
     return model, model
+
+
+def default_guidance(label: str) -> float:
+    """The classifier-free guidance a model is sampled with when none is given: the embedded model's own
+    (models.trained.SHAPES_GUIDANCE), Stable Diffusion's 7.5 for every other."""
+    if label == EMBEDDED_LABEL:
+        from models.trained import SHAPES_GUIDANCE
+
+        return SHAPES_GUIDANCE
+    from dgq_compiler.calibrate.run import DEFAULT_GUIDANCE
+
+    return DEFAULT_GUIDANCE
 
 
 def default_prompt_files(label: str) -> tuple[str | None, str | None]:

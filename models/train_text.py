@@ -10,14 +10,14 @@ carries every attribute the caption states. Captions are drawn exactly as the di
 combinations, the same omissions, the same share of empty captions); labels are what the caption says
 (`parse_caption`), so an omitted word is "unspecified", never guessed from the scene.
 
-Measured (`python -m models.train_shapes --out DIR --seed 0 --text-steps 120`: 120 steps at 256 captions, head
+Measured (`python -m models.train_shapes --out DIR --seed 0 --text grounded --text-steps 120`: 120 steps at 256 captions, head
 accuracy 0.999, then 2200 UNet steps on the frozen encoder; `benchmarks/shapes_quality.py`, 64 images, guidance
 7.5; joint training's shipped figures in brackets): position text states 0.433 apart (0.041), position 0.92 on the
 held-out set and 0.97 on the validation set (0.23, 0.23), the position check 25/25 (5/25), validation alignment 0.792
 (0.716) at Fréchet distance 319 (334). But on the held-out (unseen shape/colour) pairs colour fell to 0.23 (0.62) and
 background to 0.67 (0.92): alignment 0.682 (0.685), Fréchet distance 1086 (777). The end-of-text states carry the
 caption's colour/shape pair as one code, and the UNet does not compose codes of pairs it never saw. So the shipped
-weights stay the joint ones (--text-steps 0). 600-step pilots (the shipped VAE, 8192 scenes; held-out alignment,
+weights use the fixed bag-of-words encoder instead (models/text_bag.py; this stage is `--text grounded`). 600-step pilots (the shipped VAE, 8192 scenes; held-out alignment,
 colour, shape, position, Fréchet): joint 0.547, 0.45, 0.28, 0.28, 902; this stage, frozen 0.753, 0.34, 0.38, 0.97,
 938 (the longer schedule fits the seen pairs more tightly); heads on each word token instead (what the caption states
 up to it) 0.734, 0.25, 0.41, 0.92, 999; this stage, then trained jointly 0.688, 0.42, 0.22, 0.77, 1083.

@@ -38,7 +38,8 @@ def register(sub) -> None:
     p.add_argument("--prompts", help="calibration prompt file (default: the model's shipped calibration captions)", default=argparse.SUPPRESS)
     p.add_argument("--num-prompts", type=argtypes.count, help="use only the first N calibration prompts")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
-    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=None,
+                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of calibration and image sampling")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)

@@ -34,7 +34,8 @@ def register(sub) -> None:
                         "timestep whose distribution matches the pool's (density and diversity: greedy kernel MMD) "
                         "and record statistics on those alone; the summary says how well they match the pool. "
                         "None: statistics over every prompt's trajectory")
-    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale (> 1)")
+    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=None,
+                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
     p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (prompt i uses seed + i)")
     p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None, help="latent height/width; None: the UNet's sample_size")
@@ -67,9 +68,11 @@ def run(args) -> int:
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import output_manifest
-    from dgq_compiler.run import resolve_model
+    from dgq_compiler.run import default_guidance, resolve_model
 
     out = output_manifest(args.output, args.overwrite)
+    if args.guidance is None:
+        args.guidance = default_guidance(resolve_model(args.model)[1])
     prompts = read_prompts(args.prompts)
     if args.num_prompts is not None:
         prompts = prompts[: args.num_prompts]

@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="latents chosen per timestep (each a CFG pair: 2 UNet rows)")
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm", help="sampler of the FP trajectories")
     p.add_argument("--steps", type=argtypes.steps, default=None, help="sampling steps; None: the recipe's T")
-    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=7.5, help="classifier-free guidance scale (> 1)")
+    p.add_argument("--guidance", type=argtypes.cfg_guidance, default=None,
+                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
     p.add_argument("--iterations", type=argtypes.int_range(1, 100000), default=300,
                    help="optimiser steps per block")
     p.add_argument("--learning-rate", type=argtypes.float_range(0.0, 10.0, low_inclusive=False),
@@ -61,7 +62,7 @@ def run(args) -> int:
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import output_manifest
     from dgq_compiler.recipe import Recipe
-    from dgq_compiler.run import default_prompt_files, resolve_model
+    from dgq_compiler.run import default_guidance, default_prompt_files, resolve_model
 
     out = output_manifest(args.output, args.overwrite)
     options = ReconstructOptions(iterations=args.iterations, learning_rate=args.learning_rate,
@@ -69,6 +70,8 @@ def run(args) -> int:
                                  act_steps=args.act_steps, seed=args.seed)
     recipe = Recipe.load(args.recipe)  # a bad file fails here, before the pipeline loads
     source, label = resolve_model(args.model or recipe.model_name)
+    if args.guidance is None:
+        args.guidance = default_guidance(label)
     prompts = read_prompts(args.prompts or default_prompt_files(label)[0])[: args.num_prompts]
     if args.samples_per_step > len(prompts):
         raise DgqError(f"--samples-per-step {args.samples_per_step} exceeds the pool: {len(prompts)} prompts give "

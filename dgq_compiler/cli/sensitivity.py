@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--num-prompts", type=int, default=4, help="prompts sampled for the recorded calls")
     p.add_argument("--calls", type=int, default=6, help="UNet calls kept, spread over the schedule")
     p.add_argument("--steps", type=int, default=25, help="denoising steps of the recorded sampling run")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
     p.add_argument("--seed", type=int, default=0, help="prompt i is sampled with seed + i")
     p.add_argument("--figure", default=None, metavar="PNG", help="also plot the table")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -42,13 +43,13 @@ def run(args) -> int:
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import check_writable
     from dgq_compiler.mixdq.sensitivity import measure, record_calls
-    from dgq_compiler.run import default_prompt_files, resolve_model
+    from dgq_compiler.run import default_guidance, default_prompt_files, resolve_model
 
     for flag, value, lo, hi in (("--num-prompts", args.num_prompts, 1, 64), ("--calls", args.calls, 1, 100),
                                 ("--steps", args.steps, 2, 1000)):
         if not lo <= value <= hi:
             raise DgqError(f"{flag} must be in {lo}..{hi}, got {value}")
-    if not args.guidance > 1.0 or args.guidance == float("inf"):
+    if args.guidance is not None and not 1.0 < args.guidance < float("inf"):  # NaN fails the comparison too
         raise DgqError(f"--guidance must be a finite number > 1, got {args.guidance}")
     if Path(args.output).suffix != ".json":
         raise DgqError(f"--output must end in .json, got {args.output!r}")
@@ -58,6 +59,8 @@ def run(args) -> int:
     config = resolve_config(args.preset)
     stats = CalibrationStats.load(args.stats)
     source, label = resolve_model(args.model or stats.model_name)
+    if args.guidance is None:
+        args.guidance = default_guidance(label)
     prompts = read_prompts(args.prompts or default_prompt_files(label)[0])[: args.num_prompts]
     pipe = open_pipeline(source, seed=stats.sampling.get("model_seed") or 0, device="cpu")
     use_pndm(pipe)

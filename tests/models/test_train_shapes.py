@@ -25,10 +25,14 @@ def test_same_seed_gives_byte_identical_weights_and_another_seed_does_not(tmp_pa
     assert first == second and a["final_diffusion_loss"] == b["final_diffusion_loss"]
     assert first["unet/diffusion_pytorch_model.safetensors"] != other["unet/diffusion_pytorch_model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
-    train(tmp_path / "joint", **{**SHORT, "text_steps": 0})  # no text stage: the encoder trains with the UNet
-    joint = _digests(tmp_path / "joint")
-    assert joint["text_encoder/model.safetensors"] != first["text_encoder/model.safetensors"]
-    assert joint["vae/diffusion_pytorch_model.safetensors"] == first["vae/diffusion_pytorch_model.safetensors"]
+    # the three text encoders (bag of words by default, grounded, trained jointly) differ; the VAE before them does not
+    for text in ("grounded", "joint"):
+        train(tmp_path / text, **{**SHORT, "text": text})
+        other = _digests(tmp_path / text)
+        assert other["text_encoder/model.safetensors"] != first["text_encoder/model.safetensors"], text
+        assert other["vae/diffusion_pytorch_model.safetensors"] == first["vae/diffusion_pytorch_model.safetensors"]
+    with pytest.raises(ModelError, match="text encoder 'clip'"):
+        train(tmp_path / "clip", **{**SHORT, "text": "clip"})
 
 
 def _prediction_type(folder):
