@@ -5,22 +5,26 @@ shapes model's encoder merged the five position phrases (objects then went where
 first by attribute heads (models/train_text.py), it carried each colour/shape pair as one code, which the UNet could
 not compose for the pairs it never saw. This encoder keeps what the UNet needs and nothing it could memorise:
 
-- every vocabulary token gets a fixed random embedding (drawn from the seed) in channels 2 and up; the end-of-text
-  token a tiny one in channel 0 and the start token a unit one in channel 1; no position embeddings;
+- every vocabulary token gets a fixed random embedding (drawn from the seed, zero-mean) in channels 2 and up; the
+  end-of-text token a tiny one in channel 0 and the start token a unit one in channel 1; no position embeddings;
 - layer 0 averages, causally and uniformly (zero queries and keys), the layer-normed embeddings of the tokens so far,
-  with channels 0 and 1 weighted out, and adds the mean to the residual; every other sub-layer is zero;
-- the final layer norm has unit weight and zero bias.
+  keeping only their (centred) word channels, and adds the mean to the residual; every other sub-layer is zero;
+- the final layer norm has zero bias and unit weight, but START_SCALE on channel 1.
 
 So each end-of-text/padding state (most of the 77 the cross-attention reads) is the layer norm of the sum of the
 caption's word embeddings: the same at every padding position, additive in the words, order-free, and so defined for
 every combination of words, seen in training or not. Each word's own state is its embedding plus the mean of the
-words so far. The start state is a constant spike in channel 1 (norm sqrt(width)): the same for every prompt, with one
+words so far. The start state is a constant spike in channel 1 (START_SCALE * sqrt(width)): the same for every prompt, with one
 outlier channel, as CLIP's is. It stays a plain CLIPTextModel, so every loader, exporter and runtime reads it.
 """
 from __future__ import annotations
 
 EOS_CHANNEL, BOS_CHANNEL = 0, 1
 EOS_SCALE = 0.01  # small against the word mean at the last padding position (~0.3), so padding states are all alike
+# The final layer norm's weight on the start channel: the start state's one outlier value is START_SCALE * sqrt(width)
+# (40 at width 64), ~13x the largest value of any other state, as CLIP ViT-L's start state (~28 in one of 768
+# channels) is to SD's text states; every other state has ~0 there.
+START_SCALE = 5.0
 
 
 def make_bag_of_words(text_encoder, bos_token_id: int, eos_token_id: int, seed: int) -> None:
@@ -30,10 +34,13 @@ def make_bag_of_words(text_encoder, bos_token_id: int, eos_token_id: int, seed: 
     width = text_encoder.config.hidden_size
     generator = torch.Generator().manual_seed(seed)
     model = getattr(text_encoder, "text_model", text_encoder)  # transformers 4.x nests it
+    # Keeps the word channels (2 and up) and centres them: the bag and every word state then have zero mean, so the
+    # final layer norm leaves the start channel at exactly 0 in every state but the start token's.
+    words = torch.zeros(width, width)
+    words[2:, 2:] = torch.eye(width - 2) - 1.0 / (width - 2)
     with torch.no_grad():
         embedding = model.embeddings.token_embedding.weight
-        embedding.copy_(torch.randn(embedding.shape, generator=generator))
-        embedding[:, :2] = 0.0
+        embedding.copy_(torch.randn(embedding.shape, generator=generator) @ words)
         embedding[bos_token_id] = 0.0
         embedding[bos_token_id, BOS_CHANNEL] = 1.0
         embedding[eos_token_id] = 0.0
@@ -49,9 +56,9 @@ def make_bag_of_words(text_encoder, bos_token_id: int, eos_token_id: int, seed: 
                 norm.weight.fill_(1.0)
                 norm.bias.zero_()
             if index == 0:
-                attention.v_proj.weight.copy_(torch.eye(width))
+                attention.v_proj.weight.copy_(words)  # the start and end tokens add nothing to the bag
                 attention.out_proj.weight.copy_(torch.eye(width))
-                layer.layer_norm1.weight[:2] = 0.0  # the start and end tokens add nothing to the bag
         model.final_layer_norm.weight.fill_(1.0)
+        model.final_layer_norm.weight[BOS_CHANNEL] = START_SCALE
         model.final_layer_norm.bias.zero_()
     text_encoder.eval().requires_grad_(False)

@@ -12,8 +12,9 @@ from models.errors import ModelError
 
 PIPELINE_NAME = "shapes-sd"
 # The shipped pipeline's classifier-free guidance scale, as SD's is 7.5: chosen on the training combinations
-# (benchmarks/shapes_quality.py --sets validation --guidance 2,3,4.5,7.5: alignment 0.964, 0.974, 0.940 and 0.807,
-# colour 0.91, 0.95, 0.86 and 0.42: above ~4 the guided step overshoots the object's colour into another one).
+# (benchmarks/shapes_quality.py --sets validation --guidance 2,3,4.5,7.5, on a pilot of this recipe: alignment 0.964,
+# 0.974, 0.940 and 0.807, colour 0.91, 0.95, 0.86 and 0.42: above ~4 the guided step overshoots the object's colour
+# into another one).
 SHAPES_GUIDANCE = 3.0
 
 

@@ -60,3 +60,13 @@ def test_nan_guidance_is_not_a_run_option():
     for guidance in (float("nan"), float("inf"), 1.0):
         with pytest.raises(DgqError, match="--guidance must be a finite number > 1"):
             RunOptions(model="tiny", guidance=guidance)
+
+
+def test_guidance_defaults_to_the_models_own():
+    from dgq_compiler.calibrate.run import DEFAULT_GUIDANCE
+    from models.trained import SHAPES_GUIDANCE
+
+    assert SHAPES_GUIDANCE != DEFAULT_GUIDANCE
+    assert RunOptions().guidance == SHAPES_GUIDANCE              # the embedded model samples at its own scale
+    assert RunOptions(model="tiny").guidance == DEFAULT_GUIDANCE  # every other model at SD's 7.5
+    assert RunOptions(model="tiny", guidance=4.0).guidance == 4.0
