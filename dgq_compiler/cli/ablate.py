@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--num-prompts", type=argtypes.count, help="use only the first N calibration prompts")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=None,
-                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
+                   help=argtypes.GUIDANCE_HELP)
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of calibration and image sampling")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=run)

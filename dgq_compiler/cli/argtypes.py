@@ -112,5 +112,6 @@ steps = int_range(1, MAX_STEPS)
 seed = int_range(0, MAX_SEED)
 count = int_range(1, 1_000_000)
 tolerance = float_range(0.0, 1.0)
+GUIDANCE_HELP = "classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)"
 cfg_guidance = float_range(1.0, MAX_GUIDANCE, low_inclusive=False)  # calibration needs the cond + uncond batch
 guidance = float_range(0.0, MAX_GUIDANCE)

@@ -35,7 +35,7 @@ def register(sub) -> None:
                         "and record statistics on those alone; the summary says how well they match the pool. "
                         "None: statistics over every prompt's trajectory")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=None,
-                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
+                   help=argtypes.GUIDANCE_HELP)
     p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (prompt i uses seed + i)")
     p.add_argument("--negative-prompt", default="", help="the unconditional prompt")
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None, help="latent height/width; None: the UNet's sample_size")

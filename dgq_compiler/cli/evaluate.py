@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="grid image to write (.png)")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM denoising steps")
     p.add_argument("--guidance", type=argtypes.guidance, default=None,
-                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
+                   help=argtypes.GUIDANCE_HELP)
     p.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed (one generator for the whole run)")
     p.add_argument("--batch", type=argtypes.batch, default=16, help="prompts sampled together")
     p.add_argument("--limit", type=argtypes.count, default=None, help="use only the first N prompts")
@@ -92,13 +92,13 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from dgq_compiler.calibrate.run import DEFAULT_GUIDANCE
     from dgq_compiler.cli.table import format_table
     from dgq_compiler.errors import DgqError
     from dgq_compiler.io import atomic_path, check_writable
+    from dgq_compiler.run import default_guidance, resolve_model
     from models.evaluator import load_evaluator
     from models.loader import load_pipeline
-    from models.trained import SHAPES_GUIDANCE, shapes_prompts_file, trained_pipeline_dir
+    from models.trained import shapes_prompts_file, trained_pipeline_dir
 
     if Path(args.output).suffix.lower() != ".png":
         raise DgqError(f"output {args.output!r} must be a .png file")
@@ -112,7 +112,7 @@ def run(args) -> int:
     evaluator = load_evaluator(args.evaluator)
     pipe = load_pipeline(args.pipeline or trained_pipeline_dir())
     if args.guidance is None:
-        args.guidance = DEFAULT_GUIDANCE if args.pipeline else SHAPES_GUIDANCE
+        args.guidance = default_guidance(resolve_model(args.pipeline or "embedded")[1])
     torch.manual_seed(args.seed)
     with tqdm(total=len(prompts), desc="sampling", unit="image") as bar:
         images = generate(pipe, prompts, args.steps, args.guidance, args.seed, args.batch, bar.update)

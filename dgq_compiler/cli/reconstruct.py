@@ -33,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm", help="sampler of the FP trajectories")
     p.add_argument("--steps", type=argtypes.steps, default=None, help="sampling steps; None: the recipe's T")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=None,
-                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
+                   help=argtypes.GUIDANCE_HELP)
     p.add_argument("--iterations", type=argtypes.int_range(1, 100000), default=300,
                    help="optimiser steps per block")
     p.add_argument("--learning-rate", type=argtypes.float_range(0.0, 10.0, low_inclusive=False),

@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
                    help="sampler of calibration and images, e.g. --scheduler euler --steps 4 for few-step models")
     p.add_argument("--guidance", type=argtypes.cfg_guidance, default=None,
-                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
+                   help=argtypes.GUIDANCE_HELP)
     p.add_argument("--seed", type=argtypes.seed, default=0, help="seed of sampling (and of the random tiny weights)")
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
                    help="latent height/width of calibration and images (default: the UNet's sample_size; "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from dgq_compiler.cli import argtypes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -25,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--calls", type=int, default=6, help="UNet calls kept, spread over the schedule")
     p.add_argument("--steps", type=int, default=25, help="denoising steps of the recorded sampling run")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)")
+                   help=argtypes.GUIDANCE_HELP)
     p.add_argument("--seed", type=int, default=0, help="prompt i is sampled with seed + i")
     p.add_argument("--figure", default=None, metavar="PNG", help="also plot the table")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
