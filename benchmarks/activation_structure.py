@@ -2,7 +2,8 @@
 
     python benchmarks/activation_structure.py [--pipeline DIR] [--prompts N] [--steps 25]
 
-For each pipeline, samples the first N shapes calibration prompts (PNDM, the model's guidance: models.trained.SHAPES_GUIDANCE) and prints:
+For each pipeline, samples the first N shapes calibration prompts (PNDM, the shapes model's guidance,
+models.trained.SHAPES_GUIDANCE) and prints:
 - activation ranges at every Conv/Linear input of the UNet (DGQ's quantization points, conv_in and
   conv_out excluded): per channel max|x| over the whole run, and the ratio of the largest channel to
   the median channel (an outlier channel shows as a large ratio); the same along pixels/tokens;

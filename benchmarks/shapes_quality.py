@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=64, help="images per prompt set")
     parser.add_argument("--sets", default="heldout,rephrased",
                         help=f"comma-separated, of {', '.join(SETS)} ('' for none: only the checks)")
-    parser.add_argument("--guidance", default=str(SHAPES_GUIDANCE), help="classifier-free guidance scale(s), comma-separated")
+    parser.add_argument("--guidance", default=str(SHAPES_GUIDANCE),
+                        help="classifier-free guidance scale(s), comma-separated")
     parser.add_argument("--steps", type=int, default=25, help="PNDM steps")
     parser.add_argument("--ceiling", action="store_true", help="also score the VAE's reconstructions of real scenes")
     parser.add_argument("--position-check", action="store_true", help="does the position follow the words?")

@@ -151,7 +151,8 @@ def write_report(summary: dict, out: Path) -> Path:
 
 
 # What makes a model "like real Stable Diffusion" for DGQ: outlier channels or pixels far above the median (the
-# shapes testbed's stay below 20x), and a <start> column that draws a multiple of the other tokens' attention. DGQ's groups and its FP <start> column are built for exactly these two properties.
+# shapes testbed's stay below 20x), and a <start> column that draws a multiple of the other tokens' attention.
+# DGQ's groups and its FP <start> column are built for exactly these two properties.
 SD_OUTLIER_RATIO = 30.0  # largest |range| at least this many times the median: SD-scale outliers
 START_PEAK = 5.0         # <start>'s mean probability at least this many times the other tokens': a peak
 
@@ -166,12 +167,11 @@ def structure_sentence(summary: dict) -> str:
     att = summary.get("attention")
     if not att:
         start = "has no cross-attention to measure a <start> peak in"
-    elif att["bos_mean"] >= START_PEAK * att["other_mean"]:
-        start = (f"has a <start> attention peak ({att['bos_mean'] / att['other_mean']:.1f}× the other tokens' "
-                 "probability)")
     else:
-        start = (f"lacks SD's <start> attention peak (<start> draws {att['bos_mean'] / att['other_mean']:.1f}× the "
-                 "other tokens' probability)")
+        draws = f"{att['bos_mean'] / att['other_mean']:.1f}× the other tokens' probability"
+        peak = att["bos_mean"] >= START_PEAK * att["other_mean"]
+        start = f"has a <start> attention peak ({draws})" if peak else \
+            f"lacks SD's <start> attention peak (<start> draws {draws})"
     return (f"**This model {outliers}, and it {start}.** DGQ's gains over per-tensor quantization depend on both: "
             "where a model lacks them, expect DGQ and the baselines to score alike.")
 
