@@ -34,7 +34,7 @@ def main() -> None:
     source, label = resolve_model("embedded")
     pipe = open_pipeline(source, device="cpu")
     use_scheduler(pipe, "pndm")
-    held = read_prompts(default_prompt_files(label)[1])[: args.prompts]
+    held = read_prompts(default_prompt_files(source)[1])[: args.prompts]
     calls = []
     sample(pipe, torch_predictor(pipe.unet), held, list(range(len(held))), args.steps, SHAPES_GUIDANCE,
            on_step=lambda i, t, x, s, e: calls.append((t, x, s, e)))

@@ -61,7 +61,7 @@ class RunOptions:
         if self.steps < 2:
             raise DgqError(f"--steps must be at least 2, got {self.steps}")
         if self.guidance is None:
-            object.__setattr__(self, "guidance", default_guidance(resolve_model(self.model)[1]))
+            object.__setattr__(self, "guidance", default_guidance(resolve_model(self.model)[0]))
         if not self.guidance > 1.0 or self.guidance == float("inf"):  # NaN fails the comparison too
             raise DgqError(f"--guidance must be a finite number > 1 (classifier-free guidance), got {self.guidance}")
         if self.latent_size is not None and (self.latent_size < 8 or self.latent_size % 8):
@@ -96,10 +96,22 @@ def resolve_model(model: str) -> tuple[str, str]:
     return model, model
 
 
-def default_guidance(label: str) -> float:
-    """The classifier-free guidance a model is sampled with when none is given: the embedded model's own
-    (models.trained.SHAPES_GUIDANCE), Stable Diffusion's 7.5 for every other."""
-    if label == EMBEDDED_LABEL:
+def speaks_shapes(source: str) -> bool:
+    """Is this pipeline a shapes model (the shipped one or one trained by models.train_shapes)? Told by its
+    tokenizer: the shapes vocabulary, byte for byte. Such a model gets the shapes prompts and guidance."""
+    from models.trained import trained_pipeline_dir
+
+    vocab, shapes = (Path(folder) / "tokenizer" / "vocab.json" for folder in (source, trained_pipeline_dir()))
+    try:
+        return vocab.is_file() and vocab.read_bytes() == shapes.read_bytes()
+    except OSError:
+        return False
+
+
+def default_guidance(source: str) -> float:
+    """The classifier-free guidance a model is sampled with when none is given: a shapes model's own
+    (models.trained.SHAPES_GUIDANCE), Stable Diffusion's 7.5 for every other. `source` as from resolve_model."""
+    if speaks_shapes(source):
         from models.trained import SHAPES_GUIDANCE
 
         return SHAPES_GUIDANCE
@@ -108,9 +120,9 @@ def default_guidance(label: str) -> float:
     return DEFAULT_GUIDANCE
 
 
-def default_prompt_files(label: str) -> tuple[str | None, str | None]:
-    """(calibration, image) prompt files: the trained model speaks only its shapes vocabulary."""
-    if label != EMBEDDED_LABEL:
+def default_prompt_files(source: str) -> tuple[str | None, str | None]:
+    """(calibration, image) prompt files: a shapes model speaks only its shapes vocabulary."""
+    if not speaks_shapes(source):
         return None, None
     from models.trained import shapes_prompts_file
 
@@ -165,7 +177,7 @@ def open_model(options: RunOptions, source: str, label: str):
     """(pipeline on the CPU with the run's scheduler, options with the model's default prompt files filled in)."""
     from dgq_compiler.calibrate.run import open_pipeline, use_scheduler
 
-    calibration_file, image_file = default_prompt_files(label)
+    calibration_file, image_file = default_prompt_files(source)
     options = replace(options, prompts=options.prompts or calibration_file,
                       image_prompts=options.image_prompts or image_file)
     pipe = open_pipeline(source, seed=options.seed, device="cpu")  # the ONNX stages and references run on CPU

@@ -1,8 +1,6 @@
 """`dgq calibrate`: the FP sampling loop over a prompt set -> streaming per-timestep statistics."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 
 
@@ -18,7 +16,7 @@ def register(sub) -> None:
                     "(`torchrun --nproc-per-node N -m dgq_compiler calibrate ...`) the ranks split the prompts and "
                     "reduce their statistics with collective min/max (gloo on CPU, NCCL on CUDA): the file one "
                     "process writes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("model", help="a local diffusers pipeline folder, 'embedded' (the shipped trained model) or "
                                  "'tiny' (the embedded random pipeline); the statistics record it for `dgq quantize`")
     p.add_argument("-o", "--output", required=True, help="statistics manifest to write (.json; arrays beside it)")
@@ -72,7 +70,7 @@ def run(args) -> int:
 
     out = output_manifest(args.output, args.overwrite)
     if args.guidance is None:
-        args.guidance = default_guidance(resolve_model(args.model)[1])
+        args.guidance = default_guidance(resolve_model(args.model)[0])
     prompts = read_prompts(args.prompts)
     if args.num_prompts is not None:
         prompts = prompts[: args.num_prompts]

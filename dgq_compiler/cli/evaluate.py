@@ -1,8 +1,6 @@
 """`dgq evaluate`: sample a pipeline on a prompt file, write a labelled image grid, score alignment and FD."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 
 
@@ -13,7 +11,7 @@ def register(sub) -> None:
                     "grid PNG, and print the shapes evaluator's text-image alignment (share of prompted "
                     "attributes recognised; CLIP-score analogue) and Fréchet distance to real rendered "
                     "scenes of the same prompts (FID analogue).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("--pipeline", default=None,
                    help="local diffusers pipeline folder (default: the embedded trained shapes model)")
     p.add_argument("--prompts", default=None,
@@ -112,7 +110,7 @@ def run(args) -> int:
     evaluator = load_evaluator(args.evaluator)
     pipe = load_pipeline(args.pipeline or trained_pipeline_dir())
     if args.guidance is None:
-        args.guidance = default_guidance(resolve_model(args.pipeline or "embedded")[1])
+        args.guidance = default_guidance(resolve_model(args.pipeline or "embedded")[0])
     torch.manual_seed(args.seed)
     with tqdm(total=len(prompts), desc="sampling", unit="image") as bar:
         images = generate(pipe, prompts, args.steps, args.guidance, args.seed, args.batch, bar.update)

@@ -1,8 +1,6 @@
 """`dgq sensitivity`: MixDQ's metric-decoupled per-layer sensitivity table (JSON) and figure."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 
 
@@ -14,7 +12,7 @@ def register(sub) -> None:
                     "recorded FP UNet calls of calibration prompts. Cross-attention to_k/to_v (text-carrying) are "
                     "scored on the guidance direction eps_cond - eps_uncond (text alignment), the rest on the whole "
                     "prediction (content); each class is normalised on its own. Writes the table as JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("stats", help="statistics manifest from `dgq calibrate`")
     p.add_argument("-o", "--output", required=True, help="sensitivity table to write (.json)")
     p.add_argument("--preset", default="mixdq-w5a8",
@@ -62,8 +60,8 @@ def run(args) -> int:
     stats = CalibrationStats.load(args.stats)
     source, label = resolve_model(args.model or stats.model_name)
     if args.guidance is None:
-        args.guidance = default_guidance(label)
-    prompts = read_prompts(args.prompts or default_prompt_files(label)[0])[: args.num_prompts]
+        args.guidance = default_guidance(source)
+    prompts = read_prompts(args.prompts or default_prompt_files(source)[0])[: args.num_prompts]
     pipe = open_pipeline(source, seed=stats.sampling.get("model_seed") or 0, device="cpu")
     use_pndm(pipe)
     start = time.perf_counter()

@@ -70,3 +70,20 @@ def test_guidance_defaults_to_the_models_own():
     assert RunOptions().guidance == SHAPES_GUIDANCE              # the embedded model samples at its own scale
     assert RunOptions(model="tiny").guidance == DEFAULT_GUIDANCE  # every other model at SD's 7.5
     assert RunOptions(model="tiny", guidance=4.0).guidance == 4.0
+
+
+def test_a_shapes_model_given_by_its_folder_gets_its_guidance_and_prompts(tmp_path):
+    """A shapes model in another folder (e.g. retrained) is told by its tokenizer, not by the name 'embedded'."""
+    import shutil
+
+    from dgq_compiler.run import default_prompt_files
+    from models.trained import SHAPES_GUIDANCE, trained_pipeline_dir
+
+    copy = tmp_path / "retrained"
+    shutil.copytree(trained_pipeline_dir() / "tokenizer", copy / "tokenizer")
+    assert RunOptions(model=str(copy)).guidance == SHAPES_GUIDANCE
+    assert default_prompt_files(str(copy))[1].endswith("shapes_heldout.txt")
+    vocab = copy / "tokenizer" / "vocab.json"
+    vocab.write_text(vocab.read_text().replace('"red', '"rouge'))  # another vocabulary: not a shapes model
+    assert RunOptions(model=str(copy)).guidance != SHAPES_GUIDANCE
+    assert default_prompt_files(str(copy)) == (None, None)
