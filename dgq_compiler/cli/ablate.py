@@ -22,7 +22,7 @@ def register(sub) -> None:
                     "channels, to pixels, or chosen by the metric; linear vs log2 attention, <start> separated or "
                     "not, dynamic vs static log2 scale; at each activation width. Writes report.md with both "
                     "tables and plots, summary.json, figures/, recipes/ and graphs/ into one folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("-o", "--output", default="dgq-ablations", help="output folder to create")
     p.add_argument("--model", default="embedded",
                    help="'embedded' (the shipped model), 'tiny' (random weights) or a local diffusers pipeline folder "

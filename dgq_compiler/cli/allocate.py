@@ -1,7 +1,7 @@
 """`dgq allocate`: MixDQ bit allocation by integer programming from a sensitivity table."""
 from __future__ import annotations
 
-import argparse
+from dgq_compiler.cli import argtypes
 
 FRONT_BITS = (4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0)
 FRONT_RANDOM_SEEDS = 5
@@ -15,7 +15,7 @@ def register(sub) -> None:
                     "input bits per MAC, average weight x input bits per MAC (BOPs). scipy's milp (HiGHS). With --fp "
                     "(or a -fp preset) a layer may also stay in full precision: zero sensitivity, 32 bits in every "
                     "budget. The allocation file feeds `dgq quantize --allocation`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("table", help="sensitivity table from `dgq sensitivity`")
     p.add_argument("-o", "--output", required=True, help="allocation to write (.json)")
     p.add_argument("--preset", default=None,

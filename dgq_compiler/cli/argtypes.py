@@ -115,3 +115,13 @@ tolerance = float_range(0.0, 1.0)
 GUIDANCE_HELP = "classifier-free guidance scale (default: the model's; 3 for the embedded model, 7.5 otherwise)"
 cfg_guidance = float_range(1.0, MAX_GUIDANCE, low_inclusive=False)  # calibration needs the cond + uncond batch
 guidance = float_range(0.0, MAX_GUIDANCE)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None and False: there the help text says what happens instead
+    ("None: the model's", a store_true switch), and "(default: None)" would only repeat it less clearly."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)

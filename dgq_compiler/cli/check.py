@@ -1,8 +1,6 @@
 """`dgq check`: does a compiled graph fit a hardware target? Violations + worst-case accumulators."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 from dgq_compiler.cli.graph_args import add_graph_and_target
 
@@ -15,7 +13,7 @@ def register(sub) -> None:
                     "log quantizer, the floating-point <start> branch), with the node, what the graph asks and what "
                     "the target allows; and a worst-case accumulator-overflow analysis from bit widths and reduction "
                     "lengths. Exits 1 when there are violations.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     add_graph_and_target(p)
     p.add_argument("--latent-size", type=argtypes.latent_size, default=None,
                    help="latent height/width: the graph is run once at this size (batch 1) and attention reduction "

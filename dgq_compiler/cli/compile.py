@@ -1,8 +1,6 @@
 """`dgq compile`: fp32 export + recipe -> quantized ONNX graph + encodings.json."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 
 
@@ -14,7 +12,7 @@ def register(sub) -> None:
                     "selected by the graph's own timestep input, log2-quantized attention probabilities (dgq "
                     "functions) with the <start> token in full precision. Writes OUTPUT/unet.onnx, encodings.json "
                     "and compile.json; checks the graph (onnx.checker full check, one onnxruntime run).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("graph", help="export folder (unet.onnx + module_map.json) or its unet.onnx")
     p.add_argument("--recipe", required=True, help="recipe manifest (.json, its .safetensors beside it)")
     p.add_argument("-o", "--output", required=True, help="output folder to create")

@@ -1,8 +1,6 @@
 """`dgq export`: a diffusers UNet -> validated fp32 ONNX graph + module map."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 
 
@@ -12,7 +10,7 @@ def register(sub) -> None:
         description="Export a diffusers UNet2DConditionModel to ONNX (opset 21) with explicit "
                     "MatMul -> Softmax -> MatMul attention, write a module map beside it, and validate "
                     "the graph in onnxruntime against torch at two timesteps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("model", help="zoo name (sd-v1.4, sd-v2.1, sdxl-base, sdxl-turbo, tiny: random weights) "
                                  "or a local diffusers pipeline or UNet folder")
     p.add_argument("-o", "--output", required=True,

@@ -1,7 +1,7 @@
 """`dgq merge-stats`: statistics of prompt shards -> the statistics of one run (exact min/max merge)."""
 from __future__ import annotations
 
-import argparse
+from dgq_compiler.cli import argtypes
 
 
 def register(sub) -> None:
@@ -9,7 +9,7 @@ def register(sub) -> None:
         "merge-stats", help="merge calibration statistics of disjoint prompt shards (exact)",
         description="Merge statistics files written by `dgq calibrate --shard I/N` (or on other machines) into "
                     "the statistics one run over all their prompts would have written, byte for byte.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("parts", nargs="+", help="statistics manifests (.json) to merge")
     p.add_argument("-o", "--output", required=True, help="merged statistics manifest to write (.json)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

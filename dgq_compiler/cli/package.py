@@ -1,7 +1,7 @@
 """`dgq package`: a compiled UNet + its pipeline -> an ONNX Stable Diffusion folder in optimum's layout."""
 from __future__ import annotations
 
-import argparse
+from dgq_compiler.cli import argtypes
 
 
 def register(sub) -> None:
@@ -10,7 +10,7 @@ def register(sub) -> None:
         description="Export the pipeline's text encoder and VAE decoder to ONNX, copy its tokenizer (with the files "
                     "transformers 4.x reads), scheduler and model_index.json, and put the compiled UNet in "
                     "unet/model.onnx: a folder optimum's ORTStableDiffusionPipeline.from_pretrained loads as it is.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("compiled", help="a `dgq compile` output folder (its unet.onnx) or a compiled .onnx graph")
     p.add_argument("-o", "--output", required=True, help="output folder to create")
     p.add_argument("--pipeline", default="embedded",

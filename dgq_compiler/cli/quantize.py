@@ -1,7 +1,7 @@
 """`dgq quantize`: calibration statistics + a preset/config -> a recipe (DGQ or a baseline)."""
 from __future__ import annotations
 
-import argparse
+from dgq_compiler.cli import argtypes
 
 
 def register(sub) -> None:
@@ -10,7 +10,7 @@ def register(sub) -> None:
         description="Choose, per quantization point, the grouping dimension (channel or pixel) and K-means groups "
                     "per timestep, attention quantizers and per-output-channel weight quantizers; write the recipe "
                     "RECIPE.json (manifest) + RECIPE.safetensors.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("stats", nargs="?", help="statistics manifest from `dgq calibrate` / `dgq merge-stats`")
     p.add_argument("-o", "--output", help="recipe manifest to write (.json; arrays beside it)")
     p.add_argument("--preset", default="dgq-w8a8-g8",

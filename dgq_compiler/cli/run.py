@@ -1,8 +1,6 @@
 """`dgq run`: the whole job on the embedded model (or a local diffusers pipeline), with a report."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 
 
@@ -15,7 +13,7 @@ def register(sub) -> None:
         description="Run the whole pipeline on one model: export -> calibrate -> quantize (DGQ and baselines) "
                     "-> compile -> verify (generic integer NPU) and check (TensorRT-like INT8) -> cost -> "
                     "report.md with figures, all in one output folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("-o", "--output", default="dgq-report", help="output folder to create")
     p.add_argument("--model", default="embedded",
                    help="'embedded' (the shipped model), 'tiny' (random weights) or a local diffusers pipeline folder")

@@ -1,8 +1,6 @@
 """`dgq verify`: the integer simulator against onnxruntime on a compiled graph, per quantized tensor."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 from dgq_compiler.cli.graph_args import add_graph_and_target
 
@@ -15,7 +13,7 @@ def register(sub) -> None:
                     "at several timesteps. Reports, per quantized tensor, the code mismatch rate and the largest "
                     "LSB difference; accumulator overflows seen; the final output error. Exits 1 when a figure "
                     "is beyond the target's verify tolerance.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     add_graph_and_target(p)
     p.add_argument("--timesteps", type=argtypes.timesteps, default=None,
                    help="comma-separated timesteps; none: the first, middle and last calibrated step")

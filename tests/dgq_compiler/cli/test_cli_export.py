@@ -28,6 +28,17 @@ def test_export_help_explains_the_flags(capsys):
     assert "--output" in out and "--tolerance" in out and "zoo name" in out
 
 
+def test_help_shows_real_defaults_only(capsys):
+    """Every command: a default worth showing is shown; None and off switches are not ("(default: None)")."""
+    for name in build_parser()._subparsers._group_actions[0].choices:
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "(default: None)" not in out and "(default: False)" not in out
+    assert main(["run", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 25)" in out and "(default: the model's;" in out
+
+
 def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "usage: dgq" in capsys.readouterr().out
