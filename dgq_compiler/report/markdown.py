@@ -159,11 +159,13 @@ START_PEAK = 5.0         # <start>'s mean probability at least this many times t
 
 def structure_sentence(summary: dict) -> str:
     """One plain sentence: does this model have SD's activation outliers and <start> attention peak?"""
-    ratio = max((row["outlier_ratio"] for row in summary["figures"]["ranges"]), default=0.0)
+    top = max(summary["figures"]["ranges"], key=lambda row: row["outlier_ratio"], default={"outlier_ratio": 0.0})
+    ratio, where = top["outlier_ratio"], f", at {top['module']}'s input" if top.get("module") else ""
     if ratio >= SD_OUTLIER_RATIO:
-        outliers = f"has activation outliers at real Stable Diffusion's scale (largest range {ratio:.0f}× the median)"
+        outliers = (f"has activation outliers at real Stable Diffusion's scale (largest range {ratio:.0f}× the median"
+                    f"{where})")
     else:
-        outliers = f"lacks real Stable Diffusion's activation outliers (largest range {ratio:.1f}× the median)"
+        outliers = f"lacks real Stable Diffusion's activation outliers (largest range {ratio:.1f}× the median{where})"
     att = summary.get("attention")
     if not att:
         start = "has no cross-attention to measure a <start> peak in"

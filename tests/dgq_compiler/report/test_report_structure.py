@@ -5,21 +5,22 @@ from dgq_compiler.report.markdown import structure_sentence
 
 
 def _summary(ratios, bos_mean=None, other_mean=0.0129):
-    summary = {"figures": {"ranges": [{"outlier_ratio": r} for r in ratios]}}
+    summary = {"figures": {"ranges": [{"outlier_ratio": r, "module": f"layer{i}"} for i, r in enumerate(ratios)]}}
     if bos_mean is not None:
         summary["attention"] = {"bos_mean": bos_mean, "other_mean": other_mean, "bos_share_of_mass": 0.0}
     return summary
 
 
 def test_a_testbed_without_either_property_is_said_to_lack_both():
-    text = structure_sentence(_summary([10.5, 15.9, 14.5], bos_mean=0.017))  # the shapes model's own figures
+    text = structure_sentence(_summary([10.5, 15.9, 14.5], bos_mean=0.017))  # an earlier shapes model's figures
     assert "lacks real Stable Diffusion's activation outliers (largest range 15.9×" in text
     assert "lacks SD's <start> attention peak (<start> draws 1.3×" in text
 
 
 def test_a_model_with_both_is_said_to_have_both():
     text = structure_sentence(_summary([31.0, 240.0], bos_mean=0.5, other_mean=0.006))
-    assert "has activation outliers at real Stable Diffusion's scale (largest range 240×" in text
+    assert ("has activation outliers at real Stable Diffusion's scale (largest range 240× the median, "
+            "at layer1's input)") in text
     assert "has a <start> attention peak (83.3×" in text
     assert "lacks real" not in text and "lacks SD" not in text
 
