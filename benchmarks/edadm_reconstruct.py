@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=32, help="calibration prompts in the pool")
     ap.add_argument("--per-step", type=int, default=4, help="latents chosen per timestep")
     ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--guidance-weights", default="0",
+                    help="comma-separated weights of the guidance-direction loss term; one reconstruction each")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--scheduler", default="pndm")
     ap.add_argument("--snr-prompts", type=int, default=8)
@@ -65,7 +67,7 @@ def main() -> None:
     from models.evaluator import load_evaluator
 
     source, label = resolve_model("embedded")
-    calibration_file, heldout_file = default_prompt_files(label)
+    calibration_file, heldout_file = default_prompt_files(source)
     pipe = open_pipeline(source, device="cpu")
     use_scheduler(pipe, args.scheduler)
     results: dict = {"settings": vars(args), "configs": {}}
@@ -92,18 +94,22 @@ def main() -> None:
         export_unet(pipe.unet, tmp / "export", model_name=label, progress=lambda _m: None)
         for name in args.presets.split(","):
             recipe, _ = quantize_stats(stats, preset(name), pipe.unet)
-            start = time.perf_counter()
-            rec, report = reconstruct_recipe(recipe, pipe.unet, calset, ReconstructOptions(iterations=args.iterations))
-            rec_seconds = time.perf_counter() - start
-            totals = report.totals()
-            print(f"{name}: reconstructed in {rec_seconds:.0f} s, block loss {totals['loss_nearest']:.4f} -> "
-                  f"{totals['loss_after']:.4f} ({totals['learned']}/{totals['blocks']} blocks learned)", flush=True)
-            if args.keep:
-                Path(args.keep).mkdir(parents=True, exist_ok=True)
-                recipe.save(Path(args.keep) / f"{name}-nearest.json", overwrite=True)
-                rec.save(Path(args.keep) / f"{name}-reconstructed.json", overwrite=True)
+            variants = {"nearest": (recipe, None, None)}
+            for weight in [float(w) for w in args.guidance_weights.split(",")]:
+                start = time.perf_counter()
+                rec, report = reconstruct_recipe(recipe, pipe.unet, calset, ReconstructOptions(
+                    iterations=args.iterations, guidance_weight=weight))
+                key = "reconstructed" + (f"-guidance{weight:g}" if weight else "")
+                variants[key] = (rec, report.totals(), round(time.perf_counter() - start, 1))
+                totals = report.totals()
+                print(f"{name}: {key} in {variants[key][2]:.0f} s, block loss {totals['loss_nearest']:.4f} -> "
+                      f"{totals['loss_after']:.4f} ({totals['learned']}/{totals['blocks']} blocks learned)", flush=True)
+                if args.keep:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    recipe.save(Path(args.keep) / f"{name}-nearest.json", overwrite=True)
+                    rec.save(Path(args.keep) / f"{name}-{key}.json", overwrite=True)
             aligns = {}
-            for variant, r in (("nearest", recipe), ("reconstructed", rec)):
+            for variant, (r, totals, rec_seconds) in variants.items():
                 out = tmp / f"{name}-{variant}"
                 compiled = compile_graph(tmp / "export", r, out, CompileOptions(), progress=lambda *_: None)
                 verify = verify_graph(out / "unet.onnx", target="generic-npu", latent_size=16,
@@ -117,21 +123,19 @@ def main() -> None:
                        "point_check_worst": list(compiled.worst_mismatch),
                        "verify_passed": verify.passed, "overflows": sum(o.overflows for o in verify.overflows),
                        "worst_code_mismatch": max((t.mismatch_rate for t in verify.tensors), default=0.0)}
-                if variant == "reconstructed":
-                    row["block_loss"] = totals
-                    row["reconstruct_seconds"] = round(rec_seconds, 1)
+                if totals is not None:
+                    diff = aligns[variant] - aligns["nearest"]
+                    row.update(block_loss=totals, reconstruct_seconds=rec_seconds,
+                               alignment_gain={"mean": float(diff.mean()), "interval": bootstrap(diff)})
                 results["configs"][f"{name}/{variant}"] = row
-                print(f"  {variant:14s} SNR {row['snr_mean_db']:.2f} dB (min {row['snr_min_db']:.2f})  alignment "
+                print(f"  {variant:26s} SNR {row['snr_mean_db']:.2f} dB (min {row['snr_min_db']:.2f})  alignment "
                       f"{row['alignment']:.3f} [{row['interval'][0]:.3f}, {row['interval'][1]:.3f}]  verify "
                       f"{'PASS' if verify.passed else 'FAIL'} overflows {row['overflows']}", flush=True)
-            diff = aligns["reconstructed"] - aligns["nearest"]
-            results["configs"][f"{name}/reconstructed"]["alignment_gain"] = {
-                "mean": float(diff.mean()), "interval": bootstrap(diff)}
     results["seconds"]["total"] = round(time.perf_counter() - timer, 1)
     print(f"FP alignment {results['fp']['alignment']:.3f} {results['fp']['interval']}")
     for key, row in results["configs"].items():
         gain = row.get("alignment_gain")
-        print(f"{key:34s} SNR {row['snr_mean_db']:6.2f} dB  alignment {row['alignment']:.3f}"
+        print(f"{key:44s} SNR {row['snr_mean_db']:6.2f} dB  alignment {row['alignment']:.3f}"
               + (f"  gain {gain['mean']:+.3f} [{gain['interval'][0]:+.3f}, {gain['interval'][1]:+.3f}]" if gain else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

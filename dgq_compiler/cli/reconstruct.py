@@ -1,8 +1,6 @@
 """`dgq reconstruct`: a recipe + a chosen calibration set -> the recipe with learned weight rounding (EDA-DM)."""
 from __future__ import annotations
 
-import argparse
-
 from dgq_compiler.cli import argtypes
 
 
@@ -19,7 +17,7 @@ def register(sub) -> None:
                     "only where it lowers that loss on the whole set. Writes a recipe whose weight codes `dgq "
                     "compile` uses as they are (scales, zero points and activation quantizers unchanged). "
                     "Give the --scheduler and --steps the statistics were calibrated with.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argtypes.HelpFormatter)
     p.add_argument("recipe", help="recipe manifest from `dgq quantize`")
     p.add_argument("-o", "--output", required=True, help="recipe manifest to write (.json; arrays beside it)")
     p.add_argument("--model", default=None,
@@ -40,6 +38,9 @@ def register(sub) -> None:
                    default=1e-2, help="Adam learning rate of the rounding variables")
     p.add_argument("--layer-weight", type=argtypes.float_range(0.0, 1000.0), default=1.0,
                    help="weight of the fine-grained loss (the layers inside each block) beside the block output's")
+    p.add_argument("--guidance-weight", type=argtypes.float_range(0.0, 1000.0), default=0.0,
+                   help="weight of the guidance-direction term (what the text changes in each block's output: "
+                        "its cond - uncond halves); 0: off")
     p.add_argument("--no-activations", action="store_true",
                    help="reconstruct with FP activations (default: fake-quantized by the recipe)")
     p.add_argument("--act-steps", action="store_true",
@@ -66,13 +67,14 @@ def run(args) -> int:
 
     out = output_manifest(args.output, args.overwrite)
     options = ReconstructOptions(iterations=args.iterations, learning_rate=args.learning_rate,
-                                 layer_weight=args.layer_weight, activations=not args.no_activations,
+                                 layer_weight=args.layer_weight,
+                                 guidance_weight=args.guidance_weight, activations=not args.no_activations,
                                  act_steps=args.act_steps, seed=args.seed)
     recipe = Recipe.load(args.recipe)  # a bad file fails here, before the pipeline loads
     source, label = resolve_model(args.model or recipe.model_name)
     if args.guidance is None:
-        args.guidance = default_guidance(label)
-    prompts = read_prompts(args.prompts or default_prompt_files(label)[0])[: args.num_prompts]
+        args.guidance = default_guidance(source)
+    prompts = read_prompts(args.prompts or default_prompt_files(source)[0])[: args.num_prompts]
     if args.samples_per_step > len(prompts):
         raise DgqError(f"--samples-per-step {args.samples_per_step} exceeds the pool: {len(prompts)} prompts give "
                        f"{len(prompts)} latents per timestep")

@@ -8,8 +8,12 @@ the FP block's inputs of the calibration set (one CFG UNet call per chosen times
 independent and their order does not matter. The loss is EDA-DM's fine-grained alignment:
 
     ||B_q(x) - B(x)||^2 / ||B(x)||^2  +  layer_weight * mean_l ||L_q(x) - L(x)||^2 / ||L(x)||^2  +  round_weight * R
+    +  guidance_weight * ||D_q(x) - D(x)||^2 / ||D(x)||^2
 
-with B the block output, L each quantized layer's output inside it, R AdaRound's rounding regulariser (adaround.py).
+with B the block output, L each quantized layer's output inside it, R AdaRound's rounding regulariser (adaround.py)
+and D = B(x, cond) - B(x, uncond) the block's share of the guidance direction (the call's two CFG halves). The
+first two terms are dominated by image content; the last is what the text changes, which classifier-free guidance
+then multiplies by its scale (MixDQ's metric decoupling, applied to the reconstruction loss; 0 turns it off).
 Only the rounding (up or down on the recipe's grid) is learned by default: scales, zero points and every activation
 quantizer stay the recipe's, and the activations are fake-quantized by the recipe during reconstruction (the
 straight-through estimator passes gradients through their rounding). `act_steps` also learns the step sizes of
@@ -42,6 +46,7 @@ class ReconstructOptions:
     learning_rate: float = 1e-2     # Adam on AdaRound's V
     layer_weight: float = 1.0       # fine-grained term: the layers inside the block
     round_weight: float = 0.01      # AdaRound regulariser
+    guidance_weight: float = 0.0    # the guidance-direction term (cond - uncond halves of the block output)
     activations: bool = True        # fake-quantize activations by the recipe while reconstructing
     act_steps: bool = False         # LSQ: also learn the block's layers' input step sizes (needs activations)
     seed: int = 0
@@ -49,7 +54,7 @@ class ReconstructOptions:
     def __post_init__(self):
         if not (isinstance(self.iterations, int) and self.iterations >= 1):
             raise DgqError(f"iterations must be a positive integer, got {self.iterations!r}")
-        for name in ("learning_rate", "layer_weight", "round_weight"):
+        for name in ("learning_rate", "layer_weight", "round_weight", "guidance_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise DgqError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -184,6 +189,12 @@ def _relative(a, b):
     return ((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-12)
 
 
+def _direction(output):
+    """cond - uncond halves of a CFG call's output (calset.CalibrationSet.calls: [uncond..., cond...])."""
+    half = len(output) // 2
+    return output[half:] - output[:half]
+
+
 def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None = None, progress=None,
                        only: list[str] | None = None):
     """The recipe with learned weight rounding for every block (-> (Recipe, ReconstructReport)). `unet` is the FP
@@ -274,7 +285,10 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
         fq.steps.index = steps[step]
         out = _first_tensor(block(*args, **kwargs))
         fine = torch.stack([_relative(outputs[layer], block_data["layers"][layer][i]) for layer in layers]).mean()
-        return _relative(out, target) + options.layer_weight * fine
+        loss = _relative(out, target) + options.layer_weight * fine
+        if options.guidance_weight:
+            loss = loss + options.guidance_weight * _relative(_direction(out), _direction(target))
+        return loss
 
     def whole_set() -> float:
         with torch.no_grad():

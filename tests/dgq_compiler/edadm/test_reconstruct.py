@@ -192,3 +192,25 @@ def test_learned_activation_steps_lower_the_block_loss_against_fixed_steps(calib
         assert fixed.tensors[(layer, "input")] == old  # without the option the steps stay the recipe's
     with pytest.raises(DgqError, match="needs the activations quantized"):
         ReconstructOptions(act_steps=True, activations=False)
+
+
+def test_guidance_term_adds_the_direction_error_linearly_and_changes_the_rounding(setup, reconstructed):
+    """guidance_weight w adds w x (relative error of cond - uncond): positive, linear in w; it steers the codes."""
+    pipe, recipe, calset = setup
+    block = BLOCKS[1]  # cross-attention: the text enters here
+
+    def nearest_loss(weight):
+        options = replace(OPTIONS, iterations=1, guidance_weight=weight)
+        return reconstruct_recipe(recipe, pipe.unet, calset, options, only=[block])[1].blocks[0].loss_nearest
+
+    plain, one, three = nearest_loss(0.0), nearest_loss(1.0), nearest_loss(3.0)
+    assert one > plain * 1.001
+    assert three - plain == pytest.approx(3 * (one - plain), rel=1e-4)
+    steered, report = reconstruct_recipe(recipe, pipe.unet, calset, replace(OPTIONS, guidance_weight=10.0),
+                                         only=[block])
+    assert report.blocks[0].kept == "learned"
+    layers = dict(find_blocks(pipe.unet, recipe))[block]
+    assert any(not np.array_equal(steered.tensors[(layer, "weight")].codes,
+                                  reconstructed[0].tensors[(layer, "weight")].codes) for layer in layers)
+    with pytest.raises(DgqError, match="guidance_weight must be a finite number >= 0"):
+        ReconstructOptions(guidance_weight=-1.0)
