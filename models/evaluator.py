@@ -83,15 +83,21 @@ def default_evaluator_dir() -> Path:
 
 
 def _as_tensor(images):
-    """[N,3,32,32] in [-1,1] from a tensor/array in that layout, an [N,32,32,3] array in [0,1], or PIL images."""
+    """[N,3,32,32] in [-1,1] from a tensor/array in that layout, an [N,32,32,3] array in [0,1] (or uint8), or PIL
+    images."""
     import torch
 
     if isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert"):
         images = np.stack([np.asarray(im.convert("RGB"), np.float32) / 255.0 for im in images])
-    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images, np.float32)
+    raw = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    # uint8 images (dgq_compiler.sampling.decode) are 0..255: scaled here, so no caller scores a saturated image
+    array = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw.astype(np.float32)
     if array.ndim != 4:
         raise ModelError(f"expected a batch of images [N,H,W,3] or [N,3,H,W], got shape {array.shape}")
     if array.shape[-1] == 3 and array.shape[1] != 3:  # NHWC in [0, 1] (diffusers output_type="np")
+        if array.size and (array.min() < 0.0 or array.max() > 1.0):
+            raise ModelError(f"[N,H,W,3] float images must be in [0, 1] (uint8 for 0..255), got values in "
+                             f"[{array.min():g}, {array.max():g}]")
         array = array.transpose(0, 3, 1, 2) * 2.0 - 1.0
     if array.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
         raise ModelError(f"the evaluator scores {IMAGE_SIZE}x{IMAGE_SIZE} RGB images, got shape {array.shape}")

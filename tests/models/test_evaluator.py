@@ -75,3 +75,13 @@ def test_bad_folders_are_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="do not fit its config"):
         load_evaluator(tmp_path)
+
+
+def test_uint8_images_score_as_their_float_values_and_out_of_range_floats_are_refused(evaluator, fresh):
+    """sampling.decode gives uint8 0..255: scored as the same [0, 1] image, never as a saturated one."""
+    images, captions = fresh.images[:32], fresh.captions[:32]
+    as_uint8 = np.round((images.transpose(0, 2, 3, 1) + 1.0) * 127.5).astype(np.uint8)  # NCHW [-1, 1] -> NHWC uint8
+    assert evaluator.alignment(as_uint8, captions).score == evaluator.alignment(as_uint8 / 255.0, captions).score
+    assert evaluator.alignment(as_uint8, captions).score > 0.9
+    with pytest.raises(ModelError, match=r"float images must be in \[0, 1\] \(uint8 for 0..255\)"):
+        evaluator.alignment(as_uint8.astype(np.float32), captions)
