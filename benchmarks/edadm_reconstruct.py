@@ -100,14 +100,14 @@ def main() -> None:
                 rec, report = reconstruct_recipe(recipe, pipe.unet, calset, ReconstructOptions(
                     iterations=args.iterations, guidance_weight=weight))
                 key = "reconstructed" + (f"-guidance{weight:g}" if weight else "")
-                variants[key] = (rec, report.totals(), round(time.perf_counter() - start, 1))
                 totals = report.totals()
+                variants[key] = (rec, totals, round(time.perf_counter() - start, 1))
                 print(f"{name}: {key} in {variants[key][2]:.0f} s, block loss {totals['loss_nearest']:.4f} -> "
                       f"{totals['loss_after']:.4f} ({totals['learned']}/{totals['blocks']} blocks learned)", flush=True)
-                if args.keep:
-                    Path(args.keep).mkdir(parents=True, exist_ok=True)
-                    recipe.save(Path(args.keep) / f"{name}-nearest.json", overwrite=True)
-                    rec.save(Path(args.keep) / f"{name}-{key}.json", overwrite=True)
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                for key, (r, _totals, _seconds) in variants.items():
+                    r.save(Path(args.keep) / f"{name}-{key}.json", overwrite=True)
             aligns = {}
             for variant, (r, totals, rec_seconds) in variants.items():
                 out = tmp / f"{name}-{variant}"
