@@ -178,13 +178,29 @@ def _unpadded(got: np.ndarray, shape: tuple, row: dict) -> np.ndarray:
     return got[:, :, top: top + shape[2], left: left + shape[3]]
 
 
-def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int = 0, latent_size: int | None = None,
-                   modules=None, progress=None) -> LoweringVerifyReport:
+@dataclass
+class OpenedLowering:
+    """A lowered graph read for verification, with its session (which exposes x, codes and accumulators): what
+    `verify_lowered` needs before it runs. Opening is mostly the session's creation (seconds for a channel-grouped
+    graph), which onnxruntime does without the GIL, so a caller can open one beside other work (report/deploy.py)."""
+    graph: Path
+    model: object
+    rows: list
+    requantized: int
+    by_module: dict
+    schedule: np.ndarray
+    init: dict
+    accs: dict
+    inputs: dict
+    code_names: dict
+    session: object
+
+
+def open_lowered(graph: str | Path, modules=None) -> OpenedLowering:
     import onnx
     from onnx import numpy_helper
 
     from dgq_compiler import runtime
-    from dgq_compiler.verify.integer import latent_size_of
     from passes.contract import (GROUPS_BATCHED, LOWER_ROLE, LOWERED_GROUP, LOWERED_GROUP_AXIS, LOWERED_GROUP_COUNT,
                                  LOWERED_INPUT, LOWERING_REPORT, META_MODULE, node_prefix)
 
@@ -224,14 +240,28 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
              **{n: onnx.TensorProto.INT32 for n in acc_names}}
     session = runtime.session(runtime.with_outputs(model, {n: types[n] for n in wanted}), "default",
                               base_dir=graph.parent)
-    size = latent_size_of(model, graph, latent_size)
+    return OpenedLowering(graph, model, rows, len(all_rows) - len(rows), by_module, schedule, init, accs, inputs,
+                          code_names, session)
+
+
+def verify_lowered(graph: str | Path | OpenedLowering, timesteps=None, batch: int = 2, seed: int = 0,
+                   latent_size: int | None = None, modules=None, progress=None) -> LoweringVerifyReport:
+    """`graph`: a compiled folder or its unet.onnx, or one already opened (`open_lowered`, `modules` then ignored)."""
+    from dgq_compiler import runtime
+    from dgq_compiler.verify.integer import latent_size_of
+    from passes.contract import LOWER_ROLE, node_prefix
+
+    opened = graph if isinstance(graph, OpenedLowering) else open_lowered(graph, modules)
+    rows, by_module, schedule, init = opened.rows, opened.by_module, opened.schedule, opened.init
+    accs, inputs, code_names, model = opened.accs, opened.inputs, opened.code_names, opened.model
+    size = latent_size_of(model, opened.graph, latent_size)
     resolution = (size, size)
     if not timesteps:  # the first, middle and last calibrated step
         timesteps = [int(schedule[0]), int(schedule[len(schedule) // 2]), int(schedule[-1])]
     results = {r["module"]: OpResult(r["module"], r["kernel"], r["axis"], r["accumulators"]) for r in rows}
     for k, t in enumerate(timesteps):
         step = int(np.argmin(np.abs(schedule - np.float32(t))))
-        values = runtime.run_all(session, runtime.example_feeds(model, resolution, batch, seed + k, float(t)))
+        values = runtime.run_all(opened.session, runtime.example_feeds(model, resolution, batch, seed + k, float(t)))
         for r in rows:
             m = r["module"]
             res = results[m]
@@ -257,5 +287,5 @@ def verify_lowered(graph: str | Path, timesteps=None, batch: int = 2, seed: int 
                 res.max_abs_diff = max(res.max_abs_diff, int(diff.max()) if diff.size else 0)
         if progress:
             progress(k + 1)
-    return LoweringVerifyReport(str(graph), [float(t) for t in timesteps], list(results.values()),
-                                requantized=len(all_rows) - len(rows))
+    return LoweringVerifyReport(str(opened.graph), [float(t) for t in timesteps], list(results.values()),
+                                requantized=opened.requantized)

@@ -21,20 +21,27 @@ def test_lowered_rows_and_section(tmp_path, tiny_export_dir, tiny_pipeline_dir):
     config = json.loads((tiny_pipeline_dir / "unet" / "config.json").read_text())
     recipes = {name: random_recipe(config, preset(name), TIMESTEPS, seed=1, model_name="m")
                for name in ("dgq-w8a8-g8", "tfmq-w8a8")}
-    timed = []
+    timed, opened_in = [], set()
 
-    def time_call(graph):
-        predictor = onnx_predictor(graph)
+    def open_predictor(graph):
+        import threading
+        opened_in.add(threading.get_ident())
+        timed.append(graph)
+        return onnx_predictor(graph)
+
+    def time_call(predictor):
         import numpy as np
         rng = np.random.default_rng(0)
         sample = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
         states = rng.standard_normal((2, 77, config["cross_attention_dim"])).astype(np.float32)
         start = time.perf_counter()
         predictor(sample, 501.0, states)
-        timed.append(graph)
         return time.perf_counter() - start
 
-    rows = lowered_rows(tiny_export_dir, tmp_path, recipes, time_call, 0.5, {"dgq-w8a8-g8": 0.25}, [501])
+    rows = lowered_rows(tiny_export_dir, tmp_path, recipes, open_predictor, time_call, 0.5, {"dgq-w8a8-g8": 0.25},
+                        [501])
+    import threading
+    assert threading.get_ident() not in opened_in  # the timed session is opened beside the verifier's, in a thread
     assert [r["preset"] for r in rows] == list(recipes) and len(timed) == 2
     for r in rows:
         assert (tmp_path / r["graph"]).is_file() and (tmp_path / r["graph"]).parent.name == f"{r['preset']}@onnxruntime-cpu"
