@@ -48,8 +48,8 @@ class AblateOptions:
                            f"got {self.attention_groups}")
         if not self.tables or any(t not in TABLES for t in self.tables):
             raise DgqError(f"--tables must be some of {', '.join(TABLES)}, got {', '.join(self.tables) or 'none'}")
-        if self.run.images < 2:
-            raise DgqError(f"--images must be at least 2 for the ablation tables, got {self.run.images}")
+        if self.run.images == 0:  # RunOptions refuses every other count below 2
+            raise DgqError("--images must be at least 2 for the ablation tables, got 0")
 
 
 @dataclass(frozen=True)

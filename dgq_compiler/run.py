@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dgq_compiler.errors import DgqError
 from dgq_compiler.io import atomic_path, check_writable
+from dgq_compiler.quality.stage import DEFAULT_IMAGES, QualityOptions
 from dgq_compiler.run_child import config_runner
 from dgq_compiler.run_config import CHECK_TARGET, Shared, indented
 
@@ -30,7 +31,8 @@ class RunOptions:
     num_prompts: int | None = None     # use the first N calibration prompts
     image_prompts: str | None = None   # prompts of the image grid (default: the first held-out ones)
     num_images: int = 4
-    images: int = 32                   # quality stage: images per prompt set and configuration (0: no quality stage)
+    # quality stage, per configuration: one count per prompt set (held-out, rephrased) or one for both; 0: no stage
+    images: int | tuple[int, ...] = DEFAULT_IMAGES
     steps: int = 25
     scheduler: str = "pndm"            # sampler of calibration and images (calibrate.run.SCHEDULERS)
     guidance: float | None = None      # None: the model's (default_guidance)
@@ -52,8 +54,8 @@ class RunOptions:
             raise DgqError(f"--num-prompts must be at least 1, got {self.num_prompts}")
         if not 1 <= self.num_images <= 16:
             raise DgqError(f"--num-images must be in 1..16, got {self.num_images}")
-        if self.images == 1 or self.images < 0:
-            raise DgqError(f"--images must be 0 (no quality stage) or at least 2, got {self.images}")
+        if self.images != 0:  # QualityOptions validates and normalizes the counts (one per set, or one for all)
+            object.__setattr__(self, "images", QualityOptions(images=self.images).images)
         from dgq_compiler.calibrate.run import SCHEDULERS
 
         if self.scheduler not in SCHEDULERS:

@@ -43,6 +43,17 @@ def int_range(low: int, high: int):
     return parse
 
 
+def image_counts(low: int, high: int):
+    """Images per prompt set: N (every set) or N,M,... (one per set, in the stage's order), each in low..high."""
+    one = int_range(low, high)
+
+    def parse(text: str) -> int | tuple[int, ...]:
+        counts = tuple(one(part.strip()) for part in text.split(","))
+        return counts[0] if len(counts) == 1 else counts
+    parse.__name__ = "image count"
+    return parse
+
+
 def float_range(low: float, high: float, low_inclusive: bool = True):
     """A finite number in [low, high] ((low, high] when not `low_inclusive`)."""
     def parse(text: str) -> float:

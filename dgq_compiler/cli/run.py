@@ -5,6 +5,7 @@ from dgq_compiler.cli import argtypes
 
 
 def register(sub) -> None:
+    from dgq_compiler.quality.stage import DEFAULT_IMAGES
     from dgq_compiler.run import DEFAULT_PRESETS
     from dgq_compiler.calibrate.run import SCHEDULERS
 
@@ -23,9 +24,11 @@ def register(sub) -> None:
     p.add_argument("--num-prompts", type=argtypes.count, help="use only the first N calibration prompts")
     p.add_argument("--image-prompts", help="prompt file for the image grid (default: the held-out prompts)")
     p.add_argument("--num-images", type=argtypes.int_range(1, 16), default=4, help="columns of the image grid")
-    p.add_argument("--images", type=argtypes.int_range(0, 4096), default=32,
-                   help="quality stage: images per prompt set and configuration, scored by the shapes evaluator "
-                        "(alignment, Fréchet distance, IS-like, 95%% intervals); 0 skips the stage")
+    p.add_argument("--images", type=argtypes.image_counts(0, 4096),
+                   default=",".join(map(str, DEFAULT_IMAGES)),
+                   help="quality stage: images per configuration on the held-out and the rephrased prompt set "
+                        "(H,R; one number: every set), scored by the shapes evaluator (alignment, Fréchet distance, "
+                        "IS-like, 95%% intervals); 0 skips the stage (default: %(default)s)")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default="pndm",
                    help="sampler of calibration and images, e.g. --scheduler euler --steps 4 for few-step models")

@@ -8,7 +8,8 @@ import numpy as np
 
 from dgq_compiler.report.markdown import _table as table
 from dgq_compiler.report.markdown import stage_times
-from dgq_compiler.report.quality import METRIC_TITLES, SET_TITLES, interval_text, metric_cell, metric_digits
+from dgq_compiler.report.quality import (METRIC_TITLES, SET_TITLES, images_phrase, interval_text, metric_cell,
+                                         metric_digits)
 
 METRICS = ("frechet", "alignment", "is_like")
 DIMENSION_TITLES = {"channel": "channel only", "pixel": "pixel only", "auto": "chosen (V_d)", "-": "- (per tensor)"}
@@ -141,7 +142,7 @@ def write_ablation_report(summary: dict, out: Path) -> Path:
              f"The paper's Table 3 on this model: **{seconds['total']:.0f} s** in all "
              f"({len({r['name'] for r in summary['rows']})} configurations built once each, calibration "
              f"{summary['calibration']['prompts']} prompts × {run['steps']} {run.get('scheduler', 'pndm').upper()} steps, "
-             f"run once). Every row: {quality['options']['images']} images per prompt set from its compiled (QDQ) "
+             f"run once). Every row: {images_phrase(quality['sets'])} from its compiled (QDQ) "
              f"graph in a default onnxruntime session, the same prompts and seeds as FP; seed {run['seed']}, guidance {run['guidance']}. "
              "95% intervals in brackets (alignment: bootstrap; Fréchet, IS-like: jackknife); **bold**: separates "
              "from FP. Weights W"

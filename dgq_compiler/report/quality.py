@@ -8,6 +8,15 @@ SET_TITLES = {"heldout": "held-out", "rephrased": "rephrased"}
 METRIC_TITLES = {"frechet": "Fréchet ↓", "alignment": "alignment ↑", "is_like": "IS-like ↑"}
 
 
+def images_phrase(sets: dict) -> str:
+    """'32 images per configuration and prompt set', or per set when the counts differ (the summary's `sets`)."""
+    counts = [(SET_TITLES.get(n, n), s["images"]) for n, s in sets.items()]
+    if len({c for _, c in counts}) == 1:
+        return f"{counts[0][1]} images per configuration and prompt set"
+    return ", ".join(f"{c} images per configuration on the {n} set" if k == 0 else f"{c} on the {n} set"
+                     for k, (n, c) in enumerate(counts))
+
+
 def interval_text(m: dict, digits: int) -> str:
     return f"{m['value']:.{digits}f} [{m['low']:.{digits}f}, {m['high']:.{digits}f}]"
 
@@ -100,7 +109,7 @@ def quality_section(summary: dict) -> list[str]:
     scheduler = summary.get("options", {}).get("scheduler", "pndm").upper()
     headers, rows = table2_rows(quality)
     parts = ["## Image quality (the paper's Table 2 layout)", "",
-             f"{opts['images']} images per configuration and prompt set, the same prompts and seeds for every row, "
+             f"{images_phrase(sets)}, the same prompts and seeds for every row, "
              f"{opts['steps']} {scheduler} steps, guidance {opts['guidance']}; every row (FP too) from its ONNX graph "
              f"in a default onnxruntime session{graphs_used(quality)}. Prompt sets: "
              + "; ".join(f"**{SET_TITLES.get(n, n)}** ({s['prompts']} prompts: {s['description']})"

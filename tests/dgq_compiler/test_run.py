@@ -12,7 +12,7 @@ from dgq_compiler.run import RunOptions
 from tests.summaries import without_timings
 
 ARGS = ["--presets", "dgq-w4a6-g16,tfmq-w8a8", "--num-prompts", "2", "--steps", "3", "--num-images", "2",
-        "--images", "4"]
+        "--images", "4,3"]
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,13 @@ def test_report_opens_with_the_quality_table_of_fp_and_every_configuration(two_r
         "export/unet.onnx", "graphs/dgq-w4a6-g16/unet.onnx",
         "graphs/tfmq-w8a8@onnxruntime-cpu/unet.onnx", "graphs/dgq-w4a6-g16@tensorrt-int8/unet.onnx"]
     assert "1 of 3 configurations from its integer-lowered onnxruntime-cpu graph" in report
+    assert "4 images per configuration on the held-out set, 3 on the rephrased set" in report
     fp, dgq = quality["table"][0], quality["table"][1]
     assert dgq["tbops_paper"] == pytest.approx(fp["tbops_paper"] * 4 * 6 / 32 / 32)  # paper convention
     for label, sets in quality["configs"].items():
         assert set(sets) == {"heldout", "rephrased"}
-        for scores in sets.values():
-            assert scores["images"] == 4
+        for name, scores in sets.items():
+            assert scores["images"] == {"heldout": 4, "rephrased": 3}[name]
             assert scores["alignment"]["low"] <= scores["alignment"]["value"] <= scores["alignment"]["high"]
             assert ("versus_fp" in scores) == (label != "FP32")
 

@@ -245,6 +245,9 @@ CASES = [
     # ---- run
     ("run-guidance-nan", lambda c, w: ["run", "-o", str(w / "r"), "--guidance", "nan"], "finite"),
     ("run-steps-zero", lambda c, w: ["run", "-o", str(w / "r"), "--steps", "0"], "--steps"),
+    ("run-images-one", lambda c, w: ["run", "-o", str(w / "r"), "--images", "32,1"], "--images must be one count"),
+    ("run-images-three-sets", lambda c, w: ["run", "-o", str(w / "r"), "--images", "8,8,8"], "one per prompt set"),
+    ("run-images-word", lambda c, w: ["run", "-o", str(w / "r"), "--images", "32,many"], "--images"),
     ("run-unwritable", lambda c, w: ["run", "-o", f"{UNWRITABLE}/r"], "cannot take new files"),
     ("run-file-where-folder", lambda c, w: ["run", "-o", _file(w, "r", "x"), "--overwrite"],
      "is a file, expected a folder"),
