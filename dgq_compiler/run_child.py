@@ -144,7 +144,8 @@ def _run_child(index: int, name: str, config, target, shared: Shared, source: st
         why = f"was killed by signal {-code} (out of memory?)" if code < 0 else f"failed with exit code {code}"
         raise DgqError(f"configuration {label}: its child process {why}")
     row = result["config"]
-    row["step_snr"] = [tuple(pair) for pair in row["step_snr"]]
+    for key in ("step_snr", "guidance_snr"):
+        row[key] = [tuple(pair) for pair in row[key]]
     outcome = ConfigResult(**row)
     shared.images[outcome.preset] = load_file(str(jobs / f"images_{index}.safetensors"))["images"]
     shared.recipes[outcome.preset] = Recipe.load(shared.out / outcome.recipe)

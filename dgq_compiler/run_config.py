@@ -24,6 +24,7 @@ class ConfigResult:
     check_violations: dict
     cost: dict
     step_snr: list = field(default_factory=list)
+    guidance_snr: list = field(default_factory=list)  # (timestep, dB) of the guidance direction, per call
     layer_sqnr: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     onnxruntime: dict = field(default_factory=dict)  # ran in a default session (call times: in seconds)
@@ -144,8 +145,10 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
             shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
         predictor = onnx_predictor(graph)  # a default session: what a client opens
         step_s = _median_call_s(predictor, shared.calls)
-        step_snr = [(c.timestep, analysis.snr_db(c.eps, predictor(c.sample, c.timestep, c.states)))
-                    for c in shared.calls]
+        predictions = [(c, predictor(c.sample, c.timestep, c.states)) for c in shared.calls]
+        step_snr = [(c.timestep, analysis.snr_db(c.eps, eps)) for c, eps in predictions]
+        guidance_snr = [(c.timestep, analysis.guidance_snr_db(c.eps, eps)) for c, eps in predictions]
+        del predictions
         latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
                          latent_size=options.latent_size)
         shared.images[name] = decode(pipe, latents)
@@ -169,6 +172,7 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
         check_violations=dict(Counter(v.rule for v in violations)),
         cost={"tbops_exact": row.tbops, "model_size_bytes": row.model_size_bytes, "qparam_bytes": row.qparam_bytes},
         step_snr=[(float(t), float(s)) for t, s in step_snr],
+        guidance_snr=[(float(t), float(s)) for t, s in guidance_snr],
         layer_sqnr={k: float(v) for k, v in layer_sqnr.items()},
         seconds={**seconds, "unet_call": step_s, "fp32_unet_call": shared.fp32_step_s},  # wall clock: kept apart
         onnxruntime={"default_session": True})

@@ -14,6 +14,18 @@ def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return snr_from_sums(float(np.sum(reference ** 2)), noise)
 
 
+def guidance_snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """snr_db of the guidance direction eps_cond - eps_uncond: the part of a CFG call's prediction that guidance
+    amplifies (x guidance scale) and that carries the prompt. A batch is [uncond; cond] (sampling.sample).
+
+    Whole-prediction SNR barely weighs it: the direction is small against eps, so an error that reverses it can
+    cost a few dB of noise SNR (the per-tensor W4A6 baselines of the embedded model: 20.7 dB noise SNR against
+    DGQ W4A6's 24.5, but -4.7 dB guidance SNR against 3.6, and held-out alignment 0.844 against 0.974)."""
+    half = len(reference) // 2
+    reference, test = np.asarray(reference, np.float64), np.asarray(test, np.float64)
+    return snr_db(reference[half:] - reference[:half], test[half:] - test[:half])
+
+
 def snr_from_sums(signal: float, noise: float) -> float:
     """snr_db from the sums of squares |ref|^2 and |ref - test|^2."""
     if noise == 0.0:

@@ -25,13 +25,16 @@ def summary_rows(summary: dict) -> list[list]:
     """One row per configuration: the terminal summary and the report's headline table."""
     rows = []
     for r in summary["configs"]:
-        snr = [s for _, s in r["step_snr"]]
         rows.append([r["preset"], f"{r['cost']['tbops_exact']:.4g}", _mb(r["compiled_bytes"]),
-                     f"{min(snr):.1f} / {sum(snr) / len(snr):.1f}" if snr else "-",
+                     _min_mean([s for _, s in r["step_snr"]]), _min_mean([s for _, s in r.get("guidance_snr", [])]),
                      "pass" if r["verify_passed"] else "FAIL",
                      f"{r['verify']['worst_mismatch_rate']:.2e}", r["verify"]["max_lsb"],
                      sum(r["check_violations"].values()), _stock_onnxruntime(r)])
     return rows
+
+
+def _min_mean(values: list) -> str:
+    return f"{min(values):.1f} / {sum(values) / len(values):.1f}" if values else "-"
 
 
 def _stock_onnxruntime(r: dict) -> str:
@@ -45,6 +48,7 @@ def _stock_onnxruntime(r: dict) -> str:
 
 
 SUMMARY_HEADERS = ["configuration", "TBOPs (exact)", "graph MB", "noise SNR dB (min / mean)",
+                   "guidance SNR dB (min / mean)",
                    "verify (generic-npu)", "worst code mismatch", "max LSB", "TensorRT-like violations",
                    "stock onnxruntime (UNet call)"]
 
@@ -80,7 +84,10 @@ def write_report(summary: dict, out: Path) -> Path:
         _table(SUMMARY_HEADERS, summary_rows(summary)),
         "",
         "Noise SNR: the compiled graph's noise prediction against FP on the FP sampling trajectory "
-        "(all steps, all image prompts). Verify: the integer simulator against onnxruntime on the same "
+        "(all steps, all image prompts). Guidance SNR: the same for the guidance direction eps_cond - eps_uncond, "
+        "the part classifier-free guidance multiplies and the prompt lives in; a whole-prediction SNR barely "
+        "weighs it, and it follows the image metrics where noise SNR does not (a negative value: the error is "
+        "larger than the direction). Verify: the integer simulator against onnxruntime on the same "
         "compiled graph. Violations: what a TensorRT-like INT8 target cannot run (see below); the row "
         "`<preset>@tensorrt-int8` is that preset compiled for it (`dgq compile --target`), its violations counted "
         "over its static per-step graphs. Stock onnxruntime: the graph ran in a default session (no options), "

@@ -48,6 +48,8 @@ def test_every_configuration_was_compiled_verified_and_checked(two_runs):
         assert config["verify_passed"] and config["verify"]["tensors"] > 50
         assert len(config["step_snr"]) == len(summary["calibration"]["timesteps"]) + 1  # PNDM repeats one step
         assert all(np.isfinite(s) for _, s in config["step_snr"])
+        assert [t for t, _ in config["guidance_snr"]] == [t for t, _ in config["step_snr"]]
+        assert all(np.isfinite(s) for _, s in config["guidance_snr"])
     dgq, tfmq, trt = summary["configs"]
     assert {"log quantizer", "group map"} <= set(dgq["check_violations"])   # what TensorRT cannot run
     assert "log quantizer" not in tfmq["check_violations"]

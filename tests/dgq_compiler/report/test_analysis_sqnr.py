@@ -45,3 +45,20 @@ def test_each_call_is_compared_with_its_own_reference():
     fp = layer_outputs(model, calls, layers)
     assert per_layer_sqnr(model, calls, layers, fp)["first"] == float("inf")
     assert per_layer_sqnr(model, calls, layers, fp[::-1])["first"] < 10  # references of other calls: noise
+
+
+def test_guidance_snr_weighs_the_direction_that_whole_prediction_snr_hides():
+    from dgq_compiler.report.analysis import guidance_snr_db, snr_db
+
+    rng = np.random.default_rng(0)
+    uncond = rng.standard_normal((2, 4, 8, 8))
+    cond = uncond + 0.05 * rng.standard_normal((2, 4, 8, 8))   # the direction: small against eps, as in a UNet's
+    fp = np.concatenate([uncond, cond])
+    shared_error = fp + 0.1 * np.concatenate([np.ones_like(uncond), np.ones_like(cond)])  # both halves alike
+    reversed_direction = np.concatenate([uncond, uncond - (cond - uncond)])               # the cond half only
+    # an offset shared by both halves leaves the direction exact; reversing the direction costs less
+    # whole-prediction SNR than that offset, yet makes the direction's error twice the direction (-6 dB)
+    assert guidance_snr_db(fp, shared_error) > 100 and snr_db(fp, shared_error) < 30
+    assert snr_db(fp, reversed_direction) > snr_db(fp, shared_error)
+    assert guidance_snr_db(fp, reversed_direction) == pytest.approx(10 * np.log10(1 / 4))
+    assert guidance_snr_db(fp, fp) == float("inf")
