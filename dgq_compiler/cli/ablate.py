@@ -33,8 +33,9 @@ def register(sub) -> None:
     p.add_argument("--attention-groups", type=int, default=8, help="G of the attention table's activations")
     p.add_argument("--tables", default="grouping,attention", help="tables to build (grouping, attention)")
     p.add_argument("--sets", default="heldout,rephrased", help="prompt sets scored (heldout, rephrased)")
-    p.add_argument("--images", type=argtypes.int_range(2, 4096), default=32,
-                   help="images per prompt set and configuration")
+    p.add_argument("--images", type=argtypes.image_counts(2, 4096), default=32,
+                   help="images per configuration on each prompt set of --sets (one number: every set; H,R: "
+                        "one per set, e.g. 32,64 as dgq run)")
     p.add_argument("--prompts", help="calibration prompt file (default: the model's shipped calibration captions)", default=argparse.SUPPRESS)
     p.add_argument("--num-prompts", type=argtypes.count, help="use only the first N calibration prompts")
     p.add_argument("--steps", type=argtypes.steps, default=25, help="PNDM sampling steps (calibration and images)")

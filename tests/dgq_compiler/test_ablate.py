@@ -73,3 +73,11 @@ def test_existing_output_is_refused(suite, capsys):
 
     assert main(["ablate", "-o", str(suite)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_image_counts_must_match_the_sets_before_any_work(tmp_path, capsys):
+    from dgq_compiler.cli.main import main
+
+    out = tmp_path / "suite"
+    assert main(["ablate", "-o", str(out), "--sets", "heldout", "--images", "32,64"]) == 2
+    assert "one per prompt set (heldout), got 32,64" in capsys.readouterr().err and not out.exists()
