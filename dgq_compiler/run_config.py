@@ -145,10 +145,11 @@ def one_config(name: str, config, stats, shared: Shared, target: str | None = No
             shared.fp32_step_s = _median_call_s(onnx_predictor(shared.export_dir / "unet.onnx"), shared.calls)
         predictor = onnx_predictor(graph)  # a default session: what a client opens
         step_s = _median_call_s(predictor, shared.calls)
-        predictions = [(c, predictor(c.sample, c.timestep, c.states)) for c in shared.calls]
-        step_snr = [(c.timestep, analysis.snr_db(c.eps, eps)) for c, eps in predictions]
-        guidance_snr = [(c.timestep, analysis.guidance_snr_db(c.eps, eps)) for c, eps in predictions]
-        del predictions
+        step_snr, guidance_snr = [], []
+        for c in shared.calls:  # one prediction at a time: a real-size run records many calls
+            eps = predictor(c.sample, c.timestep, c.states)
+            step_snr.append((c.timestep, analysis.snr_db(c.eps, eps)))
+            guidance_snr.append((c.timestep, analysis.guidance_snr_db(c.eps, eps)))
         latents = sample(pipe, predictor, shared.image_prompts, shared.seeds, options.steps, options.guidance,
                          latent_size=options.latent_size)
         shared.images[name] = decode(pipe, latents)

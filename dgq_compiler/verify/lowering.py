@@ -197,6 +197,8 @@ class OpenedLowering:
 
 
 def open_lowered(graph: str | Path, modules=None) -> OpenedLowering:
+    """Read a lowered graph's reports and weights and open its session with x, codes and accumulators as outputs
+    (`modules`: only those ops)."""
     import onnx
     from onnx import numpy_helper
 
