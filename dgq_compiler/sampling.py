@@ -12,6 +12,13 @@ import numpy as np
 NoisePredictor = Callable[[np.ndarray, float, np.ndarray], np.ndarray]  # (sample, t, text states) -> eps
 
 
+def guidance_direction(eps):
+    """eps_cond - eps_uncond of one CFG call's output (numpy or torch): `sample` batches it [uncond; cond]. The part
+    of the prediction that classifier-free guidance multiplies by its scale, and that the prompt lives in."""
+    half = len(eps) // 2
+    return eps[half:] - eps[:half]
+
+
 def torch_predictor(unet) -> NoisePredictor:
     import torch
 

@@ -189,12 +189,6 @@ def _relative(a, b):
     return ((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-12)
 
 
-def _direction(output):
-    """cond - uncond halves of a CFG call's output (calset.CalibrationSet.calls: [uncond..., cond...])."""
-    half = len(output) // 2
-    return output[half:] - output[:half]
-
-
 def reconstruct_recipe(recipe, unet, calset, options: ReconstructOptions | None = None, progress=None,
                        only: list[str] | None = None):
     """The recipe with learned weight rounding for every block (-> (Recipe, ReconstructReport)). `unet` is the FP
@@ -266,6 +260,7 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
     from torch.nn.utils import parametrize
 
     from dgq_compiler.edadm.adaround import AdaRoundWeight, beta_schedule
+    from dgq_compiler.sampling import guidance_direction
 
     block = modules[name]
     rounding = {}
@@ -287,7 +282,7 @@ def _reconstruct_block(name, layers, modules, block_data, steps, recipe, fq, opt
         fine = torch.stack([_relative(outputs[layer], block_data["layers"][layer][i]) for layer in layers]).mean()
         loss = _relative(out, target) + options.layer_weight * fine
         if options.guidance_weight:
-            loss = loss + options.guidance_weight * _relative(_direction(out), _direction(target))
+            loss = loss + options.guidance_weight * _relative(guidance_direction(out), guidance_direction(target))
         return loss
 
     def whole_set() -> float:

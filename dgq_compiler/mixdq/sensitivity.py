@@ -120,6 +120,8 @@ def call_errors(unet, calls) -> dict:
     """Relative content and alignment errors of the UNet as it is now against the calls' FP predictions."""
     import torch
 
+    from dgq_compiler.sampling import guidance_direction
+
     num = {"content": 0.0, "alignment": 0.0}
     den = {"content": 0.0, "alignment": 0.0}
     with torch.no_grad():
@@ -129,15 +131,10 @@ def call_errors(unet, calls) -> dict:
             ref = c.eps.astype(np.float64)
             num["content"] += float(np.sum((eps - ref) ** 2))
             den["content"] += float(np.sum(ref ** 2))
-            g, g_ref = _guidance(eps), _guidance(ref)
+            g, g_ref = guidance_direction(eps), guidance_direction(ref)
             num["alignment"] += float(np.sum((g - g_ref) ** 2))
             den["alignment"] += float(np.sum(g_ref ** 2))
     return {k: num[k] / max(den[k], 1e-30) for k in num}
-
-
-def _guidance(eps: np.ndarray) -> np.ndarray:
-    uncond, cond = np.split(eps, 2)  # the sampling loop batches [uncond; cond]
-    return cond - uncond
 
 
 def measure(pipe, stats, config: QuantConfig, calls, progress: bool = False, prompts: int = 0,
