@@ -132,8 +132,8 @@ class QualityStage:
         seeds = [s for n in names for s in self.requests[n][1]]
         images = generate(self.pipe, graph, prompts, seeds, self.options)
         as_saved = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)  # scored as a user would keep them
-        ends = np.cumsum([self.options.count(n) for n in names])
-        self.images[label] = {n: as_saved[end - self.options.count(n):end] for n, end in zip(names, ends)}
+        ends = np.cumsum([self.options.count(n) for n in names])[:-1]  # the sets' images, one after the other
+        self.images[label] = dict(zip(names, np.split(as_saved, ends)))
         self.scores[label] = {n: self._score(n, im.astype(np.float32) / 255.0) for n, im in self.images[label].items()}
         if fp:
             self.fp_label = label
